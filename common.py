@@ -1,0 +1,696 @@
+"""Plumbing shared by every model file: nothing in here is part of any paper.
+
+Read top to bottom:
+    errors        UserError, and `cli()` which turns it into one line and a non-zero exit
+    arguments     the CLI core every model file extends with its paper's flags
+    device, seed  and distributed setup (torchrun / DDP)
+    data          torchvision datasets, a folder of images, and the built-in `shapes`
+    batches       in-memory uint8 tensor -> shuffled batches in [-1, 1] on the device
+    pictures      image grids, PNG files, the loss plot
+    checkpoints   atomic save, safe load (`weights_only=True`)
+    Run           one training run: output folder, progress bar, logs, samples, checkpoints
+
+A model file uses it like this:
+
+    run = common.Run(args)                       # device, seed, out dir, config.json
+    data = common.load_data(args)                # uint8 images [N, C, H, W] (+ labels)
+    ... build networks and optimisers ...
+    nets = {'G': G, 'D': D, 'opt_G': opt_G, 'opt_D': opt_D}
+    run.start(nets, data)                        # resume, real grid, progress bar
+    for x, y in run.batches(data):               # x: [B, C, H, W] in [-1, 1] on run.device
+        logs = train_step(...)
+        run.step(logs, nets, sample_fn)          # log, sample grid, checkpoint
+    run.finish(nets, sample_fn)
+"""
+import argparse
+import csv
+import glob
+import hashlib
+import json
+import math
+import os
+import random
+import sys
+import time
+import warnings
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+# ----------------------------------------------------------------------------------------------
+# Errors: bad input ends in one clear line and a non-zero exit, never a traceback
+# ----------------------------------------------------------------------------------------------
+
+class UserError(Exception):
+    """Something the user can fix: a bad path, a bad flag value, a failed download."""
+
+
+def cli(main):
+    """Run `main()` as a command: a UserError becomes `error: <message>` and exit status 2."""
+    try:
+        main()
+    except UserError as e:
+        print(f'error: {e}', file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print('interrupted', file=sys.stderr)
+        sys.exit(130)
+
+
+# ----------------------------------------------------------------------------------------------
+# Arguments: the CLI core. Each model file adds its paper's hyperparameters with paper defaults.
+# ----------------------------------------------------------------------------------------------
+
+DATASETS = ['mnist', 'fashion-mnist', 'cifar10', 'flowers102', 'lfw', 'shapes']
+
+
+def base_parser(doc, model, dataset, res, batch_size, epochs, sample_every=500, ckpt_every=2000):
+    """The flags every model file shares; the defaults given here are the model's own."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group('data')
+    g.add_argument('--dataset', default=dataset, choices=DATASETS,
+                   help=f'a dataset downloaded on first use, or the built-in "shapes" (default {dataset})')
+    g.add_argument('--data', metavar='DIR', help='train on a folder of images instead (class subfolders give labels)')
+    g.add_argument('--data-root', default='./data', help='where downloaded datasets and decoded caches live')
+    g.add_argument('--res', type=int, default=res, help='image resolution (square)')
+    g.add_argument('--channels', type=int, choices=[1, 3], help="image channels (default: the dataset's own)")
+    g.add_argument('--shapes-n', type=int, default=20000, help='number of images in the shapes dataset')
+    g = p.add_argument_group('training')
+    g.add_argument('--batch-size', type=int, default=batch_size, help='per-process batch size')
+    g.add_argument('--epochs', type=int, default=epochs)
+    g.add_argument('--steps', type=int, help='stop after this many steps (a cap for quick runs)')
+    g.add_argument('--seed', type=int, default=0)
+    g.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda', 'mps'])
+    g.add_argument('--out', help=f'output folder (default runs/{model}; with --generate, where images go)')
+    g.add_argument('--resume', metavar='PATH', help='continue training from a checkpoint')
+    g.add_argument('--sample-every', type=int, default=sample_every, help='steps between sample grids')
+    g.add_argument('--ckpt-every', type=int, default=ckpt_every, help='steps between checkpoints')
+    g = p.add_argument_group('sampling only')
+    g.add_argument('--generate', type=int, metavar='N', help='write N samples from --ckpt and exit')
+    g.add_argument('--ckpt', metavar='PATH', help='checkpoint to sample from')
+    g.add_argument('--class', dest='cls', type=int, metavar='K', help='conditional models: sample class K only')
+    p.set_defaults(model=model)
+    return p
+
+
+def parse(p, argv=None, valid_res=None):
+    """Parse and check the core flags. `valid_res` lists the resolutions the model can build."""
+    args = p.parse_args(argv)
+    if valid_res is not None and args.res not in valid_res:
+        raise UserError(f'{args.model} cannot build --res {args.res}; choose one of {", ".join(map(str, valid_res))}')
+    for name in ['batch_size', 'epochs', 'sample_every', 'ckpt_every']:
+        if getattr(args, name) < 1:
+            raise UserError(f'--{name.replace("_", "-")} must be at least 1')
+    if args.steps is not None and args.steps < 1:
+        raise UserError('--steps must be at least 1')
+    if args.generate is not None:
+        if args.generate < 1:
+            raise UserError('--generate N needs N >= 1')
+        if not args.ckpt:
+            raise UserError('--generate needs --ckpt PATH (a checkpoint written by training, e.g. runs/<model>/last.pt)')
+    if args.out is None:
+        args.out = os.path.join('runs', args.model) if args.generate is None else os.path.join('runs', args.model, 'generated')
+    return args
+
+
+# ----------------------------------------------------------------------------------------------
+# Device, seeding, distributed
+# ----------------------------------------------------------------------------------------------
+
+def get_device(name='auto'):
+    if name == 'auto':
+        if torch.cuda.is_available():
+            return torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0)))
+        if getattr(torch.backends, 'mps', None) and torch.backends.mps.is_available():
+            return torch.device('mps')
+        return torch.device('cpu')
+    if name == 'cuda' and not torch.cuda.is_available():
+        raise UserError('--device cuda was asked for but no CUDA GPU is visible; use --device cpu')
+    if name == 'mps' and not (getattr(torch.backends, 'mps', None) and torch.backends.mps.is_available()):
+        raise UserError('--device mps was asked for but MPS is not available; use --device cpu')
+    if name == 'cuda':
+        return torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0)))
+    return torch.device(name)
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def dist_info():
+    """(rank, world_size): (0, 1) unless launched by torchrun."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+# ----------------------------------------------------------------------------------------------
+# Data: every source ends as one uint8 tensor [N, C, res, res] plus optional labels [N]
+# ----------------------------------------------------------------------------------------------
+
+IMAGE_EXTS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.webp', '.tif', '.tiff', '.ppm', '.pgm')
+
+
+class Data:
+    """A dataset decoded once into memory. images: uint8 [N, C, H, W]; labels: int64 [N] or None."""
+
+    def __init__(self, images, labels=None, classes=None, name=''):
+        self.images, self.labels, self.classes, self.name = images, labels, classes, name
+
+    def __len__(self):
+        return len(self.images)
+
+    @property
+    def channels(self):
+        return self.images.shape[1]
+
+    @property
+    def num_classes(self):
+        return len(self.classes) if self.classes else 0
+
+
+def load_data(args, need_labels=False):
+    """The dataset the flags ask for, resized and centre-cropped to args.res, in args.channels.
+
+    Also records what the networks need to be rebuilt later (channels, classes) on `args`,
+    so it lands in config.json and in every checkpoint.
+    """
+    if args.data:
+        images, labels, classes, name = _load_folder(args.data, args.res, args.data_root)
+    elif args.dataset == 'shapes':
+        images, labels = make_shapes(args.shapes_n, args.res, seed=args.seed)
+        classes, name = list(SHAPE_CLASSES), 'shapes'
+    else:
+        images, labels, classes, name = _load_torchvision(args.dataset, args.res, args.data_root)
+    images = _to_channels(images, args.channels or images.shape[1])
+    if need_labels and labels is None:
+        raise UserError(f'{args.model} is class-conditional but {name} has no labels; '
+                        'use a folder with one subfolder per class, or a labelled dataset (mnist, cifar10, shapes)')
+    data = Data(images, labels, classes, name)
+    args.channels, args.classes = data.channels, classes
+    return data
+
+
+def _resize_crop(x, res):
+    """uint8 [N, C, H, W] -> uint8 [N, C, res, res]: scale the short side to res, crop the centre."""
+    n, c, h, w = x.shape
+    if (h, w) == (res, res):
+        return x
+    out = torch.empty(n, c, res, res, dtype=torch.uint8)
+    s = res / min(h, w)
+    nh, nw = max(res, round(h * s)), max(res, round(w * s))
+    for i in range(0, n, 1024):  # chunks keep the float copy small
+        y = F.interpolate(x[i:i + 1024].float(), size=(nh, nw), mode='bilinear', antialias=True, align_corners=False)
+        top, left = (nh - res) // 2, (nw - res) // 2
+        out[i:i + 1024] = y[:, :, top:top + res, left:left + res].round().clamp(0, 255).to(torch.uint8)
+    return out
+
+
+def _to_channels(x, c):
+    if x.shape[1] == c:
+        return x
+    if c == 3:
+        return x.expand(-1, 3, -1, -1).contiguous()
+    # ITU-R 601 luma, the same weights PIL uses for convert('L')
+    w = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    return (x.float() * w).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+
+
+def _torchvision_dataset(name, root):
+    import torchvision.datasets as tvd
+    if name == 'mnist':
+        return tvd.MNIST(root, train=True, download=True)
+    if name == 'fashion-mnist':
+        return tvd.FashionMNIST(root, train=True, download=True)
+    if name == 'cifar10':
+        return tvd.CIFAR10(root, train=True, download=True)
+    if name == 'flowers102':
+        return tvd.Flowers102(root, split='train', download=True)
+    if name == 'lfw':
+        return tvd.LFWPeople(root, split='train', download=True)
+    raise UserError(f'unknown dataset {name}')
+
+
+def _load_torchvision(name, res, root):
+    cache = os.path.join(root, 'cache', f'{name}-{res}.pt')
+    if os.path.exists(cache):
+        d = torch.load(cache, weights_only=True)
+        return d['images'], d['labels'], d['classes'], name
+    try:
+        ds = _torchvision_dataset(name, root)
+    except UserError:
+        raise
+    except Exception as e:  # torchvision raises URLError, RuntimeError, OSError... on a failed download
+        raise UserError(f'could not download {name} into {root} ({type(e).__name__}: {str(e).splitlines()[0][:120]}). '
+                        'Check your internet connection, or train on a folder with --data DIR, '
+                        'or on the built-in dataset with --dataset shapes') from None
+    if name in ('mnist', 'fashion-mnist'):
+        images = ds.data.unsqueeze(1)                                   # uint8 [N, 1, 28, 28]
+        labels = ds.targets.long()
+    elif name == 'cifar10':
+        images = torch.from_numpy(ds.data).permute(0, 3, 1, 2)          # uint8 [N, 3, 32, 32]
+        labels = torch.tensor(ds.targets).long()
+    else:  # PIL images of varied sizes: decode and resize each one, once
+        imgs, labs = [], []
+        for img, lab in ds:
+            imgs.append(_pil_to_square(img.convert('RGB'), res))
+            labs.append(lab)
+        images, labels = torch.stack(imgs), torch.tensor(labs).long()
+    classes = [str(c) for c in getattr(ds, 'classes', [])] or [str(i) for i in range(int(labels.max()) + 1)]
+    images = _resize_crop(images.contiguous(), res)
+    _save_cache(cache, images, labels, classes)
+    return images, labels, classes, name
+
+
+def _pil_to_square(img, res):
+    """PIL image -> uint8 [C, res, res]: short side to res (antialiased), centre crop."""
+    from PIL import Image
+    w, h = img.size
+    s = res / min(w, h)
+    nw, nh = max(res, round(w * s)), max(res, round(h * s))
+    img = img.resize((nw, nh), Image.BICUBIC, reducing_gap=3.0)
+    left, top = (nw - res) // 2, (nh - res) // 2
+    img = img.crop((left, top, left + res, top + res))
+    a = np.asarray(img, dtype=np.uint8)
+    a = a[:, :, None] if a.ndim == 2 else a
+    return torch.from_numpy(a.copy()).permute(2, 0, 1)
+
+
+def _load_folder(path, res, root):
+    """Every image below `path`, recursively. Top-level subfolders are the classes."""
+    from PIL import Image
+    if not os.path.exists(path):
+        raise UserError(f'--data {path}: no such folder')
+    if not os.path.isdir(path):
+        raise UserError(f'--data {path}: not a folder (give a folder of images)')
+    files = sorted(f for f in glob.glob(os.path.join(path, '**', '*'), recursive=True)
+                   if f.lower().endswith(IMAGE_EXTS) and os.path.isfile(f))
+    if not files:
+        raise UserError(f'--data {path}: no images found (looked for {", ".join(IMAGE_EXTS)}, in subfolders too)')
+    tops = [os.path.relpath(f, path).split(os.sep)[0] for f in files]
+    labelled = all(os.sep in os.path.relpath(f, path) for f in files)
+    classes = sorted(set(tops)) if labelled and len(set(tops)) > 1 else None
+
+    key = hashlib.sha1(f'{os.path.abspath(path)}|{len(files)}|{max(os.path.getmtime(f) for f in files)}|{res}'
+                       .encode()).hexdigest()[:16]
+    cache = os.path.join(root, 'cache', f'folder-{key}.pt')
+    if os.path.exists(cache):
+        d = torch.load(cache, weights_only=True)
+        return d['images'], d['labels'], d['classes'], path
+
+    imgs, labs, bad = [], [], 0
+    for f, top in zip(_progress(files, desc=f'decoding {path}'), tops):
+        try:
+            with Image.open(f) as img:
+                imgs.append(_pil_to_square(img.convert('RGB'), res))
+        except Exception:  # truncated, corrupt or not really an image: skip and count it
+            bad += 1
+            continue
+        if classes:
+            labs.append(classes.index(top))
+    if bad:
+        warnings.warn(f'skipped {bad} unreadable file(s) in {path}', stacklevel=2)
+        print(f'warning: skipped {bad} unreadable file(s) in {path}', file=sys.stderr)
+    if not imgs:
+        raise UserError(f'--data {path}: none of the {len(files)} image files could be read')
+    images = torch.stack(imgs)
+    labels = torch.tensor(labs).long() if classes else None
+    _save_cache(cache, images, labels, classes)
+    return images, labels, classes, path
+
+
+def _save_cache(path, images, labels, classes):
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        atomic_save({'images': images, 'labels': labels, 'classes': classes}, path)
+    except OSError:
+        pass  # a read-only data root only costs the decode next time
+
+
+# The built-in procedural dataset: coloured shapes on a dark background, no download.
+SHAPE_CLASSES = ('circle', 'square', 'triangle', 'diamond', 'ring', 'cross')
+
+
+def make_shapes(n, res, seed=0):
+    """n images uint8 [n, 3, res, res] of one filled shape each, and its class [n].
+
+    Each shape is an inside-test on a pixel grid, vectorised over the whole set; the same seed
+    always gives the same images.
+    """
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(len(SHAPE_CLASSES), (n,), generator=g)
+    size = 0.45 + 0.25 * torch.rand(n, generator=g)                    # half-extent, in [-1, 1] units
+    cx, cy = [(torch.rand(n, generator=g) * 2 - 1) * 0.5 * (0.95 - size) for _ in range(2)]
+    fg = _hsv_to_rgb(torch.rand(n, generator=g), 0.55 + 0.45 * torch.rand(n, generator=g),
+                     0.7 + 0.3 * torch.rand(n, generator=g))
+    bg = _hsv_to_rgb(torch.rand(n, generator=g), 0.3 * torch.rand(n, generator=g), 0.05 + 0.15 * torch.rand(n, generator=g))
+    t = (torch.arange(res) + 0.5) / res * 2 - 1
+    yy, xx = torch.meshgrid(t, t, indexing='ij')
+    x = (xx - cx[:, None, None]) / size[:, None, None]                     # [n, res, res]: the shape spans [-1, 1]
+    y = (yy - cy[:, None, None]) / size[:, None, None]
+    m = torch.zeros(n, res, res, dtype=torch.bool)
+    inside = {                                                             # one filled region per class
+        'circle': lambda x, y: x ** 2 + y ** 2 <= 1,
+        'square': lambda x, y: (x.abs() <= 0.85) & (y.abs() <= 0.85),
+        'triangle': lambda x, y: (y <= 0.8) & (y >= 1.7 * x.abs() - 0.9),  # apex up
+        'diamond': lambda x, y: x.abs() + y.abs() <= 1,
+        'ring': lambda x, y: (x ** 2 + y ** 2 <= 1) & (x ** 2 + y ** 2 >= 0.3),
+        'cross': lambda x, y: ((x.abs() <= 0.3) & (y.abs() <= 1)) | ((y.abs() <= 0.3) & (x.abs() <= 1)),
+    }
+    for c, name in enumerate(SHAPE_CLASSES):
+        sel = labels == c
+        m[sel] = inside[name](x[sel], y[sel])
+    m = m.unsqueeze(1).float()                                             # [n, 1, res, res]
+    out = torch.empty(n, 3, res, res, dtype=torch.uint8)
+    for i in range(0, n, 2048):  # blend in chunks to keep the float copy small
+        img = m[i:i + 2048] * fg[i:i + 2048, :, None, None] + (1 - m[i:i + 2048]) * bg[i:i + 2048, :, None, None]
+        out[i:i + 2048] = (img * 255).round().to(torch.uint8)
+    return out, labels
+
+
+def _hsv_to_rgb(h, s, v):
+    """[n] each -> [n, 3] in [0, 1]."""
+    k = torch.stack([(5 + h * 6) % 6, (3 + h * 6) % 6, (1 + h * 6) % 6], 1)
+    return v[:, None] - v[:, None] * s[:, None] * torch.clamp(torch.minimum(k, 4 - k), 0, 1)
+
+
+def _progress(it, **kw):
+    from tqdm import tqdm
+    return tqdm(it, leave=False, dynamic_ncols=True, **kw)
+
+
+# ----------------------------------------------------------------------------------------------
+# Batches: the whole dataset stays a uint8 tensor (on the GPU when there is one); each epoch is a
+# fresh permutation, sliced into batches and normalised to [-1, 1] on the device.
+# ----------------------------------------------------------------------------------------------
+
+def batches_per_epoch(n, batch_size, world_size=1):
+    """Full batches each process sees per epoch (the last partial batch is dropped)."""
+    return max(1, n // (batch_size * world_size))
+
+
+def epoch_batches(data, batch_size, epoch, seed, device, start=0):
+    """Yield (x, y) for one epoch from batch index `start` on. x: float [B, C, H, W] in [-1, 1].
+
+    The permutation depends only on (seed, epoch), so a resumed run sees the very batches the
+    interrupted one would have. Under torchrun every rank takes its own slice of it.
+    """
+    rank, world = dist_info()
+    n = len(data)
+    g = torch.Generator().manual_seed(seed * 100003 + epoch)
+    perm = torch.randperm(n, generator=g)
+    if n < batch_size * world:  # tiny datasets: repeat to fill at least one batch per rank
+        perm = perm.repeat(math.ceil(batch_size * world / n))[:batch_size * world]
+    per = batches_per_epoch(len(perm), batch_size, world)
+    for b in range(start, per):
+        idx = perm[(b * world + rank) * batch_size:(b * world + rank + 1) * batch_size]
+        x = data.images[idx.to(data.images.device)].to(device, non_blocking=True)
+        x = x.float().div_(127.5).sub_(1)
+        y = data.labels[idx.to(data.labels.device)].to(device) if data.labels is not None else None
+        yield x, y
+
+
+# ----------------------------------------------------------------------------------------------
+# Pictures
+# ----------------------------------------------------------------------------------------------
+
+def to_uint8(x):
+    """float [N, C, H, W] in [-1, 1] -> uint8 [N, C, H, W] on the CPU."""
+    return ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def make_grid(x, nrow=None, pad=2):
+    """float [N, C, H, W] in [-1, 1] (or uint8) -> uint8 HxWxC numpy image of an nrow-wide grid."""
+    x = x if x.dtype == torch.uint8 else to_uint8(x)
+    n, c, h, w = x.shape
+    nrow = nrow or max(1, int(math.ceil(math.sqrt(n))))
+    rows = int(math.ceil(n / nrow))
+    grid = torch.full((c, rows * (h + pad) + pad, nrow * (w + pad) + pad), 255, dtype=torch.uint8)
+    for i in range(n):
+        r, k = divmod(i, nrow)
+        grid[:, pad + r * (h + pad):pad + r * (h + pad) + h, pad + k * (w + pad):pad + k * (w + pad) + w] = x[i]
+    g = grid.permute(1, 2, 0).numpy()
+    return g[:, :, 0] if c == 1 else g
+
+
+def save_image(arr, path):
+    """Save an HxW or HxWxC uint8 numpy image, or a [C, H, W] tensor in [-1, 1], as PNG."""
+    from PIL import Image
+    if torch.is_tensor(arr):
+        arr = make_grid(arr[None], nrow=1, pad=0)
+    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+    Image.fromarray(arr).save(path)
+
+
+def save_grid(x, path, nrow=None):
+    save_image(make_grid(x, nrow), path)
+
+
+def write_samples(x, out, labels=None, classes=None, nrow=None):
+    """Write each image of x as its own PNG in `out` (or `out/<class>/` when labels are given),
+    and all of them as `out/grid.png`."""
+    os.makedirs(out, exist_ok=True)
+    x = to_uint8(x)
+    for i in range(len(x)):
+        folder = out if labels is None else os.path.join(out, str(classes[labels[i]] if classes else int(labels[i])))
+        save_image(make_grid(x[i:i + 1], nrow=1, pad=0), os.path.join(folder, f'{i:06d}.png'))
+    save_grid(x[:256], os.path.join(out, 'grid.png'), nrow)
+
+
+def plot_losses(csv_path, png_path):
+    """One panel per logged quantity, against the step; written next to losses.csv."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    with open(csv_path) as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return
+    keys = [k for k in rows[0] if k not in ('step', 'epoch', 'time')]
+    steps = np.array([float(r['step']) for r in rows])
+    fig, axes = plt.subplots(len(keys), 1, figsize=(8, 2.2 * len(keys)), sharex=True, squeeze=False)
+    for ax, k in zip(axes[:, 0], keys):
+        v = np.array([float(r[k]) if r.get(k) not in (None, '') else np.nan for r in rows])
+        ax.plot(steps, v, lw=0.6, alpha=0.35, color='C0')
+        if len(v) >= 20:  # a moving average makes the trend readable through GAN noise
+            w = max(5, len(v) // 50)
+            ok = ~np.isnan(v)
+            sm = np.convolve(np.nan_to_num(v), np.ones(w) / w, mode='valid') / np.maximum(
+                np.convolve(ok.astype(float), np.ones(w) / w, mode='valid'), 1e-8)
+            ax.plot(steps[w - 1:], sm, lw=1.2, color='C1')
+        ax.set_ylabel(k)
+        ax.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel('step')
+    fig.tight_layout()
+    fig.savefig(png_path + '.tmp.png', dpi=80)
+    plt.close(fig)
+    os.replace(png_path + '.tmp.png', png_path)
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints: one dict, written atomically, loaded without running any code
+# ----------------------------------------------------------------------------------------------
+
+def atomic_save(obj, path):
+    """Write to a temp file, then rename: a kill mid-save never leaves a broken `path`."""
+    tmp = f'{path}.tmp{os.getpid()}'
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _unwrap(m):
+    return getattr(m, 'module', m)  # DistributedDataParallel keeps the real network in .module
+
+
+def state_of(nets):
+    """{'G': module, 'opt_G': optimizer, ...} -> {'G': state_dict, ...}."""
+    return {k: _unwrap(v).state_dict() for k, v in nets.items()}
+
+
+def rng_state():
+    s = {'torch': torch.get_rng_state(), 'python': random.getstate()}
+    if torch.cuda.is_available():
+        s['cuda'] = torch.cuda.get_rng_state_all()
+    return s
+
+
+def set_rng_state(s):
+    torch.set_rng_state(s['torch'])
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in s['python']))
+    if 'cuda' in s and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s['cuda'])
+
+
+def load_checkpoint(path, model):
+    """Load a checkpoint safely (tensors and plain containers only) and check it is `model`'s."""
+    if not os.path.isfile(path):
+        raise UserError(f'checkpoint {path}: no such file')
+    try:
+        ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:
+        raise UserError(f'checkpoint {path} could not be read ({type(e).__name__}); '
+                        'is it a checkpoint written by this project?') from None
+    if not isinstance(ckpt, dict) or 'model' not in ckpt:
+        raise UserError(f'checkpoint {path} was not written by this project')
+    if ckpt['model'] != model:
+        raise UserError(f'checkpoint {path} is a {ckpt["model"]} checkpoint; use {ckpt["model"]}.py for it, '
+                        f'or give a {model} checkpoint')
+    return ckpt
+
+
+def load_nets(nets, ckpt):
+    for k, v in nets.items():
+        _unwrap(v).load_state_dict(ckpt['nets'][k])
+
+
+def args_from_checkpoint(ckpt, args):
+    """The training args stored in a checkpoint, for rebuilding the networks at sampling time."""
+    return argparse.Namespace(**{**ckpt['args'], 'device': args.device})
+
+
+def check_class(cls, ckpt_args):
+    """--class K must name one of the classes the checkpoint was trained on."""
+    classes = ckpt_args.classes
+    if cls is None:
+        return
+    if not classes:
+        raise UserError('--class needs a class-conditional checkpoint')
+    if not 0 <= cls < len(classes):
+        raise UserError(f'--class {cls} is out of range: this checkpoint has {len(classes)} classes (0..{len(classes) - 1})')
+
+
+# ----------------------------------------------------------------------------------------------
+# Run: one training run's outputs. runs/<model>/{config.json, samples/, losses.csv, losses.png, last.pt}
+# ----------------------------------------------------------------------------------------------
+
+class Run:
+    def __init__(self, args):
+        self.args = args
+        self.device = get_device(args.device)
+        if self.device.type == 'cpu':
+            # Denormal floats (tiny weights and grads late in training) run ~100x slower on x86 CPUs.
+            torch.set_flush_denormal(True)
+        self.rank, self.world = dist_info()
+        self.main = self.rank == 0
+        # Every rank starts from the same weights; each rank still draws its own z (see below).
+        seed_everything(args.seed)
+        self.step_num, self.epoch = 0, 0
+        self.out = args.out
+        self._t0 = time.time()
+        self._csv = None
+
+    # -- start: resume if asked, write config and the real grid, open the logs
+    def start(self, nets, data, batches_per_step=1):
+        """batches_per_step: real batches one step consumes (k D steps that each see fresh data)."""
+        args = self.args
+        self.k = batches_per_step
+        if args.resume:
+            ckpt = load_checkpoint(args.resume, args.model)
+            load_nets(nets, ckpt)
+            self.step_num = ckpt['step']
+            set_rng_state(ckpt['rng'])
+        if self.rank > 0:  # every rank built the same networks from one seed; now each draws its own z
+            torch.manual_seed(args.seed * 1000 + self.rank + self.step_num)
+        if self.device.type == 'cuda' and data.images.numel() < 0.5 * torch.cuda.mem_get_info(self.device)[0]:
+            data.images = data.images.to(self.device)
+            data.labels = data.labels.to(self.device) if data.labels is not None else None
+        self.data = data
+        self.per_epoch = batches_per_epoch(len(data), args.batch_size * self.k, self.world)
+        self.total = self.per_epoch * args.epochs
+        if args.steps:
+            self.total = min(self.total, args.steps)
+        if not self.main:
+            return
+        os.makedirs(os.path.join(self.out, 'samples'), exist_ok=True)
+        with open(os.path.join(self.out, 'config.json'), 'w') as f:
+            json.dump(vars(args), f, indent=2, default=str)
+        print(f'{args.model}: {len(data)} images of {data.name} at {args.res}x{args.res}x{data.channels}, '
+              f'seed {args.seed}, device {self.device}, world {self.world}; writing to {self.out}')
+        save_grid(data.images[:64].cpu(), os.path.join(self.out, 'samples', 'real.png'))
+        self._open_log()
+        from tqdm import tqdm
+        self.bar = tqdm(total=self.total, initial=self.step_num, dynamic_ncols=True, desc=args.model, unit='step')
+
+    def _open_log(self):
+        path = os.path.join(self.out, 'losses.csv')
+        rows = []
+        if self.args.resume and os.path.exists(path):  # keep what came before the resumed step
+            with open(path) as f:
+                rows = [r for r in csv.reader(f)]
+            header, rows = rows[0], [r for r in rows[1:] if r and int(r[0]) <= self.step_num]
+            self._keys = header[3:]
+        self._csv = open(path, 'w', newline='')
+        self._writer = csv.writer(self._csv)
+        if rows:
+            self._writer.writerow(['step', 'epoch', 'time'] + self._keys)
+            self._writer.writerows(rows)
+        else:
+            self._keys = None
+
+    # -- batches: epochs of shuffled batches, from the resumed position, up to the step cap.
+    #    Each is [batch_size * batches_per_step, C, H, W]; a step with k D updates splits it in k.
+    def batches(self, data):
+        args = self.args
+        while self.step_num < self.total:
+            self.epoch, start = divmod(self.step_num, self.per_epoch)
+            for x, y in epoch_batches(data, args.batch_size * self.k, self.epoch, args.seed, self.device, start=start):
+                yield x, y
+                if self.step_num >= self.total:
+                    return
+
+    # -- step: count, log, draw the sample grid, write the checkpoint
+    def step(self, logs, nets, sample_fn=None):
+        self.step_num += 1
+        if not self.main:
+            return
+        logs = {k: float(v) for k, v in logs.items()}
+        if self._keys is None:
+            self._keys = list(logs)
+            self._writer.writerow(['step', 'epoch', 'time'] + self._keys)
+        self._writer.writerow([self.step_num, self.epoch, f'{time.time() - self._t0:.1f}'] +
+                              [f'{logs.get(k, float("nan")):.5g}' for k in self._keys])
+        self.bar.update(1)
+        if self.step_num % 10 == 0 or self.step_num == self.total:
+            self.bar.set_postfix({k: f'{v:.3g}' for k, v in list(logs.items())[:4]}, refresh=False)
+        if sample_fn is not None and self.step_num % self.args.sample_every == 0:
+            self.sample(sample_fn)
+        if self.step_num % self.args.ckpt_every == 0:
+            self.save(nets)
+
+    def sample(self, sample_fn):
+        """sample_fn() -> float [N, C, H, W] in [-1, 1] (from fixed noise), or (images, nrow)."""
+        out = sample_fn()
+        x, nrow = out if isinstance(out, tuple) else (out, None)
+        save_grid(x, os.path.join(self.out, 'samples', f'step_{self.step_num:07d}.png'), nrow)
+        self._csv.flush()
+        plot_losses(os.path.join(self.out, 'losses.csv'), os.path.join(self.out, 'losses.png'))
+
+    def save(self, nets, name='last.pt', extra=None):
+        if not self.main:
+            return
+        ckpt = {'model': self.args.model, 'step': self.step_num, 'epoch': self.epoch,
+                'args': {k: v for k, v in vars(self.args).items()},
+                'nets': state_of(nets), 'rng': rng_state(), **(extra or {})}
+        atomic_save(ckpt, os.path.join(self.out, name))
+
+    def finish(self, nets, sample_fn=None):
+        if not self.main:
+            return
+        self.bar.close()
+        if sample_fn is not None and self.step_num % self.args.sample_every != 0:
+            self.sample(sample_fn)
+        self._csv.flush()
+        plot_losses(os.path.join(self.out, 'losses.csv'), os.path.join(self.out, 'losses.png'))
+        self.save(nets)
+        self._csv.close()
+        mins = (time.time() - self._t0) / 60
+        print(f'done: {self.step_num} steps in {mins:.1f} min. Samples in {self.out}/samples/, '
+              f'losses in {self.out}/losses.png, checkpoint {self.out}/last.pt')

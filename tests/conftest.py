@@ -1,0 +1,31 @@
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    """A folder with two class subfolders of small PNGs, and one corrupt file."""
+    import numpy as np
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    root = tmp_path / 'imgs'
+    for k, name in enumerate(['cats', 'dogs']):
+        (root / name).mkdir(parents=True)
+        for i in range(6):
+            a = (rng.random((20, 30, 3)) * 80 + 120 * k).astype(np.uint8)
+            Image.fromarray(a).save(root / name / f'{i}.png')
+    (root / 'dogs' / 'broken.jpg').write_bytes(b'not really a jpeg')
+    return root
+
+
+def run_script(script, *args, cwd=None, timeout=600):
+    """Run a model file as a user would; returns the CompletedProcess."""
+    import subprocess
+    env = {**os.environ, 'PYTHONUNBUFFERED': '1'}
+    return subprocess.run([sys.executable, os.path.join(ROOT, script), *map(str, args)],
+                          capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout)

@@ -141,6 +141,14 @@ def seed_everything(seed):
     torch.manual_seed(seed)
 
 
+def init_distributed(device):
+    """Join the process group when launched by torchrun (it sets WORLD_SIZE, RANK, LOCAL_RANK)."""
+    if int(os.environ.get('WORLD_SIZE', 1)) > 1 and not torch.distributed.is_initialized():
+        if device.type == 'cuda':
+            torch.cuda.set_device(device)
+        torch.distributed.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
+
+
 def dist_info():
     """(rank, world_size): (0, 1) unless launched by torchrun."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -575,6 +583,7 @@ class Run:
     def __init__(self, args):
         self.args = args
         self.device = get_device(args.device)
+        init_distributed(self.device)
         if self.device.type == 'cpu':
             # Denormal floats (tiny weights and grads late in training) run ~100x slower on x86 CPUs.
             torch.set_flush_denormal(True)
@@ -635,6 +644,13 @@ class Run:
         else:
             self._keys = None
 
+    def wrap(self, module):
+        """DistributedDataParallel under torchrun (gradients averaged across ranks); as is otherwise."""
+        if self.world == 1:
+            return module
+        ids = [self.device.index] if self.device.type == 'cuda' else None
+        return torch.nn.parallel.DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
+
     # -- batches: epochs of shuffled batches, from the resumed position, up to the step cap.
     #    Each is [batch_size * batches_per_step, C, H, W]; a step with k D updates splits it in k.
     def batches(self, data):
@@ -647,7 +663,8 @@ class Run:
                     return
 
     # -- step: count, log, draw the sample grid, write the checkpoint
-    def step(self, logs, nets, sample_fn=None):
+    def step(self, logs, nets, sample_fn=None, eval_fn=None):
+        """logs: {name: number}; sample_fn() -> the fixed-noise grid; eval_fn(n) -> n fresh samples in [-1, 1]."""
         self.step_num += 1
         if not self.main:
             return

@@ -1,0 +1,297 @@
+"""Deep Convolutional GANs, DCGAN (Radford, Metz & Chintala, 2015).
+
+    https://arxiv.org/abs/1511.06434
+
+The idea: the GAN game of Goodfellow et al. (eq. 1 there) is unchanged; what the paper finds is
+an all-convolutional architecture that trains stably. Its guidelines (Sec. 3):
+
+    - no pooling: D downsamples with strided convolutions, G upsamples with fractionally-strided
+      (transposed) convolutions, so both learn their own spatial resampling;
+    - no fully connected hidden layers: z is "projected and reshaped" to a 4x4 map, and D's last
+      4x4 map goes straight to one output;
+    - BatchNorm in both networks, except on G's output layer and D's input layer (putting it there
+      "resulted in sample oscillation and model instability");
+    - ReLU in G with a tanh output; LeakyReLU (slope 0.2) in D.
+
+G for --res 64 (Fig. 1, widths for --ngf 128): z(100) -> 4x4x1024 -> 8x8x512 -> 16x16x256
+-> 32x32x128 -> 64x64xC. --res 32 drops the first block, --res 128 adds one; D mirrors G.
+Training (Sec. 4): weights N(0, 0.02), Adam lr 2e-4 with beta1 0.5, minibatch 128, images in
+[-1, 1]. Fig. 4 walks the latent space between random points: --interpolate draws that grid.
+
+Usage:
+    python dcgan.py --dataset shapes --res 32 --ngf 32 --ndf 32 --steps 300    # minutes on a CPU
+    python dcgan.py --dataset cifar10 --res 32                                # the paper's setting, on CIFAR-10
+    python dcgan.py --data DIR                                                # a folder of images at 64x64
+    python dcgan.py --label-smoothing 0.9                                     # one-sided label smoothing
+    python dcgan.py --generate 64 --ckpt runs/dcgan/last.pt
+    python dcgan.py --interpolate --ckpt runs/dcgan/last.pt                   # latent walks, as in Fig. 4
+
+Deviations from the paper:
+    - z ~ N(0, I), as in the PyTorch reference implementation; the paper draws z from a uniform
+      distribution (Fig. 1). Either prior works; the Gaussian is the one later GANs kept.
+    - G's "project and reshape" of z is written as a 4x4 transposed convolution of z seen as a
+      1x1 map, and D's flatten-and-sigmoid output as a 4x4 convolution to one logit. Both are the
+      same linear maps as the paper's dense layers, with the same number of weights.
+    - D outputs a logit and the losses use BCE-with-logits (the paper's sigmoid + cross-entropy,
+      computed without overflow).
+    - Adam's beta2 is 0.999 (PyTorch's default); the paper only gives beta1.
+    - --label-smoothing is not in the DCGAN paper: it is the one-sided label smoothing of
+      Salimans et al. 2016 (Sec. 3.4), off by default.
+"""
+import math
+import sys
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import common
+
+
+# ----------------------------------------------------------------------------------------------
+# Arguments
+# ----------------------------------------------------------------------------------------------
+
+def get_args(argv=None):
+    p = common.base_parser(__doc__, model='dcgan', dataset='cifar10', res=64, batch_size=128, epochs=25)
+    g = p.add_argument_group('Radford et al. 2015')
+    g.add_argument('--z-dim', type=int, default=100, help='noise dimension (Fig. 1)')
+    g.add_argument('--ngf', type=int, default=128,
+                   help="G's width: channels of its last hidden map; each block closer to z doubles it (Fig. 1: 128)")
+    g.add_argument('--ndf', type=int, default=128, help="D's width: channels of its first map, doubling per block")
+    g.add_argument('--lr', type=float, default=2e-4, help='Adam learning rate for G and D (Sec. 4)')
+    g.add_argument('--betas', type=float, nargs=2, default=[0.5, 0.999], metavar=('B1', 'B2'),
+                   help='Adam betas: beta1 0.5 (Sec. 4: 0.9 "resulted in training oscillation and instability")')
+    g.add_argument('--init-std', type=float, default=0.02, help='std of the N(0, std) weight init (Sec. 4)')
+    g.add_argument('--leak', type=float, default=0.2, help="LeakyReLU slope in D (Sec. 4)")
+    g.add_argument('--label-smoothing', type=float, default=1.0, metavar='TARGET',
+                   help="D's target for real images; 0.9 gives one-sided label smoothing (Salimans et al. 2016). "
+                        'Default 1.0: off')
+    g.add_argument('--interpolate', action='store_true',
+                   help='sampling only: draw latent walks between random z (Fig. 4) from --ckpt; '
+                        '--generate N sets the number of rows (default 8)')
+    args = common.parse(p, argv, valid_res=[32, 64, 128])
+    if args.interpolate and args.generate is None:
+        # --interpolate is a sampling mode of its own: it implies --generate 8 (rows), with the
+        # checks and the default output folder that --generate brings.
+        args = common.parse(p, list(sys.argv[1:] if argv is None else argv) + ['--generate', '8'],
+                            valid_res=[32, 64, 128])
+    if not 0 < args.label_smoothing <= 1:
+        raise common.UserError('--label-smoothing is the real target and must lie in (0, 1]; 0.9 is usual, 1 is off')
+    if min(args.z_dim, args.ngf, args.ndf) < 1:
+        raise common.UserError('--z-dim, --ngf and --ndf must be at least 1')
+    if args.init_std <= 0 or args.lr <= 0:
+        raise common.UserError('--init-std and --lr must be positive')
+    return args
+
+
+# ----------------------------------------------------------------------------------------------
+# Networks
+# ----------------------------------------------------------------------------------------------
+
+def n_blocks(res):
+    """Stride-2 layers between the 4x4 map and the image: 3 at 32, 4 at 64 (Fig. 1), 5 at 128."""
+    return int(math.log2(res)) - 2
+
+
+class Generator(nn.Module):
+    """z [B, z_dim] -> x [B, C, res, res] in [-1, 1].
+
+    Widths at res 64: ngf*8 at 4x4, ngf*4 at 8x8, ngf*2 at 16x16, ngf at 32x32, C at 64x64.
+    Every layer but the output is ConvT -> BatchNorm -> ReLU; the output is ConvT -> tanh.
+    """
+
+    def __init__(self, z_dim, ngf, channels, res):
+        super().__init__()
+        n = n_blocks(res)
+        widths = [ngf * 2 ** i for i in reversed(range(n))]          # e.g. [8, 4, 2, 1] * ngf at res 64
+        # "project and reshape" (Fig. 1): z as a 1x1 map -> 4x4 map, [B, z_dim, 1, 1] -> [B, ngf*2^(n-1), 4, 4]
+        layers = [nn.ConvTranspose2d(z_dim, widths[0], 4, 1, 0, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(True)]
+        for c_in, c_out in zip(widths[:-1], widths[1:]):
+            # a fractionally-strided conv doubles the size: 4x4 kernel, stride 2, padding 1
+            layers += [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(True)]
+        # the output layer: no BatchNorm (Sec. 3), tanh bounds it to the data's [-1, 1]
+        layers += [nn.ConvTranspose2d(widths[-1], channels, 4, 2, 1, bias=False), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+        # Convs have no bias: the BatchNorm after them has its own shift (beta), and the paper's
+        # layers carry none either.
+
+    def forward(self, z):
+        return self.net(z[:, :, None, None])
+
+
+class Discriminator(nn.Module):
+    """x [B, C, res, res] -> logit [B]; with features=True also the last 4x4 map [B, ndf*2^(n-1), 4, 4].
+
+    Widths at res 64: ndf at 32x32, ndf*2 at 16x16, ndf*4 at 8x8, ndf*8 at 4x4, then one logit.
+    The input layer is Conv -> LeakyReLU, with no BatchNorm (Sec. 3); the others Conv -> BN -> LeakyReLU.
+    The 4x4 map is what feature matching (Salimans et al. 2016) would match; it is returned on request.
+    """
+
+    def __init__(self, ndf, channels, res, leak=0.2):
+        super().__init__()
+        n = n_blocks(res)
+        widths = [ndf * 2 ** i for i in range(n)]                    # e.g. [1, 2, 4, 8] * ndf at res 64
+        layers = [nn.Conv2d(channels, widths[0], 4, 2, 1, bias=False), nn.LeakyReLU(leak, True)]
+        for c_in, c_out in zip(widths[:-1], widths[1:]):
+            # strided conv halves the size in place of pooling (Sec. 3)
+            layers += [nn.Conv2d(c_in, c_out, 4, 2, 1, bias=False), nn.BatchNorm2d(c_out), nn.LeakyReLU(leak, True)]
+        self.features = nn.Sequential(*layers)
+        # flatten the 4x4 map and take one linear unit: a 4x4 valid conv, [B, ndf*2^(n-1), 4, 4] -> [B, 1, 1, 1]
+        self.out = nn.Conv2d(widths[-1], 1, 4, 1, 0, bias=False)
+
+    def forward(self, x, features=False):
+        h = self.features(x)
+        logit = self.out(h).view(-1)
+        return (logit, h) if features else logit
+
+
+def init_weights(net, std=0.02):
+    """Sec. 4: every weight ~ N(0, std). BatchNorm's scale gamma ~ N(1, std) and shift beta = 0, so
+    it starts close to the identity (the PyTorch reference does the same)."""
+    for m in net.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.normal_(m.weight, 0.0, std)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.normal_(m.weight, 1.0, std)
+            nn.init.zeros_(m.bias)
+
+
+# ----------------------------------------------------------------------------------------------
+# Losses. DCGAN keeps the GAN game (Goodfellow et al. eq. 1) with the non-saturating G loss.
+# With l = D's logit, D(x) = sigmoid(l):  log D(x) = -BCE(l, 1),  log(1 - D(x)) = -BCE(l, 0).
+# ----------------------------------------------------------------------------------------------
+
+def d_loss(real_logit, fake_logit, real_target=1.0):
+    """D descends -[log D(x) + log(1 - D(G(z)))]. real_target < 1 is one-sided label smoothing
+    (Salimans et al. 2016, Sec. 3.4): only the real side is smoothed, because smoothing the fake
+    side too would reward D for keeping G's samples where they are."""
+    return (F.binary_cross_entropy_with_logits(real_logit, torch.full_like(real_logit, real_target)) +
+            F.binary_cross_entropy_with_logits(fake_logit, torch.zeros_like(fake_logit)))
+
+
+def g_loss(fake_logit):
+    """Non-saturating: G descends -log D(G(z)), which keeps its gradient when D rejects the samples."""
+    return F.binary_cross_entropy_with_logits(fake_logit, torch.ones_like(fake_logit))
+
+
+# ----------------------------------------------------------------------------------------------
+# One training step: one D step, then one G step
+# ----------------------------------------------------------------------------------------------
+
+def train_step(G, D, opt_G, opt_D, x, args):
+    """x: [B, C, H, W] real images in [-1, 1]."""
+    z = torch.randn(len(x), args.z_dim, device=x.device)
+    x_fake = G(z).detach()  # D's step must not reach into G
+    # Real and fake go through D as separate minibatches, so each BatchNorm batch is all-real or
+    # all-fake (as in the paper's code); mixing them would let D read the mix from batch statistics.
+    real_logit, fake_logit = D(x), D(x_fake)
+    loss_D = d_loss(real_logit, fake_logit, args.label_smoothing)
+    opt_D.zero_grad(set_to_none=True)
+    loss_D.backward()
+    opt_D.step()
+
+    z = torch.randn(len(x), args.z_dim, device=x.device)
+    loss_G = g_loss(D(G(z)))
+    opt_G.zero_grad(set_to_none=True)
+    loss_G.backward()
+    opt_G.step()
+    # D(x) and D(G(z)) as probabilities, from D's step: both tend to 1/2 when the game is balanced
+    return {'loss_D': loss_D.item(), 'loss_G': loss_G.item(),
+            'D(x)': torch.sigmoid(real_logit).mean().item(), 'D(G(z))': torch.sigmoid(fake_logit).mean().item()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Training loop
+# ----------------------------------------------------------------------------------------------
+
+def build(args):
+    G = Generator(args.z_dim, args.ngf, args.channels, args.res)
+    D = Discriminator(args.ndf, args.channels, args.res, args.leak)
+    init_weights(G, args.init_std)
+    init_weights(D, args.init_std)
+    return G, D
+
+
+def make_optimizers(G, D, args):
+    return (torch.optim.Adam(G.parameters(), args.lr, betas=tuple(args.betas)),
+            torch.optim.Adam(D.parameters(), args.lr, betas=tuple(args.betas)))
+
+
+@torch.no_grad()
+def sample(G, z):
+    """Eval mode: BatchNorm uses its running statistics, so a sample does not depend on its batch."""
+    was_training = G.training
+    G.eval()
+    x = G(z)
+    G.train(was_training)
+    return x
+
+
+def train(args):
+    run = common.Run(args)
+    data = common.load_data(args)
+    G, D = build(args)
+    G, D = G.to(run.device), D.to(run.device)
+    opt_G, opt_D = make_optimizers(G, D, args)
+    G_train, D_train = run.wrap(G), run.wrap(D)  # DDP under torchrun; sampling uses the bare G
+    nets = {'G': G, 'D': D, 'opt_G': opt_G, 'opt_D': opt_D}
+    run.start(nets, data)
+    fixed_z = torch.randn(64, args.z_dim, generator=torch.Generator().manual_seed(args.seed)).to(run.device)
+
+    def eval_fn(n):
+        return torch.cat([sample(G, z) for z in torch.randn(n, args.z_dim, device=run.device).split(256)])
+
+    for x, _ in run.batches(data):
+        logs = train_step(G_train, D_train, opt_G, opt_D, x, args)
+        run.step(logs, nets, lambda: sample(G, fixed_z), eval_fn)
+    run.finish(nets, lambda: sample(G, fixed_z))
+
+
+# ----------------------------------------------------------------------------------------------
+# Sampling
+# ----------------------------------------------------------------------------------------------
+
+def interpolate(G, z_points, steps=10):
+    """Fig. 4: walk in a straight line from each point to the next.
+
+    z_points: [R + 1, z_dim] -> images [R * steps, C, H, W], row r going from z_r to z_{r+1}.
+    Smooth transitions (no sharp jumps) are the paper's evidence that G has not memorised images.
+    """
+    t = torch.linspace(0, 1, steps, device=z_points.device)[None, :, None]        # [1, steps, 1]
+    z = z_points[:-1, None] * (1 - t) + z_points[1:, None] * t                      # [R, steps, z_dim]
+    return sample(G, z.flatten(0, 1))
+
+
+def generate(args):
+    ckpt = common.load_checkpoint(args.ckpt, 'dcgan')
+    targs = common.args_from_checkpoint(ckpt, args)
+    device = common.get_device(args.device)
+    G, _ = build(targs)
+    G.load_state_dict(ckpt['nets']['G'])
+    G.to(device)
+    gen = torch.Generator().manual_seed(args.seed)
+    if args.interpolate:
+        steps = 10
+        z = torch.randn(args.generate + 1, targs.z_dim, generator=gen).to(device)
+        x = interpolate(G, z, steps)
+        path = f'{args.out}/interpolation.png'
+        common.save_grid(x, path, nrow=steps)
+        print(f'wrote {args.generate} latent walks of {steps} steps to {path}')
+        return
+    z = torch.randn(args.generate, targs.z_dim, generator=gen).to(device)
+    x = torch.cat([sample(G, zb) for zb in z.split(256)])
+    common.write_samples(x, args.out)
+    print(f'wrote {args.generate} images and grid.png to {args.out}')
+
+
+def main(argv=None):
+    args = get_args(argv)
+    if args.generate:
+        generate(args)
+    else:
+        train(args)
+
+
+if __name__ == '__main__':
+    common.cli(main)

@@ -303,17 +303,18 @@ def _load_folder(path, res, root):
     labelled = all(os.sep in os.path.relpath(f, path) for f in files)
     classes = sorted(set(tops)) if labelled and len(set(tops)) > 1 else None
 
-    key = hashlib.sha1(f'{os.path.abspath(path)}|{len(files)}|{max(os.path.getmtime(f) for f in files)}|{res}'
+    key = hashlib.sha1(f'{os.path.abspath(path)}|{len(files)}|{max(os.path.getmtime(f) for f in files)}|{res}|v2'
                        .encode()).hexdigest()[:16]
     cache = os.path.join(root, 'cache', f'folder-{key}.pt')
     if os.path.exists(cache):
         d = torch.load(cache, weights_only=True)
         return d['images'], d['labels'], d['classes'], path
 
-    imgs, labs, bad = [], [], 0
+    imgs, labs, bad, gray = [], [], 0, True
     for f, top in zip(_progress(files, desc=f'decoding {path}'), tops):
         try:
             with Image.open(f) as img:
+                gray = gray and img.mode in ('1', 'L', 'LA', 'I', 'I;16')
                 imgs.append(_pil_to_square(img.convert('RGB'), res))
         except Exception:  # truncated, corrupt or not really an image: skip and count it
             bad += 1
@@ -326,6 +327,8 @@ def _load_folder(path, res, root):
     if not imgs:
         raise UserError(f'--data {path}: none of the {len(files)} image files could be read')
     images = torch.stack(imgs)
+    if gray:  # a folder of grayscale images (e.g. digits) keeps one channel
+        images = images[:, :1].contiguous()
     labels = torch.tensor(labs).long() if classes else None
     _save_cache(cache, images, labels, classes)
     return images, labels, classes, path

@@ -77,9 +77,9 @@ def test_folder_with_classes_and_corrupt_file(image_folder, tmp_path, capsys):
 def test_folder_without_subfolders_is_unlabelled(tmp_path):
     from PIL import Image
     for i in range(3):
-        Image.fromarray(np.full((10, 12), 40 * i, np.uint8)).save(tmp_path / f'{i}.png')
+        Image.fromarray(np.full((10, 12), 40 * i, np.uint8)).save(tmp_path / f'{i}.png')  # mode L
     data = common.load_data(make_args(data=str(tmp_path), res=8, data_root=str(tmp_path / 'c')))
-    assert data.labels is None and data.images.shape == (3, 3, 8, 8)
+    assert data.labels is None and data.images.shape == (3, 1, 8, 8)  # grayscale files keep one channel
     with pytest.raises(common.UserError, match='has no labels'):
         common.load_data(make_args(data=str(tmp_path), res=8, data_root=str(tmp_path / 'c')), need_labels=True)
 

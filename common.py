@@ -87,6 +87,10 @@ def base_parser(doc, model, dataset, res, batch_size, epochs, sample_every=500, 
     g.add_argument('--resume', metavar='PATH', help='continue training from a checkpoint')
     g.add_argument('--sample-every', type=int, default=sample_every, help='steps between sample grids')
     g.add_argument('--ckpt-every', type=int, default=ckpt_every, help='steps between checkpoints')
+    g = p.add_argument_group('speed')
+    g.add_argument('--amp', action='store_true',
+                   help='bfloat16 autocast for the networks\' forward passes (for CUDA; losses and penalties stay fp32)')
+    g.add_argument('--compile', action='store_true', help='torch.compile the networks (slow first steps)')
     g = p.add_argument_group('sampling only')
     g.add_argument('--generate', type=int, metavar='N', help='write N samples from --ckpt and exit')
     g.add_argument('--ckpt', metavar='PATH', help='checkpoint to sample from')
@@ -518,7 +522,24 @@ def atomic_save(obj, path):
 
 
 def _unwrap(m):
-    return getattr(m, 'module', m)  # DistributedDataParallel keeps the real network in .module
+    """The network itself, inside the DDP / autocast / torch.compile wrappers of Run.wrap."""
+    while isinstance(m, torch.nn.Module) and (hasattr(m, 'module') or hasattr(m, '_orig_mod')):
+        m = m.module if hasattr(m, 'module') else m._orig_mod
+    return m
+
+
+class Autocast(torch.nn.Module):
+    """Runs `module` under bfloat16 autocast and hands back fp32, so that losses, gradient
+    penalties and their double backward are computed in fp32 outside the network."""
+
+    def __init__(self, module, device_type):
+        super().__init__()
+        self.module, self.device_type = module, device_type
+
+    def forward(self, *args, **kwargs):
+        with torch.autocast(self.device_type, dtype=torch.bfloat16):
+            out = self.module(*args, **kwargs)
+        return out.float() if torch.is_tensor(out) else type(out)(o.float() if torch.is_tensor(o) else o for o in out)
 
 
 def state_of(nets):
@@ -587,6 +608,10 @@ class Run:
         self.args = args
         self.device = get_device(args.device)
         init_distributed(self.device)
+        if self.device.type == 'cuda':
+            torch.backends.cuda.matmul.allow_tf32 = True   # TF32 matmuls/convs: ~free speed on Ampere+
+            torch.backends.cudnn.allow_tf32 = True
+            torch.backends.cudnn.benchmark = True          # fixed shapes: let cuDNN pick the fastest kernels
         if self.device.type == 'cpu':
             # Denormal floats (tiny weights and grads late in training) run ~100x slower on x86 CPUs.
             torch.set_flush_denormal(True)
@@ -648,11 +673,19 @@ class Run:
             self._keys = None
 
     def wrap(self, module):
-        """DistributedDataParallel under torchrun (gradients averaged across ranks); as is otherwise."""
-        if self.world == 1:
-            return module
-        ids = [self.device.index] if self.device.type == 'cuda' else None
-        return torch.nn.parallel.DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
+        """The network as training calls it: channels_last on CUDA, --compile, --amp, and
+        DistributedDataParallel under torchrun (gradients averaged across ranks). Checkpoints
+        always hold the bare network's weights (see _unwrap), so they load anywhere."""
+        if self.device.type == 'cuda':
+            module = module.to(memory_format=torch.channels_last)
+        if self.args.compile:
+            module = torch.compile(module)
+        if self.args.amp:
+            module = Autocast(module, self.device.type)
+        if self.world > 1:
+            ids = [self.device.index] if self.device.type == 'cuda' else None
+            module = torch.nn.parallel.DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
+        return module
 
     # -- batches: epochs of shuffled batches, from the resumed position, up to the step cap.
     #    Each is [batch_size * batches_per_step, C, H, W]; a step with k D updates splits it in k.

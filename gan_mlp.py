@@ -222,7 +222,7 @@ def train(args):
     data = common.load_data(args)
     G, D = build(args)
     G.init_output_bias(data.images)
-    G, D = G.to(run.device), D.to(run.device)
+    G, D = run.wrap(G.to(run.device)), run.wrap(D.to(run.device))
     opt_G, opt_D = make_optimizers(G, D, args)
     nets = {'G': G, 'D': D, 'opt_G': opt_G, 'opt_D': opt_D}
     run.start(nets, data, batches_per_step=args.k)
@@ -233,6 +233,7 @@ def train(args):
         logs = train_step(G, D, opt_G, opt_D, x, args)
         run.step(logs, nets, lambda: sample(G, fixed_z))
     run.finish(nets, lambda: sample(G, fixed_z))
+    return nets
 
 
 # ----------------------------------------------------------------------------------------------

@@ -136,3 +136,15 @@ def test_generate_needs_a_gan_mlp_checkpoint(tmp_path):
         gan_mlp.main(['--generate', '4', '--ckpt', str(tmp_path / 'd.pt'), '--out', str(tmp_path / 'g')])
     with pytest.raises(common.UserError, match='--generate needs --ckpt'):
         gan_mlp.main(['--generate', '4'])
+
+
+def test_amp_trains_in_bfloat16_and_saves_plain_weights(tmp_path):
+    args = tiny_args('--amp')
+    run = common.Run(args)
+    G = run.wrap(gan_mlp.build(args)[0])
+    out = G(torch.randn(3, args.z_dim))
+    assert out.dtype == torch.float32                       # fp32 back out of the bf16 forward
+    assert isinstance(G, common.Autocast)
+    gan_mlp.main(TINY + ['--amp', '--steps', '2', '--out', str(tmp_path / 'r'), '--data-root', str(tmp_path / 'd')])
+    ckpt = common.load_checkpoint(str(tmp_path / 'r' / 'last.pt'), 'gan_mlp')
+    assert set(ckpt['nets']['G']) == set(gan_mlp.build(args)[0].state_dict())

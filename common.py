@@ -77,6 +77,10 @@ def base_parser(doc, model, dataset, res, batch_size, epochs, sample_every=500, 
     g.add_argument('--res', type=int, default=res, help='image resolution (square)')
     g.add_argument('--channels', type=int, choices=[1, 3], help="image channels (default: the dataset's own)")
     g.add_argument('--shapes-n', type=int, default=20000, help='number of images in the shapes dataset')
+    g.add_argument('--max-memory-gb', type=float, default=8.0,
+                   help='a --data folder larger than this once decoded is streamed from disk instead of held in memory')
+    g.add_argument('--workers', type=int, default=min(4, os.cpu_count() or 1),
+                   help='DataLoader workers when streaming a large folder')
     g = p.add_argument_group('training')
     g.add_argument('--batch-size', type=int, default=batch_size, help='per-process batch size')
     g.add_argument('--epochs', type=int, default=epochs)
@@ -172,13 +176,21 @@ class Data:
 
     def __init__(self, images, labels=None, classes=None, name=''):
         self.images, self.labels, self.classes, self.name = images, labels, classes, name
+        self.stream = None  # a FolderStream when the folder is too large to decode into memory
 
     def __len__(self):
-        return len(self.images)
+        return len(self.stream) if self.stream is not None else len(self.images)
 
     @property
     def channels(self):
-        return self.images.shape[1]
+        return self.stream.channels if self.stream is not None else self.images.shape[1]
+
+    def preview(self, n=64):
+        """n images drawn at random (always the same ones), uint8 [n, C, H, W] on the CPU."""
+        idx = torch.randperm(len(self), generator=torch.Generator().manual_seed(0))[:n]
+        if self.stream is not None:
+            return torch.stack([self.stream[int(i)][0] for i in idx])
+        return self.images[idx.to(self.images.device)].cpu()
 
     @property
     def num_classes(self):
@@ -192,6 +204,18 @@ def load_data(args, need_labels=False):
     so it lands in config.json and in every checkpoint.
     """
     if args.data:
+        files, labels, classes = _list_folder(args.data)
+        channels = args.channels or (1 if _all_gray(files[:32]) else 3)
+        if len(files) * channels * args.res ** 2 > args.max_memory_gb * 2 ** 30:
+            data = Data(None, labels, classes, args.data)
+            data.stream = FolderStream(files, labels, args.res, channels)
+            args.channels, args.classes = channels, classes
+            if need_labels and labels is None:
+                raise UserError(f'{args.model} is class-conditional but {args.data} has no labels; '
+                                'use a folder with one subfolder per class')
+            print(f'{args.data}: {len(files)} images would not fit in --max-memory-gb {args.max_memory_gb:g}; '
+                  f'streaming them with {args.workers} workers')
+            return data
         images, labels, classes, name = _load_folder(args.data, args.res, args.data_root)
     elif args.dataset == 'shapes':
         images, labels = make_shapes(args.shapes_n, args.res, seed=args.seed)
@@ -292,9 +316,9 @@ def _pil_to_square(img, res):
     return torch.from_numpy(a.copy()).permute(2, 0, 1)
 
 
-def _load_folder(path, res, root):
-    """Every image below `path`, recursively. Top-level subfolders are the classes."""
-    from PIL import Image
+def _list_folder(path):
+    """Every image file below `path`, recursively, and its label: top-level subfolders are the
+    classes (when every file sits in one and there are at least two). -> (files, labels or None, classes)"""
     if not os.path.exists(path):
         raise UserError(f'--data {path}: no such folder')
     if not os.path.isdir(path):
@@ -306,6 +330,22 @@ def _load_folder(path, res, root):
     tops = [os.path.relpath(f, path).split(os.sep)[0] for f in files]
     labelled = all(os.sep in os.path.relpath(f, path) for f in files)
     classes = sorted(set(tops)) if labelled and len(set(tops)) > 1 else None
+    labels = torch.tensor([classes.index(t) for t in tops]).long() if classes else None
+    return files, labels, classes
+
+
+def _all_gray(files):
+    from PIL import Image
+    try:
+        return all(Image.open(f).mode in ('1', 'L', 'LA', 'I', 'I;16') for f in files)
+    except Exception:
+        return False
+
+
+def _load_folder(path, res, root):
+    """Decode every image below `path` once into uint8 [N, C, res, res] (cached on disk)."""
+    from PIL import Image
+    files, all_labels, classes = _list_folder(path)
 
     key = hashlib.sha1(f'{os.path.abspath(path)}|{len(files)}|{max(os.path.getmtime(f) for f in files)}|{res}|v2'
                        .encode()).hexdigest()[:16]
@@ -315,7 +355,7 @@ def _load_folder(path, res, root):
         return d['images'], d['labels'], d['classes'], path
 
     imgs, labs, bad, gray = [], [], 0, True
-    for f, top in zip(_progress(files, desc=f'decoding {path}'), tops):
+    for i, f in enumerate(_progress(files, desc=f'decoding {path}')):
         try:
             with Image.open(f) as img:
                 gray = gray and img.mode in ('1', 'L', 'LA', 'I', 'I;16')
@@ -324,7 +364,7 @@ def _load_folder(path, res, root):
             bad += 1
             continue
         if classes:
-            labs.append(classes.index(top))
+            labs.append(int(all_labels[i]))
     if bad:
         warnings.warn(f'skipped {bad} unreadable file(s) in {path}', stacklevel=2)
         print(f'warning: skipped {bad} unreadable file(s) in {path}', file=sys.stderr)
@@ -408,18 +448,62 @@ def batches_per_epoch(n, batch_size, world_size=1):
     return max(1, n // (batch_size * world_size))
 
 
+class FolderStream(torch.utils.data.Dataset):
+    """A folder too large for memory: each item is decoded when asked for, in DataLoader workers."""
+
+    def __init__(self, files, labels, res, channels):
+        self.files, self.labels, self.res, self.channels = files, labels, res, channels
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, i):
+        from PIL import Image
+        for j in [i] + torch.randint(len(self.files), (20,)).tolist():  # an unreadable file: take another
+            try:
+                with Image.open(self.files[j]) as img:
+                    x = _to_channels(_pil_to_square(img.convert('RGB'), self.res)[None], self.channels)[0]
+                return x, (int(self.labels[j]) if self.labels is not None else -1)
+            except Exception:
+                continue
+        raise UserError(f'{self.files[i]} and 20 other files could not be read')
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Yields this rank's index batches of one epoch, the same permutation as the in-memory path."""
+
+    def __init__(self, n, batch_size, seed):
+        self.n, self.batch_size, self.seed, self.epoch, self.start = n, batch_size, seed, 0, 0
+
+    def __iter__(self):
+        rank, world = dist_info()
+        perm = epoch_permutation(self.n, self.batch_size * world, self.seed, self.epoch)
+        for b in range(self.start, batches_per_epoch(len(perm), self.batch_size, world)):
+            yield perm[(b * world + rank) * self.batch_size:(b * world + rank + 1) * self.batch_size].tolist()
+
+    def __len__(self):
+        return batches_per_epoch(self.n, self.batch_size, dist_info()[1]) - self.start
+
+
+def epoch_permutation(n, global_batch, seed, epoch):
+    g = torch.Generator().manual_seed(seed * 100003 + epoch)
+    perm = torch.randperm(n, generator=g)
+    if n < global_batch:  # tiny datasets: repeat to fill at least one batch per rank
+        perm = perm.repeat(math.ceil(global_batch / n))[:global_batch]
+    return perm
+
+
 def epoch_batches(data, batch_size, epoch, seed, device, start=0):
     """Yield (x, y) for one epoch from batch index `start` on. x: float [B, C, H, W] in [-1, 1].
 
     The permutation depends only on (seed, epoch), so a resumed run sees the very batches the
     interrupted one would have. Under torchrun every rank takes its own slice of it.
     """
+    if data.stream is not None:
+        yield from _stream_batches(data, batch_size, epoch, seed, device, start)
+        return
     rank, world = dist_info()
-    n = len(data)
-    g = torch.Generator().manual_seed(seed * 100003 + epoch)
-    perm = torch.randperm(n, generator=g)
-    if n < batch_size * world:  # tiny datasets: repeat to fill at least one batch per rank
-        perm = perm.repeat(math.ceil(batch_size * world / n))[:batch_size * world]
+    perm = epoch_permutation(len(data), batch_size * world, seed, epoch)
     per = batches_per_epoch(len(perm), batch_size, world)
     for b in range(start, per):
         idx = perm[(b * world + rank) * batch_size:(b * world + rank + 1) * batch_size]
@@ -427,6 +511,21 @@ def epoch_batches(data, batch_size, epoch, seed, device, start=0):
         x = x.float().div_(127.5).sub_(1)
         y = data.labels[idx.to(data.labels.device)].to(device) if data.labels is not None else None
         yield x, y
+
+
+def _stream_batches(data, batch_size, epoch, seed, device, start):
+    """The streaming path: one DataLoader per run (persistent workers, pinned memory), re-aimed
+    at each epoch through its sampler."""
+    if getattr(data, 'loader', None) is None or data.loader.batch_sampler.batch_size != batch_size:
+        sampler = EpochSampler(len(data), batch_size, seed)
+        workers = getattr(data, 'workers', 2)
+        data.loader = torch.utils.data.DataLoader(
+            data.stream, batch_sampler=sampler, num_workers=workers, pin_memory=torch.device(device).type == 'cuda',
+            persistent_workers=workers > 0)
+    data.loader.batch_sampler.epoch, data.loader.batch_sampler.start = epoch, start
+    for x, y in data.loader:
+        x = x.to(device, non_blocking=True).float().div_(127.5).sub_(1)
+        yield x, (y.to(device) if data.labels is not None else None)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -636,7 +735,9 @@ class Run:
             set_rng_state(ckpt['rng'])
         if self.rank > 0:  # every rank built the same networks from one seed; now each draws its own z
             torch.manual_seed(args.seed * 1000 + self.rank + self.step_num)
-        if self.device.type == 'cuda' and data.images.numel() < 0.5 * torch.cuda.mem_get_info(self.device)[0]:
+        data.workers = args.workers
+        if (self.device.type == 'cuda' and data.stream is None
+                and data.images.numel() < 0.5 * torch.cuda.mem_get_info(self.device)[0]):
             data.images = data.images.to(self.device)
             data.labels = data.labels.to(self.device) if data.labels is not None else None
         self.data = data
@@ -651,7 +752,7 @@ class Run:
             json.dump(vars(args), f, indent=2, default=str)
         print(f'{args.model}: {len(data)} images of {data.name} at {args.res}x{args.res}x{data.channels}, '
               f'seed {args.seed}, device {self.device}, world {self.world}; writing to {self.out}')
-        save_grid(data.images[:64].cpu(), os.path.join(self.out, 'samples', 'real.png'))
+        save_grid(data.preview(64), os.path.join(self.out, 'samples', 'real.png'))
         self._open_log()
         from tqdm import tqdm
         self.bar = tqdm(total=self.total, initial=self.step_num, dynamic_ncols=True, desc=args.model, unit='step')

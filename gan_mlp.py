@@ -221,7 +221,7 @@ def train(args):
     run = common.Run(args)
     data = common.load_data(args)
     G, D = build(args)
-    G.init_output_bias(data.images)
+    G.init_output_bias(data.preview(1000))
     G, D = run.wrap(G.to(run.device)), run.wrap(D.to(run.device))
     opt_G, opt_D = make_optimizers(G, D, args)
     nets = {'G': G, 'D': D, 'opt_G': opt_G, 'opt_D': opt_D}

@@ -91,6 +91,12 @@ def base_parser(doc, model, dataset, res, batch_size, epochs, sample_every=500, 
     g.add_argument('--resume', metavar='PATH', help='continue training from a checkpoint')
     g.add_argument('--sample-every', type=int, default=sample_every, help='steps between sample grids')
     g.add_argument('--ckpt-every', type=int, default=ckpt_every, help='steps between checkpoints')
+    g = p.add_argument_group('evaluation')
+    g.add_argument('--eval-every', type=int, default=0, metavar='K',
+                   help='every K steps, log FID against the training data to losses.csv (0: never)')
+    g.add_argument('--eval-n', type=int, default=5000, metavar='N', help='images on each side of that FID')
+    g.add_argument('--inception-weights', metavar='PATH',
+                   help='the FID Inception weights file (default: fetched once into the torch hub cache)')
     g = p.add_argument_group('speed')
     g.add_argument('--amp', action='store_true',
                    help='bfloat16 autocast for the networks\' forward passes (for CUDA; losses and penalties stay fp32)')
@@ -108,6 +114,8 @@ def parse(p, argv=None, valid_res=None):
     args = p.parse_args(argv)
     if valid_res is not None and args.res not in valid_res:
         raise UserError(f'{args.model} cannot build --res {args.res}; choose one of {", ".join(map(str, valid_res))}')
+    if args.eval_every < 0 or args.eval_n < 2:
+        raise UserError('--eval-every must be >= 0 and --eval-n >= 2')
     for name in ['batch_size', 'epochs', 'sample_every', 'ckpt_every']:
         if getattr(args, name) < 1:
             raise UserError(f'--{name.replace("_", "-")} must be at least 1')
@@ -141,6 +149,14 @@ def get_device(name='auto'):
     if name == 'cuda':
         return torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0)))
     return torch.device(name)
+
+
+def peak_memory_gb(device):
+    """Peak GPU memory allocated by PyTorch, or the process's peak resident memory on the CPU."""
+    if torch.device(device).type == 'cuda':
+        return torch.cuda.max_memory_allocated(device) / 2 ** 30
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # Linux reports KiB
 
 
 def seed_everything(seed):
@@ -721,7 +737,7 @@ class Run:
         self.step_num, self.epoch = 0, 0
         self.out = args.out
         self._t0 = time.time()
-        self._csv = None
+        self._csv, self.fid = None, None
 
     # -- start: resume if asked, write config and the real grid, open the logs
     def start(self, nets, data, batches_per_step=1):
@@ -754,8 +770,25 @@ class Run:
               f'seed {args.seed}, device {self.device}, world {self.world}; writing to {self.out}')
         save_grid(data.preview(64), os.path.join(self.out, 'samples', 'real.png'))
         self._open_log()
+        self.fid = self._fid_tracker(data) if args.eval_every else None
         from tqdm import tqdm
         self.bar = tqdm(total=self.total, initial=self.step_num, dynamic_ncols=True, desc=args.model, unit='step')
+
+    def _fid_tracker(self, data):
+        """Real-image Inception statistics, computed once. Without the weights (offline, no file)
+        this says so once and training goes on without FID."""
+        try:
+            import metrics
+        except ImportError:
+            print('warning: --eval-every needs metrics.py beside common.py; training goes on without FID',
+                  file=sys.stderr)
+            return None
+        try:
+            return metrics.FIDTracker(data.preview(self.args.eval_n), self.args.eval_n, self.device,
+                                      weights_path=self.args.inception_weights)
+        except metrics.InceptionWeightsUnavailable as e:
+            print(f'warning: {e}\nTraining goes on without FID.', file=sys.stderr)
+            return None
 
     def _open_log(self):
         path = os.path.join(self.out, 'losses.csv')
@@ -806,11 +839,16 @@ class Run:
         if not self.main:
             return
         logs = {k: float(v) for k, v in logs.items()}
+        if self.fid is not None and eval_fn is not None and self.step_num % self.args.eval_every == 0:
+            n = self.args.eval_n
+            fakes = torch.cat([eval_fn(min(250, n - i)).cpu() for i in range(0, n, 250)])
+            logs['fid'] = self.fid(fakes)
+            self.bar.write(f'step {self.step_num}: FID {logs["fid"]:.2f} ({n} samples vs {n} training images)')
         if self._keys is None:
-            self._keys = list(logs)
+            self._keys = list(logs) + (['fid'] if self.fid is not None and 'fid' not in logs else [])
             self._writer.writerow(['step', 'epoch', 'time'] + self._keys)
-        self._writer.writerow([self.step_num, self.epoch, f'{time.time() - self._t0:.1f}'] +
-                              [f'{logs.get(k, float("nan")):.5g}' for k in self._keys])
+        self._writer.writerow([self.step_num, self.epoch, f'{time.time() - self._t0:.3f}'] +
+                              [f'{logs[k]:.5g}' if k in logs else '' for k in self._keys])
         self.bar.update(1)
         if self.step_num % 10 == 0 or self.step_num == self.total:
             self.bar.set_postfix({k: f'{v:.3g}' for k, v in list(logs.items())[:4]}, refresh=False)
@@ -846,5 +884,5 @@ class Run:
         self.save(nets)
         self._csv.close()
         mins = (time.time() - self._t0) / 60
-        print(f'done: {self.step_num} steps in {mins:.1f} min. Samples in {self.out}/samples/, '
-              f'losses in {self.out}/losses.png, checkpoint {self.out}/last.pt')
+        print(f'done: {self.step_num} steps in {mins:.1f} min, peak memory {peak_memory_gb(self.device):.2f} GB. '
+              f'Samples in {self.out}/samples/, losses in {self.out}/losses.png, checkpoint {self.out}/last.pt')

@@ -227,12 +227,14 @@ def train(args):
     nets = {'G': G, 'D': D, 'opt_G': opt_G, 'opt_D': opt_D}
     run.start(nets, data, batches_per_step=args.k)
     fixed_z = torch.randn(64, args.z_dim, generator=torch.Generator().manual_seed(args.seed)).to(run.device)
+    sample_fn = lambda: sample(G, fixed_z)                                         # the progress grid
+    eval_fn = lambda n: sample(G, torch.randn(n, args.z_dim, device=run.device))   # fresh samples for FID
 
     for x, _ in run.batches(data):
         schedule(opt_G, opt_D, run.step_num, run.step_num / run.per_epoch, args)
         logs = train_step(G, D, opt_G, opt_D, x, args)
-        run.step(logs, nets, lambda: sample(G, fixed_z))
-    run.finish(nets, lambda: sample(G, fixed_z))
+        run.step(logs, nets, sample_fn, eval_fn)
+    run.finish(nets, sample_fn)
     return nets
 
 

@@ -772,7 +772,8 @@ class Run:
         self._open_log()
         self.fid = self._fid_tracker(data) if args.eval_every else None
         from tqdm import tqdm
-        self.bar = tqdm(total=self.total, initial=self.step_num, dynamic_ncols=True, desc=args.model, unit='step')
+        self.bar = tqdm(total=self.total, initial=self.step_num, dynamic_ncols=True, desc=args.model, unit='step',
+                        mininterval=0.5 if sys.stderr.isatty() else 30)  # a log file gets a line every 30 s
 
     def _fid_tracker(self, data):
         """Real-image Inception statistics, computed once. Without the weights (offline, no file)

@@ -232,20 +232,19 @@ def train(args):
     run = common.Run(args)
     data = common.load_data(args)
     G, D = build(args)
-    G, D = G.to(run.device), D.to(run.device)
+    G, D = run.wrap(G.to(run.device)), run.wrap(D.to(run.device))
     opt_G, opt_D = make_optimizers(G, D, args)
-    G_train, D_train = run.wrap(G), run.wrap(D)  # DDP under torchrun; sampling uses the bare G
     nets = {'G': G, 'D': D, 'opt_G': opt_G, 'opt_D': opt_D}
     run.start(nets, data)
     fixed_z = torch.randn(64, args.z_dim, generator=torch.Generator().manual_seed(args.seed)).to(run.device)
-
-    def eval_fn(n):
-        return torch.cat([sample(G, z) for z in torch.randn(n, args.z_dim, device=run.device).split(256)])
+    sample_fn = lambda: sample(G, fixed_z)                                         # the progress grid
+    eval_fn = lambda n: sample(G, torch.randn(n, args.z_dim, device=run.device))   # fresh samples for FID
 
     for x, _ in run.batches(data):
-        logs = train_step(G_train, D_train, opt_G, opt_D, x, args)
-        run.step(logs, nets, lambda: sample(G, fixed_z), eval_fn)
-    run.finish(nets, lambda: sample(G, fixed_z))
+        logs = train_step(G, D, opt_G, opt_D, x, args)
+        run.step(logs, nets, sample_fn, eval_fn)
+    run.finish(nets, sample_fn)
+    return nets
 
 
 # ----------------------------------------------------------------------------------------------

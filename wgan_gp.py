@@ -74,6 +74,9 @@ def get_args(argv=None):
     args = common.parse(p, argv, valid_res=[32, 64, 128])
     if args.lr is None:
         args.lr = 1e-4 if args.penalty == 'gp' else 5e-5
+    if args.compile and args.penalty == 'gp':
+        raise common.UserError('--compile cannot be used with the gradient penalty: torch.compile has no double '
+                               'backward, which the penalty needs; drop --compile (or use --penalty clip)')
     if args.n_critic < 1:
         raise common.UserError('--n-critic must be at least 1')
     if args.lr <= 0 or args.clip <= 0 or args.lambda_gp < 0 or args.init_std <= 0:
@@ -276,20 +279,19 @@ def train(args):
     run = common.Run(args)
     data = common.load_data(args)
     G, D = build(args)
-    G, D = G.to(run.device), D.to(run.device)
+    G, D = run.wrap(G.to(run.device)), run.wrap(D.to(run.device))
     opt_G, opt_D = make_optimizers(G, D, args)
-    G_train, D_train = run.wrap(G), run.wrap(D)  # DDP under torchrun; sampling uses the bare G
     nets = {'G': G, 'D': D, 'opt_G': opt_G, 'opt_D': opt_D}
     run.start(nets, data, batches_per_step=args.n_critic)
     fixed_z = torch.randn(64, args.z_dim, generator=torch.Generator().manual_seed(args.seed)).to(run.device)
-
-    def eval_fn(n):
-        return torch.cat([sample(G, z) for z in torch.randn(n, args.z_dim, device=run.device).split(256)])
+    sample_fn = lambda: sample(G, fixed_z)                                         # the progress grid
+    eval_fn = lambda n: sample(G, torch.randn(n, args.z_dim, device=run.device))   # fresh samples for FID
 
     for x, _ in run.batches(data):
-        logs = train_step(G_train, D_train, opt_G, opt_D, x, args)
-        run.step(logs, nets, lambda: sample(G, fixed_z), eval_fn)
-    run.finish(nets, lambda: sample(G, fixed_z))
+        logs = train_step(G, D, opt_G, opt_D, x, args)
+        run.step(logs, nets, sample_fn, eval_fn)
+    run.finish(nets, sample_fn)
+    return nets
 
 
 # ----------------------------------------------------------------------------------------------

@@ -48,6 +48,7 @@ def main():
               f'({(time.time() - t) / 60:.1f} min wall clock)', flush=True)
 
     if not os.path.exists(a.clf):
+        os.makedirs(os.path.dirname(os.path.abspath(a.clf)), exist_ok=True)
         subprocess.run([py, os.path.join(ROOT, 'benchmarks', 'mnist_classifier.py'), 'train',
                         '--data', a.data, '--out', a.clf], check=True)
 

@@ -20,8 +20,8 @@ Batch normalization would make each sample's critic value depend on the batch, s
 would no longer be a per-sample gradient: the critic has none (layer normalization or nothing).
 Algorithm 1: n_critic = 5 critic steps per G step, lambda = 10, Adam lr 1e-4, betas (0, 0.9).
 
-Networks are the DCGAN ones (Radford et al. 2015, the paper's "DCGAN" architecture of Sec. 5 and
-Fig. 2), with the critic's BatchNorm replaced per --norm.
+Networks are the DCGAN ones (Radford et al. 2015), which the paper trains in its architecture
+experiments and on CIFAR-10, with the critic's BatchNorm replaced per --norm.
 
 Usage:
     python wgan_gp.py --dataset shapes --res 32 --ngf 32 --ndf 32 --steps 200    # minutes on a CPU
@@ -55,8 +55,10 @@ def get_args(argv=None):
     p = common.base_parser(__doc__, model='wgan_gp', dataset='cifar10', res=32, batch_size=64, epochs=100)
     g = p.add_argument_group('Gulrajani et al. 2017')
     g.add_argument('--z-dim', type=int, default=128, help='noise dimension')
-    g.add_argument('--ngf', type=int, default=128, help="G's width: channels of its last hidden map, doubling per block (the authors' DIM)")
-    g.add_argument('--ndf', type=int, default=128, help="the critic's width: channels of its first map, doubling per block")
+    g.add_argument('--ngf', type=int, default=128,
+                   help="G's width: channels of its last hidden map, doubling per block (the authors' DIM = 128)")
+    g.add_argument('--ndf', type=int, default=128,
+                   help="the critic's width: channels of its first map, doubling per block")
     g.add_argument('--norm', default='layer', choices=['layer', 'none'],
                    help='normalisation in the critic: layer norm (Sec. 4, "a drop-in replacement for batch '
                         'normalization") or none. Never BatchNorm')
@@ -67,7 +69,7 @@ def get_args(argv=None):
     g.add_argument('--n-critic', type=int, default=5, help='critic steps per G step (Algorithm 1)')
     g.add_argument('--clip', type=float, default=0.01, help='--penalty clip: weight clipping range c (WGAN)')
     g.add_argument('--lr', type=float,
-                   help='learning rate (default: 1e-4 for Adam with --penalty gp, 5e-5 for RMSprop with --penalty clip)')
+                   help='learning rate (default 1e-4 for Adam with --penalty gp, 5e-5 for RMSprop with --penalty clip)')
     g.add_argument('--betas', type=float, nargs=2, default=[0.0, 0.9], metavar=('B1', 'B2'),
                    help='Adam betas for --penalty gp (Algorithm 1)')
     g.add_argument('--init-std', type=float, default=0.02, help='std of the N(0, std) weight init (DCGAN)')

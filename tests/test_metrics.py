@@ -141,6 +141,21 @@ def test_fid_matches_scipy_sqrtm(n):
     assert metrics.fid_from_features(f1, f2) == pytest.approx(scipy_fid(f1, f2), rel=1e-7)
 
 
+def test_fid_with_fewer_samples_than_dimensions_matches_gram_form():
+    # sigma1 = X^T X with X the centred features / sqrt(n-1), so sigma1 sigma2
+    # has the non-zero eigenvalues of the small n x n matrix X sigma2 X^T.
+    rng = np.random.default_rng(12)
+    f1 = np.maximum(rng.standard_normal((30, 80)), 0)
+    f2 = np.maximum(rng.standard_normal((45, 80)) + 0.2, 0)
+    mu1, s1 = f1.mean(0), np.cov(f1, rowvar=False)
+    mu2, s2 = f2.mean(0), np.cov(f2, rowvar=False)
+    x = (f1 - mu1) / np.sqrt(len(f1) - 1)
+    eig = np.linalg.eigvalsh(x @ s2 @ x.T)
+    tr_sqrt = np.sqrt(np.clip(eig, 0, None)).sum()
+    expected = np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * tr_sqrt
+    assert metrics.fid_from_features(f1, f2) == pytest.approx(expected, rel=1e-11)
+
+
 @pytest.mark.parametrize("n", [300, 20])
 def test_fid_of_a_set_with_itself_is_zero(n):
     rng = np.random.default_rng(3)

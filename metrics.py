@@ -11,30 +11,32 @@ What it computes
           (Kynkaanniemi et al. 2019), on Inception pool features by default.
 
 Why the numbers agree with pytorch-fid, torch-fidelity and papers
-    * The network is the TF-ported InceptionV3 that every FID number since
-      2017 uses (graph "inception-2015-12-05"), not torchvision's ImageNet
-      model: pool branches average without counting padding, the last block
-      max-pools, 1008 logits. Its parameter names follow torchvision's
-      Inception3, so pytorch-fid's weight file loads strictly, unchanged.
-      torchvision's own ImageNet Inception moves features by ~14% and must
-      not be used for FID.
+    * The network is the TF-ported InceptionV3 behind every published FID
+      (graph "inception-2015-12-05"), not torchvision's ImageNet model: pool
+      branches average without counting padding, the last block max-pools,
+      1008 logits. Its parameter names follow torchvision's Inception3, so
+      pytorch-fid's weight file loads strictly, unchanged. torchvision's
+      ImageNet Inception has other weights and pooling and gives other
+      features; it must not be used for FID.
     * Inputs are prepared exactly as pytorch-fid does: uint8 / 255, bilinear
-      resize to 299x299 (align_corners=False), then 2x - 1.
-      torch-fidelity instead resizes with a TF1-style bilinear kernel and
-      scales (x - 128) / 128; fed the same network input, both give identical
-      features; their different preprocessing moves features ~3e-3 (relative)
-      at 299 px and more for small images, which is why FIDs from the two
-      tools differ slightly for 32x32 data.
-    * FID uses np.cov's N-1 covariance and the same formula as pytorch-fid;
-      the matrix square root trace is computed through a symmetric
-      eigenproblem (see frechet_distance), equal to scipy's sqrtm to ~1e-9
-      relative and hundreds of times faster on a CPU.
-    * IS and KID reproduce torch-fidelity's defaults, including its random
-      draws (numpy RandomState(2020)): IS over logits without the fc bias,
+      resize to 299x299 (align_corners=False), then 2x - 1. Given the same
+      weights and images, the features equal pytorch-fid's bit for bit.
+      torch-fidelity resizes with a TF1-style bilinear kernel and scales
+      (x - 128) / 128; fed that same network input, this network gives its
+      features bit for bit too, but the two preprocessings move features
+      slightly (most for small images such as 32x32), which is why FIDs from
+      the two tools differ a little on CIFAR-sized data.
+    * FID uses np.cov's N-1 covariance and pytorch-fid's formula. The trace
+      of the matrix square root comes from a symmetric eigenproblem (see
+      trace_sqrt_product): equal to pytorch-fid's scipy sqrtm to ~1e-14
+      relative, and computed in about a second instead of minutes on a CPU.
+    * IS and KID reproduce torch-fidelity's defaults including its random
+      draws (numpy RandomState(2020)): IS on logits without the fc bias,
       10 splits; KID with (x.y/d + 1)^3, 100 subsets of 1000.
-    * clean-fid resizes with PIL bicubic and uses NVIDIA's TorchScript
-      weights; its "clean" numbers are not comparable with these (its
-      "legacy" mode is).
+    * clean-fid's default mode ("clean") resizes with PIL bicubic and uses
+      NVIDIA's TorchScript Inception, so its numbers are systematically
+      different from these; its mode="legacy_pytorch" resizes like
+      pytorch-fid and is the one to compare with.
     benchmarks/metrics_parity.py measures all of this against the reference
     packages.
 
@@ -53,6 +55,8 @@ From Python
 """
 
 import argparse
+import contextlib
+import io
 import os
 import socket
 import sys
@@ -301,11 +305,15 @@ def load_inception(weights_path=None, device="cpu"):
     else:
         cached = os.path.join(torch.hub.get_dir(), "checkpoints", FID_WEIGHTS_FILE)
         source = cached
+        fetching = not os.path.isfile(cached)
         old_timeout = socket.getdefaulttimeout()
         socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
         try:
-            state = torch.hub.load_state_dict_from_url(
-                FID_WEIGHTS_URL, map_location="cpu", progress=True, weights_only=True)
+            # torch.hub announces downloads on stdout, which the CLI keeps for
+            # results; a failed fetch should print only the message below.
+            with contextlib.redirect_stdout(io.StringIO()):
+                state = torch.hub.load_state_dict_from_url(
+                    FID_WEIGHTS_URL, map_location="cpu", progress=True, weights_only=True)
         except Exception as e:
             raise InceptionWeightsUnavailable(
                 f"FID Inception weights unavailable ({_first_line(e)}): download "
@@ -313,6 +321,8 @@ def load_inception(weights_path=None, device="cpu"):
                 f"--inception-weights PATH") from None
         finally:
             socket.setdefaulttimeout(old_timeout)
+        if fetching:
+            print(f"downloaded the FID Inception weights to {cached}", file=sys.stderr)
 
     model = FIDInceptionV3()
     try:
@@ -663,7 +673,7 @@ def _fraction_covered(queries, refs, ref_radii, block):
     return float(inside.mean())
 
 
-def precision_recall(real_f, fake_f, k=3, block=1000):
+def precision_recall(real_f, fake_f, k=3, block=None):
     """Improved precision and recall (Kynkaanniemi et al. 2019), k-NN balls.
 
     precision = (1/M) sum_j [fake_j inside the manifold of the real set]
@@ -681,6 +691,8 @@ def precision_recall(real_f, fake_f, k=3, block=1000):
     # Kynkaanniemi et al. 2019, eq. (1)-(2): f(phi, Phi) = 1 if
     # |phi - phi'| <= |phi' - NN_k(phi')| for some phi' in Phi;
     # precision = mean over fakes of f(fake, Phi_real), recall the reverse.
+    if block is None:  # rows per distance block: ~10^7 entries, 80 MB
+        block = max(1, 10_000_000 // max(len(real), len(fake)))
     precision = _fraction_covered(fake, real, _knn_radii(real, k, block), block)
     recall = _fraction_covered(real, fake, _knn_radii(fake, k, block), block)
     return precision, recall

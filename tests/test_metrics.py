@@ -370,6 +370,18 @@ def test_read_image_converts_to_rgb_uint8(tmp_path):
         assert all(torch.equal(im[c], torch.from_numpy(arr)) for c in range(3))
 
 
+def test_mixed_size_folders_are_resized_image_by_image(tmp_path):
+    ims = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8) for h, w in ((20, 30), (31, 17), (20, 30))]
+    for i, im in enumerate(ims):
+        save_png(im, tmp_path / f"{i}.png")
+    paths = metrics.list_images(tmp_path)
+    batches = list(metrics.image_file_batches(paths, batch_size=2))
+    assert isinstance(batches[0], list) and batches[1].shape == (1, 3, 20, 30)
+    x = metrics._as_batch(batches[0])
+    assert x.shape == (2, 3, 299, 299)
+    assert torch.equal(x[1], metrics.preprocess(ims[1][None])[0])
+
+
 def test_fid_tracker_against_its_own_samples_is_zero(weights_file, images):
     tracker = metrics.FIDTracker(torch.cat([images, images[:1]]), n=2, device="cpu",
                                  weights_path=str(weights_file))
@@ -412,7 +424,7 @@ def test_cli_missing_weights_offline_gives_one_clear_line(tmp_path, images):
     home = tmp_path / "torch_home"
     res = run_cli("fid", tmp_path / "a", tmp_path / "b", env=offline_env(home), timeout=120)
     assert res.returncode == 1
-    assert "Traceback" not in res.stderr
+    assert "Traceback" not in res.stderr and res.stdout == ""
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1, res.stderr
     expected = home / "hub" / "checkpoints" / "pt_inception-2015-12-05-6726825d.pth"
@@ -477,6 +489,16 @@ def test_cli_empty_folder(tmp_path, capsys):
     assert (rc, err.strip()) == (1, "error: no such folder: f.npz")
 
 
+def test_cli_unreadable_image_is_one_line(tmp_path, capsys, weights_file):
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "imgs" / "broken.png").write_text("not a png")
+    rc, out, err = main_in_process(capsys, "stats", tmp_path / "imgs", "--out", tmp_path / "s",
+                                   "--inception-weights", weights_file, "--device", "cpu")
+    assert rc == 1
+    assert err.strip().splitlines()[-1].startswith("error: cannot read image ")
+    assert "Traceback" not in err and not (tmp_path / "s.npz").exists()
+
+
 def test_cli_stats_and_all_on_a_folder(tmp_path, weights_file, images, base_features):
     folder = tmp_path / "imgs"
     save_png(images[0], folder / "0.png")
@@ -488,7 +510,7 @@ def test_cli_stats_and_all_on_a_folder(tmp_path, weights_file, images, base_feat
     assert res.returncode == 0, res.stderr
     stats = metrics.load_statistics(out)
     assert (stats["n"], stats["res"]) == (2, "40x40")
-    assert stats["source"] == str(folder.resolve())
+    assert stats["source"] == os.path.abspath(folder)
     assert np.allclose(stats["mu"], base_features[0].mean(0), rtol=1e-5, atol=1e-6)
 
     res = run_cli("all", "--real", folder, "--fake", folder, "--k", "1",

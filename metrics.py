@@ -386,18 +386,20 @@ def preprocess(images):
     return 2 * x - 1
 
 
-def _as_batch(batch):
-    """Network input from one batch: a tensor [B, C, H, W], a list of [C, H, W]
-    tensors of any sizes, or a DataLoader's (images, labels) pair."""
+def _as_batch(batch, device):
+    """Network input on `device` from one batch: a tensor [B, C, H, W], a list
+    of [C, H, W] tensors of any sizes, or a DataLoader's (images, labels) pair.
+    The compact uint8 images travel to the device; resizing happens there."""
     if isinstance(batch, np.ndarray):
         batch = torch.from_numpy(batch)
     if isinstance(batch, (list, tuple)):
         if len(batch) and torch.is_tensor(batch[0]) and batch[0].dim() == 4:
-            return preprocess(batch[0])                          # (images, labels)
-        # Resizing is per image, so images of different sizes are resized
-        # one by one and then stacked.
-        return torch.cat([preprocess(torch.as_tensor(im)[None]) for im in batch])
-    return preprocess(batch)
+            batch = batch[0]                                     # (images, labels)
+        else:
+            # Resizing is per image, so images of different sizes are resized
+            # one by one and then stacked.
+            return torch.cat([preprocess(torch.as_tensor(im)[None].to(device)) for im in batch])
+    return preprocess(batch.to(device))
 
 
 def _batches(images, batch_size):
@@ -425,7 +427,7 @@ def inception_features(model, images, batch_size=50, device=None, progress=False
                disable=not progress, file=sys.stderr)
     with torch.inference_mode(), bar:
         for batch in batches:
-            x = _as_batch(batch).to(device, non_blocking=True)  # [B, 3, 299, 299]
+            x = _as_batch(batch, device)                        # [B, 3, 299, 299]
             pool, logit = model(x)
             pools.append(pool.cpu().double().numpy())
             logits.append(logit.cpu().double().numpy())

@@ -377,7 +377,7 @@ def test_mixed_size_folders_are_resized_image_by_image(tmp_path):
     paths = metrics.list_images(tmp_path)
     batches = list(metrics.image_file_batches(paths, batch_size=2))
     assert isinstance(batches[0], list) and batches[1].shape == (1, 3, 20, 30)
-    x = metrics._as_batch(batches[0])
+    x = metrics._as_batch(batches[0], "cpu")
     assert x.shape == (2, 3, 299, 299)
     assert torch.equal(x[1], metrics.preprocess(ims[1][None])[0])
 

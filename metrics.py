@@ -788,12 +788,25 @@ def _source(path, allow_npz=True):
     return "dir", paths
 
 
+def _device(name):
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"unknown device: {name}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: CUDA is not available")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None)
+                                     and torch.backends.mps.is_available()):
+        raise UsageError("--device mps: MPS is not available")
+    return device
+
+
 class _Run:
     """The Inception model, loaded on first use, shared by the sources."""
 
     def __init__(self, args):
         self.args, self.model = args, None
-        self.device = torch.device(args.device) if args.device else pick_device()
+        self.device = _device(args.device) if args.device else pick_device()
 
     def features(self, paths, name):
         if self.model is None:
@@ -829,8 +842,10 @@ def cmd_fid(args):
 
 def cmd_stats(args):
     kind, paths = _source(args.folder, allow_npz=False)
-    stats = _Run(args).statistics(args.folder, kind, paths)
     out = args.out if args.out.lower().endswith(".npz") else args.out + ".npz"
+    if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
+        raise UsageError(f"no such folder for --out: {os.path.dirname(os.path.abspath(out))}")
+    stats = _Run(args).statistics(args.folder, kind, paths)
     save_statistics(out, **stats)
     print(f"saved statistics of {stats['n']} images ({stats['res']}) to {out}")
 
@@ -872,14 +887,21 @@ def cmd_all(args):
         print(f"P/R:        skipped (needs more than k={args.k} images per set)")
 
 
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def parse_args(argv=None):
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--inception-weights", metavar="PATH", default=None,
                         help=f"local copy of {FID_WEIGHTS_FILE} (default: torch hub cache, "
                              "downloaded on first use)")
-    common.add_argument("--batch-size", type=int, default=50)
+    common.add_argument("--batch-size", type=_positive_int, default=50)
     common.add_argument("--device", default=None, help="default: cuda > mps > cpu")
-    common.add_argument("--workers", type=int, default=4, help="image decoding threads")
+    common.add_argument("--workers", type=_positive_int, default=4, help="image decoding threads")
 
     parser = argparse.ArgumentParser(
         prog="metrics.py", description="FID / IS / KID / precision-recall for image folders.")
@@ -893,9 +915,9 @@ def parse_args(argv=None):
     p = sub.add_parser("all", parents=[common], help="FID, IS, KID and precision/recall")
     p.add_argument("--real", required=True, help="image folder (or .npz: FID and IS only)")
     p.add_argument("--fake", required=True, help="image folder")
-    p.add_argument("--kid-subsets", type=int, default=100)
-    p.add_argument("--kid-subset-size", type=int, default=1000)
-    p.add_argument("--k", type=int, default=3, help="neighbours for precision/recall")
+    p.add_argument("--kid-subsets", type=_positive_int, default=100)
+    p.add_argument("--kid-subset-size", type=_positive_int, default=1000)
+    p.add_argument("--k", type=_positive_int, default=3, help="neighbours for precision/recall")
     p.set_defaults(func=cmd_all)
 
     p = sub.add_parser("stats", parents=[common], help="save a folder's FID statistics to .npz")
@@ -913,7 +935,9 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         args.func(args)
-    except (UsageError, InceptionWeightsUnavailable) as e:
+    # ValueError: the metric functions' checks on their inputs (a folder
+    # with one image, statistics of different dimensions).
+    except (UsageError, InceptionWeightsUnavailable, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -476,6 +476,16 @@ def test_cli_bad_paths_in_process(capsys, args, message):
     assert (rc, out, err.strip()) == (1, "", message)
 
 
+def test_cli_mismatched_statistics_and_missing_out_folder(tmp_path, capsys):
+    metrics.save_statistics(tmp_path / "a.npz", np.zeros(3), np.eye(3), 5, "8x8", "a")
+    metrics.save_statistics(tmp_path / "b.npz", np.zeros(4), np.eye(4), 5, "8x8", "b")
+    rc, _, err = main_in_process(capsys, "fid", tmp_path / "a.npz", tmp_path / "b.npz")
+    assert rc == 1 and err.startswith("error: statistics do not match") and err.count("\n") == 1
+    save_png(torch.zeros(3, 8, 8, dtype=torch.uint8), tmp_path / "imgs" / "0.png")
+    rc, _, err = main_in_process(capsys, "stats", tmp_path / "imgs", "--out", tmp_path / "no" / "s.npz")
+    assert (rc, err.strip()) == (1, f"error: no such folder for --out: {tmp_path / 'no'}")
+
+
 def test_cli_empty_folder(tmp_path, capsys):
     (tmp_path / "empty" / "sub").mkdir(parents=True)
     (tmp_path / "empty" / "notes.txt").write_text("not an image")

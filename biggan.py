@@ -91,7 +91,7 @@ def get_args(argv=None):
                    help='one grid, a row per threshold (default 2 1.5 1 0.75 0.5 0.25), a column per sample')
     g.add_argument('--interpolate-class', type=int, nargs=2, metavar=('A', 'B'),
                    help='one grid, a row per z, from class A to class B with z fixed')
-    g.add_argument('--interp-steps', type=int, default=8, help='columns of --interpolate-class')
+    g.add_argument('--interp-steps', type=int, help='columns of --interpolate-class (default 8)')
     args = common.parse(p, argv, valid_res=sorted(G_ARCH))
     for k, v in RECIPES[args.recipe].items():
         if getattr(args, k) is None:
@@ -119,6 +119,13 @@ def get_args(argv=None):
         raise common.UserError('--truncation, --truncation-sweep and --interpolate-class are for sampling: add --generate N --ckpt PATH')
     if args.truncation_sweep is not None and args.interpolate_class is not None:
         raise common.UserError('give --truncation-sweep or --interpolate-class, not both')
+    if args.truncation_sweep is not None and args.truncation is not None:
+        raise common.UserError('--truncation-sweep draws its own thresholds: leave out --truncation')
+    if args.interpolate_class is not None and args.cls is not None:
+        raise common.UserError('--interpolate-class names its two classes: leave out --class')
+    if args.interp_steps is not None and args.interpolate_class is None:
+        raise common.UserError('--interp-steps goes with --interpolate-class A B')
+    args.interp_steps = 8 if args.interp_steps is None else args.interp_steps
     if args.interp_steps < 2:
         raise common.UserError('--interp-steps must be at least 2')
     return args
@@ -397,7 +404,10 @@ def train_step(G, D, G_ema, opt_G, opt_D, x, y, step, args):
             y_fake = torch.randint(n_classes, (len(x_real),), device=device)  # classes drawn uniformly
             with torch.no_grad():                                           # D's step must not reach into G
                 x_fake = G(z, y_fake)
-            real_logit, fake_logit = D(x_real, y_real), D(x_fake, y_fake)
+            # one D call on reals and fakes together, as the authors' code does: D has no BatchNorm,
+            # so this equals two calls, and DDP expects one forward per backward
+            logits = D(torch.cat([x_real, x_fake]), torch.cat([y_real, y_fake]))
+            real_logit, fake_logit = logits.chunk(2)
             loss_D = d_loss(real_logit, fake_logit)
             (loss_D / args.accum).backward()                                # gradients sum over micro-batches
         opt_D.step()

@@ -61,6 +61,9 @@ def test_bad_flags_are_user_errors():
                  ['--res', '64', '--ch', '2', '--attn-res', '32'],   # 2 channels in D at 32x32: C/8 = 0
                  ['--truncation', '0.5'],                    # a sampling flag without --generate
                  ['--generate', '4', '--ckpt', 'x.pt', '--truncation', '0'],
+                 ['--generate', '4', '--ckpt', 'x.pt', '--truncation', '0.5', '--truncation-sweep'],
+                 ['--generate', '4', '--ckpt', 'x.pt', '--interpolate-class', '0', '1', '--class', '2'],
+                 ['--generate', '4', '--ckpt', 'x.pt', '--interp-steps', '5'],
                  ['--res', '48']):
         with pytest.raises(common.UserError):
             biggan.get_args(argv)
@@ -211,7 +214,7 @@ def test_one_training_step_with_two_d_steps(nets):
     x, y = batch(args)
     logs = biggan.train_step(G, D, G_ema, opt_G, opt_D, x, y, 1, args)
     assert set(logs) == {'loss_D', 'loss_G', 'D(x)', 'D(G(z))', 'ortho'} and logs['ortho'] > 0
-    assert calls == [8] * 5                                     # 2 x (real, fake), then G's step
+    assert calls == [16, 16, 8]                                 # 2 D steps on reals + fakes, then G's step
     assert all(s['step'].item() == 2 for s in opt_D.state.values())
     assert all(s['step'].item() == 1 for s in opt_G.state.values())
     for net, before in ((G, g0), (D, d0)):
@@ -245,12 +248,14 @@ def test_accumulation_sums_micro_batches(monkeypatch):
 
         monkeypatch.setattr(torch, 'randn', randn)
         monkeypatch.setattr(torch, 'randint', randint)
-        steps = []
+        steps, calls = [], []
+        d.register_forward_hook(lambda m, i, o: calls.append(len(i[0])))
         opt_D.step = lambda: steps.append(('D', [p.grad.clone() for p in d.parameters()]))
         opt_G.step = lambda: steps.append(('G', [p.grad.clone() for p in g.parameters()]))
         biggan.train_step(g, d, G_ema, opt_G, opt_D, x, y, 1, args)
         monkeypatch.undo()
         assert [k for k, _ in steps] == ['D', 'G'] and used == {'z': 32, 'y': 32}
+        assert calls == ([32, 16] if accum == 1 else [16, 16, 8, 8])
         grads[accum] = steps
     for (_, a), (_, b) in zip(grads[1], grads[2]):
         for ga, gb in zip(a, b):

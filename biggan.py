@@ -45,7 +45,6 @@ Deviations from the paper:
       process normalises with its own batch's statistics.
 """
 import copy
-import math
 
 import torch
 import torch.nn as nn
@@ -59,7 +58,7 @@ import common
 # Arguments
 # ----------------------------------------------------------------------------------------------
 
-RECIPES = {'paper': dict(lr_g=5e-5, lr_d=2e-4, d_steps=2),   # Sec. 4 / Appendix C
+RECIPES = {'paper': dict(lr_g=5e-5, lr_d=2e-4, d_steps=2),   # the paper's setting
            'code': dict(lr_g=1e-4, lr_d=4e-4, d_steps=1)}    # the authors' launch scripts
 Z_DIM = {32: 128, 64: 120, 128: 120, 256: 140}               # split evenly into (G blocks + 1) chunks
 
@@ -81,7 +80,8 @@ def get_args(argv=None):
     g.add_argument('--adam-eps', type=float, default=1e-6)
     g.add_argument('--ortho', type=float, default=1e-4, help='beta of the orthogonal regulariser (0: off)')
     g.add_argument('--ema-decay', type=float, default=0.9999, help="decay of the EMA of G's weights and buffers")
-    g.add_argument('--ema-start', type=int, default=20000, help='steps before the EMA starts averaging (a copy of G until then)')
+    g.add_argument('--ema-start', type=int, default=20000,
+                   help='steps before the EMA starts averaging (a copy of G until then)')
     g.add_argument('--accum', type=int, default=1, help='micro-batches whose gradients are summed per D or G step')
     g.add_argument('--sn-eps', type=float, default=1e-6, help="spectral norm's epsilon")
     g.add_argument('--bn-eps', type=float, default=1e-5)
@@ -105,18 +105,19 @@ def get_args(argv=None):
         raise common.UserError(f'--z-dim {args.z_dim} must split evenly into {chunks} chunks at --res {args.res}')
     if args.attn_res and args.attn_res not in [4 * 2 ** (i + 1) for i in range(len(G_ARCH[args.res]))]:
         raise common.UserError(f'--attn-res {args.attn_res} is not a resolution G has at --res {args.res}')
-    if args.attn_res and min(attn_channels(args)) < 8:
-        raise common.UserError(f'--attn-res {args.attn_res} at --ch {args.ch} leaves fewer than 8 channels for attention '
-                               '(it needs C/8 >= 1); raise --ch or move --attn-res')
     if args.ch < 2 or args.d_steps < 1 or args.accum < 1 or args.shared_dim < 1:
         raise common.UserError('--ch must be at least 2, --d-steps, --accum and --shared-dim at least 1')
+    if args.attn_res and min(attn_channels(args)) < 8:
+        raise common.UserError(f'--attn-res {args.attn_res} at --ch {args.ch} leaves fewer than 8 channels for '
+                               'attention (it needs C/8 >= 1); raise --ch or move --attn-res')
     if args.truncation is not None and args.truncation <= 0:
         raise common.UserError('--truncation must be positive')
     if args.truncation_sweep is not None and any(t <= 0 for t in args.truncation_sweep):
         raise common.UserError('--truncation-sweep thresholds must be positive')
     if args.generate is None and (args.truncation is not None or args.truncation_sweep is not None
                                   or args.interpolate_class is not None):
-        raise common.UserError('--truncation, --truncation-sweep and --interpolate-class are for sampling: add --generate N --ckpt PATH')
+        raise common.UserError('--truncation, --truncation-sweep and --interpolate-class are for sampling: '
+                               'add --generate N --ckpt PATH')
     if args.truncation_sweep is not None and args.interpolate_class is not None:
         raise common.UserError('give --truncation-sweep or --interpolate-class, not both')
     if args.truncation_sweep is not None and args.truncation is not None:
@@ -161,9 +162,9 @@ def attn_channels(args):
 
 
 def sn(module, eps):
-    """Orthogonal init (Sec. 4), then spectral norm: W / sigma_max(W), sigma from one power
-    iteration per training-mode forward (Miyato et al. 2018). Init comes first because the
-    parametrisation stores the raw weight it is given."""
+    """Orthogonal init (Saxe et al. 2014, as in the paper), then spectral norm: W / sigma_max(W),
+    sigma from one power iteration per training-mode forward (Miyato et al. 2018). Init comes
+    first because the parametrisation stores the raw weight it is given."""
     nn.init.orthogonal_(module.weight)
     return spectral_norm(module, eps=eps)
 
@@ -191,7 +192,8 @@ class ConditionalBatchNorm(nn.Module):
 
 
 class GBlock(nn.Module):
-    """BN-ReLU-up(nearest)-conv3-BN-ReLU-conv3, plus a 1x1 conv of the upsampled input: [B, in, H, W] -> [B, out, 2H, 2W]."""
+    """BN-ReLU-up(nearest)-conv3-BN-ReLU-conv3, plus a 1x1 conv of the upsampled input.
+    [B, in, H, W] -> [B, out, 2H, 2W]."""
 
     def __init__(self, c_in, c_out, cond_dim, args):
         super().__init__()
@@ -329,11 +331,13 @@ class Discriminator(nn.Module):
 def d_loss(real_logit, fake_logit):
     """Hinge loss (Lim & Ye 2017; Sec. 3): E[max(0, 1 - D(x))] + E[max(0, 1 + D(G(z)))].
     Zero once D scores reals >= 1 and fakes <= -1: D stops pushing on samples it already gets right."""
+    # L_D = E[max(0, 1 - D(x))] + E[max(0, 1 + D(G(z)))]
     return F.relu(1 - real_logit).mean() + F.relu(1 + fake_logit).mean()
 
 
 def g_loss(fake_logit):
-    """-E[D(G(z))]: G raises D's score of its samples without a margin."""
+    """G raises D's score of its samples, without a margin."""
+    # L_G = -E[D(G(z))]
     return -fake_logit.mean()
 
 
@@ -463,7 +467,7 @@ def train(args):
     G_ema = copy.deepcopy(G).eval()                   # sampled from; never trained, only averaged
     G, D, G_ema = G.to(run.device), D.to(run.device), G_ema.to(run.device)
     if run.world > 1 and run.device.type != 'cpu':
-        # Cross-replica BN (Sec. 4): statistics over the whole batch, not each process's slice
+        # Cross-replica BN: statistics over the whole batch, not each process's slice
         G = nn.SyncBatchNorm.convert_sync_batchnorm(G)
     opt_G, opt_D = make_optimizers(G, D, args)
     G_, D_ = run.wrap(G), run.wrap(D)

@@ -551,11 +551,12 @@ def generate(args):
     z = truncated_z(n, targs.z_dim, args.truncation, gen)
     x = draw(z, y)
     common.write_samples(x, args.out, y.tolist(), targs.classes)
-    # grid.png: up to 10 samples of each class, a row per class
-    per = min(10, n if args.cls is not None else max(1, n // n_classes))
-    pick = torch.cat([torch.nonzero(y == k).flatten()[:per] for k in y.unique()])[:256]
-    common.save_grid(x[pick], f'{args.out}/grid.png', nrow=per)
-    print(f'wrote {n} images into {args.out}/<class>/ and grid.png (a row per class)'
+    if args.cls is None:  # grid.png: up to 10 samples of each class, a row per class
+        per = max(1, min(10, n // n_classes))
+        pick = torch.cat([torch.nonzero(y == k).flatten()[:per] for k in y.unique()])[:256]
+        common.save_grid(x[pick], f'{args.out}/grid.png', nrow=per)
+    print(f'wrote {n} images into {args.out}/<class>/ and grid.png'
+          + (' (a row per class)' if args.cls is None else '')
           + (f', truncation {args.truncation}' if args.truncation is not None else ''))
 
 

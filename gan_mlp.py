@@ -221,18 +221,21 @@ def train(args):
     run = common.Run(args)
     data = common.load_data(args)
     G, D = build(args)
-    G.init_output_bias(data.images)
-    G, D = G.to(run.device), D.to(run.device)
+    G.init_output_bias(data.preview(1000))
+    G, D = run.wrap(G.to(run.device)), run.wrap(D.to(run.device))
     opt_G, opt_D = make_optimizers(G, D, args)
     nets = {'G': G, 'D': D, 'opt_G': opt_G, 'opt_D': opt_D}
     run.start(nets, data, batches_per_step=args.k)
     fixed_z = torch.randn(64, args.z_dim, generator=torch.Generator().manual_seed(args.seed)).to(run.device)
+    sample_fn = lambda: sample(G, fixed_z)                                         # the progress grid
+    eval_fn = lambda n: sample(G, torch.randn(n, args.z_dim, device=run.device))   # fresh samples for FID
 
     for x, _ in run.batches(data):
         schedule(opt_G, opt_D, run.step_num, run.step_num / run.per_epoch, args)
         logs = train_step(G, D, opt_G, opt_D, x, args)
-        run.step(logs, nets, lambda: sample(G, fixed_z))
-    run.finish(nets, lambda: sample(G, fixed_z))
+        run.step(logs, nets, sample_fn, eval_fn)
+    run.finish(nets, sample_fn)
+    return nets
 
 
 # ----------------------------------------------------------------------------------------------

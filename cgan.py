@@ -76,8 +76,8 @@ def get_args(argv=None):
     g.add_argument('--ngf', type=int, default=64, help="G's channels at the last hidden layer (doubling towards 4x4)")
     g.add_argument('--ndf', type=int, default=64, help="D's channels at the first layer (doubling towards 4x4)")
     g.add_argument('--embed-dim', type=int,
-                   help='concat only: size of the learned label embedding (default 50, the width of '
-                        "Mirza & Osindero's label pathway in D)")
+                   help='concat only: size of the learned label embedding (default 10, the size of the '
+                        "one-hot label Mirza & Osindero feed in for MNIST's 10 classes)")
     g.add_argument('--loss', choices=['hinge', 'bce'],
                    help='hinge (Miyato & Koyama; the default with projection) or the non-saturating '
                         'BCE of eq. 2 (Mirza & Osindero; the default with concat)')
@@ -89,7 +89,7 @@ def get_args(argv=None):
         raise common.UserError('--embed-dim applies to --cond concat only (projection embeds y in D\'s feature '
                                'size and conditions G by BatchNorm)')
     if args.embed_dim is None:
-        args.embed_dim = 50
+        args.embed_dim = 10
     if args.loss is None:
         args.loss = 'hinge' if args.cond == 'projection' else 'bce'
     for name in ['z_dim', 'ngf', 'ndf', 'embed_dim', 'n_dis']:

@@ -41,7 +41,7 @@ def test_defaults_follow_the_scheme():
     a = cgan.get_args([])
     assert (a.cond, a.loss, a.z_dim, a.lr, a.betas, a.n_dis) == ('projection', 'hinge', 100, 2e-4, [0.5, 0.999], 1)
     assert cgan.get_args(['--cond', 'concat']).loss == 'bce'
-    assert cgan.get_args(['--cond', 'concat']).embed_dim == 50
+    assert cgan.get_args(['--cond', 'concat']).embed_dim == 10
     with pytest.raises(common.UserError, match='--embed-dim applies to --cond concat only'):
         cgan.get_args(['--cond', 'projection', '--embed-dim', '8'])
     with pytest.raises(common.UserError, match='cannot build --res 48'):

@@ -20,13 +20,14 @@ D gets embed(y) broadcast to feature maps and stacked onto the image as extra ch
     f(x, y) = psi(phi(x)) + <embed(y), phi(x)>,
 
 the log-density-ratio form that follows when p(y|x) is a log-linear model of the features phi(x).
-Only the inner product touches y, so D cannot satisfy its goal by ignoring either argument, as a
-concatenating D can. G is conditioned through class-conditional BatchNorm (a gain and a bias per
+The paper argues that this form respects the role of y in that model better than joining y to
+the input or to a hidden layer of D does. G is conditioned through class-conditional BatchNorm (a gain and a bias per
 class, Sec. 5 / the authors' ResNet G). D has spectral normalisation on every layer, the class
 embedding included, and phi is ReLU followed by a global *sum* pool (the authors' code).
 
 The backbone is DCGAN's (Radford et al. 2015): 4x4 stride-2 (transposed) convolutions, BatchNorm in
-G except its output, LeakyReLU 0.2 in D, weights from N(0, 0.02), Adam 2e-4 with betas (0.5, 0.999).
+G except its output, LeakyReLU 0.2 in D, weights from N(0, 0.02) (the projection D's SN layers take the
+authors' Glorot init), Adam 2e-4 with betas (0.5, 0.999).
 
 Usage:
     python cgan.py --dataset shapes --steps 300 --res 32       # a few minutes on a CPU, no download
@@ -210,9 +211,11 @@ class Discriminator(nn.Module):
         else:
             self.psi = nn.Linear(chans[-1], 1)
             self.embed = nn.Embedding(num_classes, chans[-1])
-            # The authors' init for the output layer and the embedding: Glorot uniform.
-            nn.init.xavier_uniform_(self.psi.weight)
-            nn.init.xavier_uniform_(self.embed.weight)
+            # The authors' init, Glorot uniform, for every SN layer rather than DCGAN's N(0, 0.02):
+            # SN divides W by sigma_max(W) while Adam moves each weight by ~lr per step, so the
+            # scale of W sets how fast the normalised layer turns; keep the authors' scale.
+            for m in [*self.convs, self.psi, self.embed]:
+                nn.init.xavier_uniform_(m.weight)
             # Spectral norm (Miyato et al. 2018) on every layer: W / sigma_max(W), sigma_max from one
             # power iteration per training forward. On the embedding too: without it the
             # projection term is unbounded and D can grow its logit through it alone.

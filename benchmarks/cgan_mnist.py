@@ -47,7 +47,7 @@ def main():
     p.add_argument('--data', required=True, help='folder of MNIST digits in class subfolders 0..9')
     p.add_argument('--clf', required=True, help='digit classifier checkpoint from benchmarks/mnist_classifier.py train')
     p.add_argument('--out', default='runs/bench/cgan_mnist')
-    p.add_argument('--steps', type=int, default=3000)
+    p.add_argument('--steps', type=int, default=2000)
     p.add_argument('--n', type=int, default=1000, help='samples to score, spread evenly over the 10 classes')
     p.add_argument('extra', nargs='*', help='more cgan.py flags, after --')
     a = p.parse_args()

@@ -45,7 +45,7 @@ Usage
     python metrics.py all --real REAL_DIR_OR_NPZ --fake FAKE_DIR
     python metrics.py stats REAL_DIR --out real_stats.npz
     Options: --inception-weights PATH, --batch-size N, --device cuda|mps|cpu.
-    The first run downloads pytorch-fid's Inception weights (~92 MB) into the
+    The first run downloads pytorch-fid's Inception weights (~96 MB) into the
     torch hub cache.
 
 From Python

@@ -660,8 +660,9 @@ def train(args):
 # ----------------------------------------------------------------------------------------------
 
 def layer_resolution(i):
-    """The resolution style layer i acts on: 4x4 has layers 0 (and 1's toRGB), each r >= 8 two more."""
-    return 2 ** ((i + 5) // 2)
+    """The resolution style layer i belongs to, two layers per resolution from 4x4 (the official
+    figure code's indexing: coarse = layers 0-3, middle 4-7, fine 8-17 at 1024)."""
+    return 2 ** (i // 2 + 2)
 
 
 def mix_range(name, num_ws):

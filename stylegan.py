@@ -20,7 +20,8 @@ outputs), a residual discriminator, lazy R1 regularisation and path-length regul
 
 Usage:
     python stylegan.py --dataset shapes --res 32 --fmap-base 512 --fmap-max 64 --z-dim 64 --w-dim 64 --steps 300
-    python stylegan.py --res 256 --epochs 50 --data DIR             # StyleGAN2 config F widths
+    python stylegan.py                                               # LFW faces (downloaded) at 256x256
+    python stylegan.py --res 256 --epochs 50 --data DIR              # StyleGAN2 config F widths
     python stylegan.py --style adain --data DIR                      # the 2019 AdaIN generator
     python stylegan.py --augment diffaug --data SMALL_DIR            # small datasets (Zhao et al. 2020)
     python stylegan.py --generate 64 --psi 0.7 --ckpt runs/stylegan/last.pt

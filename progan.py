@@ -336,7 +336,7 @@ def g_loss(fake_score):
 
 @torch.no_grad()
 def update_ema(G_ema, G, beta):
-    """G_ema <- beta * G_ema + (1 - beta) * G, parameter by parameter (Sec. 4 of the appendix: 0.999)."""
+    """G_ema <- beta * G_ema + (1 - beta) * G, parameter by parameter (Sec. A.1: beta 0.999)."""
     G = getattr(G, 'module', G)  # the network inside DistributedDataParallel
     for p_ema, p in zip(G_ema.parameters(), G.parameters()):
         p_ema.lerp_(p, 1 - beta)
@@ -478,6 +478,15 @@ def make_optimizers(G, D, args):
             torch.optim.Adam(D.parameters(), args.lr, betas=tuple(args.betas), eps=args.adam_eps))
 
 
+def wrap(run, net):
+    """run.wrap(net), telling DistributedDataParallel that some parameters sit out a step: the
+    blocks above the current resolution, and the old toRGB/fromRGB once a fade-in is over."""
+    if run.world == 1:
+        return net
+    ids = [run.device.index] if run.device.type == 'cuda' else None
+    return nn.parallel.DistributedDataParallel(net, device_ids=ids, find_unused_parameters=True)  # no buffers here
+
+
 def reset_optimizer(opt):
     """Forget Adam's moments, as the authors' code does whenever the level of detail changes: the
     statistics of the old network say nothing about the layers just added."""
@@ -504,7 +513,7 @@ def train(args):
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     opt_G, opt_D = make_optimizers(G, D, args)
     growth = Growth(make_phases(args, len(data)))
-    G_train, D_train = run.wrap(G), run.wrap(D)
+    G_train, D_train = wrap(run, G), wrap(run, D)
     nets = {'G': G_train, 'D': D_train, 'G_ema': G_ema, 'opt_G': opt_G, 'opt_D': opt_D, 'growth': growth}
     run.start(nets, data)
     # Run.start counts steps in fixed-size epochs; here the schedule decides how long training is.

@@ -11,7 +11,8 @@ once: it is faded in (Fig. 2). While the 8x8 layers fade in, G's image is
 
 D mirrors it with an average-pooled path into its old fromRGB, and the real images are crossfaded
 between the two resolutions in the same way. A fade-in phase is followed by a stabilising phase at
-alpha = 1; each lasts --kimg-per-phase thousand real images (800k in the paper).
+alpha = 1; each lasts --kimg-per-phase thousand real images (800k in the paper). Batch sizes come
+from a per-resolution table, and Adam's state is reset at every phase change.
 
 Three further ideas of the paper keep the game stable without batch norm:
     - Equalized learning rate (Sec. 4.1): weights are drawn from N(0, 1) and multiplied at run time
@@ -98,7 +99,7 @@ def get_args(argv=None):
 
 
 def parse_batch_table(text):
-    """'256:14,512:6' -> {256: 14, 512: 6} (JSON-friendly string keys are avoided: ints stay ints)."""
+    """'256:14,512:6' -> {256: 14, 512: 6}."""
     table = {}
     for item in filter(None, text.replace(' ', '').split(',')):
         try:
@@ -488,8 +489,9 @@ def wrap(run, net):
 
 
 def reset_optimizer(opt):
-    """Forget Adam's moments, as the authors' code does whenever the level of detail changes: the
-    statistics of the old network say nothing about the layers just added."""
+    """Forget Adam's moments. The authors' code does it whenever the level of detail changes, i.e.
+    when a fade-in starts and when it ends: the gradient statistics gathered for the old network
+    say nothing about the one with the new layers (or without the old toRGB/fromRGB)."""
     opt.state.clear()
 
 

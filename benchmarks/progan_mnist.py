@@ -84,7 +84,7 @@ def main():
            '--fmap-base', '256', '--fmap-max', '32', '--ema-beta', '0.99',
            '--sample-every', '200', '--out', a.out]
     if not a.skip_train:
-        print('training:', ' '.join(['python'] + cmd[1:]), flush=True)
+        print('training:', ' '.join(['python', 'progan.py'] + cmd[2:]), flush=True)
         t = time.time()
         subprocess.run(cmd, check=True)
         print(f'train time: {(time.time() - t) / 60:.1f} min', flush=True)

@@ -14,6 +14,7 @@
 Prints one line per figure. The run folder keeps the per-phase grids, losses.csv/png and last.pt.
 """
 import argparse
+import csv
 import os
 import subprocess
 import sys
@@ -90,7 +91,6 @@ def main():
         print(f'train time: {(time.time() - t) / 60:.1f} min', flush=True)
 
     # Per-phase wall time, from the log: the time column at the last step of each resolution
-    import csv
     with open(os.path.join(a.out, 'losses.csv')) as f:
         rows = list(csv.DictReader(f))
     reached = {}
@@ -128,9 +128,8 @@ def main():
 
 def get_train_args(out):
     """The training flags, from the run's checkpoint, with the data folder it used."""
-    import argparse as ap
     ckpt = common.load_checkpoint(os.path.join(out, 'last.pt'), 'progan')
-    return ap.Namespace(**ckpt['args'])
+    return argparse.Namespace(**ckpt['args'])
 
 
 if __name__ == '__main__':

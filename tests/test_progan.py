@@ -1,7 +1,8 @@
 """progan.py: equalized LR, fade-in, pixelnorm, minibatch stddev, the loss, and growing/resume."""
+import argparse
+import copy
 import csv
 import math
-import os
 
 import pytest
 import torch
@@ -174,7 +175,7 @@ def test_gradient_penalty_of_a_linear_critic():
 
 def test_train_step_changes_weights_and_ema_follows():
     args, G, D = nets(16, '--ema-beta', '0.5')
-    G_ema = progan.copy.deepcopy(G)
+    G_ema = copy.deepcopy(G)
     opt_G, opt_D = progan.make_optimizers(G, D, args)
     assert opt_G.defaults['betas'] == (0.0, 0.99) and opt_G.defaults['lr'] == 1e-3 and opt_G.defaults['eps'] == 1e-8
     g0, d0, e0 = [[p.detach().clone() for p in m.parameters()] for m in (G, D, G_ema)]
@@ -215,6 +216,19 @@ def test_schedule_phases_alpha_and_batch_table():
         progan.get_args(['--res', '4'])
 
 
+def test_real_batches_are_downscaled_and_crossfaded_per_phase():
+    args = progan.get_args(['--res', '16', '--kimg-per-phase', '0.016', '--batch-size', '4', '--batch-table', '8:2'])
+    images, _ = common.make_shapes(12, 16, seed=0)
+    data = common.Data(images)
+    run = argparse.Namespace(world=1, device=torch.device('cpu'))
+    growth = progan.Growth(progan.make_phases(args, len(data)))
+    growth.phase, growth.nimg = 1, 8                       # 8x8 fade-in, half way: alpha 0.5, batch 2
+    x = next(progan.real_batches(data, growth, args, run))
+    full, _ = next(common.epoch_batches(data, 2, 1000 * 1 + 0, args.seed, run.device, start=4))
+    assert x.shape == (2, 3, 8, 8)
+    assert torch.allclose(x, progan.fade_reals(F.avg_pool2d(full, 2), 0.5), atol=1e-6)
+
+
 # ---------------------------------------------------------------- end to end
 
 def read_log(path):
@@ -252,6 +266,9 @@ def test_grow_4_8_16_resume_mid_fade_and_generate(tmp_path):
     resumed = read_log(part / 'losses.csv')
     assert [(x['step'], x['res'], x['alpha']) for x in resumed] == [(x['step'], x['res'], x['alpha']) for x in log]
     # the resumed run saw the same batches, noise and Adam state: it ends where the uninterrupted one did
+    # Adam was reset when the last phase began: its step count is that phase's 8 steps, not 24
+    opt_state = common.load_checkpoint(str(full / 'last.pt'), 'progan')['nets']['opt_G']['state']
+    assert max(int(s['step']) for s in opt_state.values()) == 8
     a = common.load_checkpoint(str(full / 'last.pt'), 'progan')['nets']['G_ema']
     b = common.load_checkpoint(str(part / 'last.pt'), 'progan')['nets']['G_ema']
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)

@@ -434,6 +434,9 @@ class Growth:
         return {'phase': self.phase, 'nimg': self.nimg}
 
     def load_state_dict(self, state):
+        if not 0 <= int(state['phase']) < len(self.phases):
+            raise common.UserError(f'the checkpoint is in growing phase {int(state["phase"])}, but this schedule has '
+                                   f'{len(self.phases)}: resume with the --res it was trained with')
         self.phase, self.nimg = int(state['phase']), int(state['nimg'])
 
 

@@ -77,6 +77,10 @@ def base_parser(doc, model, dataset, res, batch_size, epochs, sample_every=500, 
     g.add_argument('--res', type=int, default=res, help='image resolution (square)')
     g.add_argument('--channels', type=int, choices=[1, 3], help="image channels (default: the dataset's own)")
     g.add_argument('--shapes-n', type=int, default=20000, help='number of images in the shapes dataset')
+    g.add_argument('--max-memory-gb', type=float, default=8.0,
+                   help='a --data folder larger than this once decoded is streamed from disk instead of held in memory')
+    g.add_argument('--workers', type=int, default=min(4, os.cpu_count() or 1),
+                   help='DataLoader workers when streaming a large folder')
     g = p.add_argument_group('training')
     g.add_argument('--batch-size', type=int, default=batch_size, help='per-process batch size')
     g.add_argument('--epochs', type=int, default=epochs)
@@ -87,6 +91,16 @@ def base_parser(doc, model, dataset, res, batch_size, epochs, sample_every=500, 
     g.add_argument('--resume', metavar='PATH', help='continue training from a checkpoint')
     g.add_argument('--sample-every', type=int, default=sample_every, help='steps between sample grids')
     g.add_argument('--ckpt-every', type=int, default=ckpt_every, help='steps between checkpoints')
+    g = p.add_argument_group('evaluation')
+    g.add_argument('--eval-every', type=int, default=0, metavar='K',
+                   help='every K steps, log FID against the training data to losses.csv (0: never)')
+    g.add_argument('--eval-n', type=int, default=5000, metavar='N', help='images on each side of that FID')
+    g.add_argument('--inception-weights', metavar='PATH',
+                   help='the FID Inception weights file (default: fetched once into the torch hub cache)')
+    g = p.add_argument_group('speed')
+    g.add_argument('--amp', action='store_true',
+                   help='bfloat16 autocast for the networks\' forward passes (for CUDA; losses and penalties stay fp32)')
+    g.add_argument('--compile', action='store_true', help='torch.compile the networks (slow first steps)')
     g = p.add_argument_group('sampling only')
     g.add_argument('--generate', type=int, metavar='N', help='write N samples from --ckpt and exit')
     g.add_argument('--ckpt', metavar='PATH', help='checkpoint to sample from')
@@ -100,6 +114,8 @@ def parse(p, argv=None, valid_res=None):
     args = p.parse_args(argv)
     if valid_res is not None and args.res not in valid_res:
         raise UserError(f'{args.model} cannot build --res {args.res}; choose one of {", ".join(map(str, valid_res))}')
+    if args.eval_every < 0 or args.eval_n < 2:
+        raise UserError('--eval-every must be >= 0 and --eval-n >= 2')
     for name in ['batch_size', 'epochs', 'sample_every', 'ckpt_every']:
         if getattr(args, name) < 1:
             raise UserError(f'--{name.replace("_", "-")} must be at least 1')
@@ -135,6 +151,14 @@ def get_device(name='auto'):
     return torch.device(name)
 
 
+def peak_memory_gb(device):
+    """Peak GPU memory allocated by PyTorch, or the process's peak resident memory on the CPU."""
+    if torch.device(device).type == 'cuda':
+        return torch.cuda.max_memory_allocated(device) / 2 ** 30
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # Linux reports KiB
+
+
 def seed_everything(seed):
     random.seed(seed)
     np.random.seed(seed)
@@ -168,13 +192,21 @@ class Data:
 
     def __init__(self, images, labels=None, classes=None, name=''):
         self.images, self.labels, self.classes, self.name = images, labels, classes, name
+        self.stream = None  # a FolderStream when the folder is too large to decode into memory
 
     def __len__(self):
-        return len(self.images)
+        return len(self.stream) if self.stream is not None else len(self.images)
 
     @property
     def channels(self):
-        return self.images.shape[1]
+        return self.stream.channels if self.stream is not None else self.images.shape[1]
+
+    def preview(self, n=64):
+        """n images drawn at random (always the same ones), uint8 [n, C, H, W] on the CPU."""
+        idx = torch.randperm(len(self), generator=torch.Generator().manual_seed(0))[:n]
+        if self.stream is not None:
+            return torch.stack([self.stream[int(i)][0] for i in idx])
+        return self.images[idx.to(self.images.device)].cpu()
 
     @property
     def num_classes(self):
@@ -188,6 +220,18 @@ def load_data(args, need_labels=False):
     so it lands in config.json and in every checkpoint.
     """
     if args.data:
+        files, labels, classes = _list_folder(args.data)
+        channels = args.channels or (1 if _all_gray(files[:32]) else 3)
+        if len(files) * channels * args.res ** 2 > args.max_memory_gb * 2 ** 30:
+            data = Data(None, labels, classes, args.data)
+            data.stream = FolderStream(files, labels, args.res, channels)
+            args.channels, args.classes = channels, classes
+            if need_labels and labels is None:
+                raise UserError(f'{args.model} is class-conditional but {args.data} has no labels; '
+                                'use a folder with one subfolder per class')
+            print(f'{args.data}: {len(files)} images would not fit in --max-memory-gb {args.max_memory_gb:g}; '
+                  f'streaming them with {args.workers} workers')
+            return data
         images, labels, classes, name = _load_folder(args.data, args.res, args.data_root)
     elif args.dataset == 'shapes':
         images, labels = make_shapes(args.shapes_n, args.res, seed=args.seed)
@@ -288,9 +332,9 @@ def _pil_to_square(img, res):
     return torch.from_numpy(a.copy()).permute(2, 0, 1)
 
 
-def _load_folder(path, res, root):
-    """Every image below `path`, recursively. Top-level subfolders are the classes."""
-    from PIL import Image
+def _list_folder(path):
+    """Every image file below `path`, recursively, and its label: top-level subfolders are the
+    classes (when every file sits in one and there are at least two). -> (files, labels or None, classes)"""
     if not os.path.exists(path):
         raise UserError(f'--data {path}: no such folder')
     if not os.path.isdir(path):
@@ -302,30 +346,49 @@ def _load_folder(path, res, root):
     tops = [os.path.relpath(f, path).split(os.sep)[0] for f in files]
     labelled = all(os.sep in os.path.relpath(f, path) for f in files)
     classes = sorted(set(tops)) if labelled and len(set(tops)) > 1 else None
+    labels = torch.tensor([classes.index(t) for t in tops]).long() if classes else None
+    return files, labels, classes
 
-    key = hashlib.sha1(f'{os.path.abspath(path)}|{len(files)}|{max(os.path.getmtime(f) for f in files)}|{res}'
+
+def _all_gray(files):
+    from PIL import Image
+    try:
+        return all(Image.open(f).mode in ('1', 'L', 'LA', 'I', 'I;16') for f in files)
+    except Exception:
+        return False
+
+
+def _load_folder(path, res, root):
+    """Decode every image below `path` once into uint8 [N, C, res, res] (cached on disk)."""
+    from PIL import Image
+    files, all_labels, classes = _list_folder(path)
+
+    key = hashlib.sha1(f'{os.path.abspath(path)}|{len(files)}|{max(os.path.getmtime(f) for f in files)}|{res}|v2'
                        .encode()).hexdigest()[:16]
     cache = os.path.join(root, 'cache', f'folder-{key}.pt')
     if os.path.exists(cache):
         d = torch.load(cache, weights_only=True)
         return d['images'], d['labels'], d['classes'], path
 
-    imgs, labs, bad = [], [], 0
-    for f, top in zip(_progress(files, desc=f'decoding {path}'), tops):
+    imgs, labs, bad, gray = [], [], 0, True
+    for i, f in enumerate(_progress(files, desc=f'decoding {path}')):
         try:
             with Image.open(f) as img:
+                gray = gray and img.mode in ('1', 'L', 'LA', 'I', 'I;16')
                 imgs.append(_pil_to_square(img.convert('RGB'), res))
         except Exception:  # truncated, corrupt or not really an image: skip and count it
             bad += 1
             continue
         if classes:
-            labs.append(classes.index(top))
+            labs.append(int(all_labels[i]))
     if bad:
         warnings.warn(f'skipped {bad} unreadable file(s) in {path}', stacklevel=2)
         print(f'warning: skipped {bad} unreadable file(s) in {path}', file=sys.stderr)
     if not imgs:
         raise UserError(f'--data {path}: none of the {len(files)} image files could be read')
     images = torch.stack(imgs)
+    if gray:  # a folder of grayscale images (e.g. digits) keeps one channel
+        images = images[:, :1].contiguous()
     labels = torch.tensor(labs).long() if classes else None
     _save_cache(cache, images, labels, classes)
     return images, labels, classes, path
@@ -351,11 +414,11 @@ def make_shapes(n, res, seed=0):
     """
     g = torch.Generator().manual_seed(seed)
     labels = torch.randint(len(SHAPE_CLASSES), (n,), generator=g)
-    size = 0.45 + 0.25 * torch.rand(n, generator=g)                    # half-extent, in [-1, 1] units
-    cx, cy = [(torch.rand(n, generator=g) * 2 - 1) * 0.5 * (0.95 - size) for _ in range(2)]
+    size = 0.55 + 0.2 * torch.rand(n, generator=g)                     # half-extent, in [-1, 1] units
+    cx, cy = [(torch.rand(n, generator=g) * 2 - 1) * 0.1 for _ in range(2)]    # near the centre
     fg = _hsv_to_rgb(torch.rand(n, generator=g), 0.55 + 0.45 * torch.rand(n, generator=g),
                      0.7 + 0.3 * torch.rand(n, generator=g))
-    bg = _hsv_to_rgb(torch.rand(n, generator=g), 0.3 * torch.rand(n, generator=g), 0.05 + 0.15 * torch.rand(n, generator=g))
+    bg = _hsv_to_rgb(torch.rand(n, generator=g), 0.3 * torch.rand(n, generator=g), 0.04 + 0.08 * torch.rand(n, generator=g))
     t = (torch.arange(res) + 0.5) / res * 2 - 1
     yy, xx = torch.meshgrid(t, t, indexing='ij')
     x = (xx - cx[:, None, None]) / size[:, None, None]                     # [n, res, res]: the shape spans [-1, 1]
@@ -401,18 +464,62 @@ def batches_per_epoch(n, batch_size, world_size=1):
     return max(1, n // (batch_size * world_size))
 
 
+class FolderStream(torch.utils.data.Dataset):
+    """A folder too large for memory: each item is decoded when asked for, in DataLoader workers."""
+
+    def __init__(self, files, labels, res, channels):
+        self.files, self.labels, self.res, self.channels = files, labels, res, channels
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, i):
+        from PIL import Image
+        for j in [i] + torch.randint(len(self.files), (20,)).tolist():  # an unreadable file: take another
+            try:
+                with Image.open(self.files[j]) as img:
+                    x = _to_channels(_pil_to_square(img.convert('RGB'), self.res)[None], self.channels)[0]
+                return x, (int(self.labels[j]) if self.labels is not None else -1)
+            except Exception:
+                continue
+        raise UserError(f'{self.files[i]} and 20 other files could not be read')
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Yields this rank's index batches of one epoch, the same permutation as the in-memory path."""
+
+    def __init__(self, n, batch_size, seed):
+        self.n, self.batch_size, self.seed, self.epoch, self.start = n, batch_size, seed, 0, 0
+
+    def __iter__(self):
+        rank, world = dist_info()
+        perm = epoch_permutation(self.n, self.batch_size * world, self.seed, self.epoch)
+        for b in range(self.start, batches_per_epoch(len(perm), self.batch_size, world)):
+            yield perm[(b * world + rank) * self.batch_size:(b * world + rank + 1) * self.batch_size].tolist()
+
+    def __len__(self):
+        return batches_per_epoch(self.n, self.batch_size, dist_info()[1]) - self.start
+
+
+def epoch_permutation(n, global_batch, seed, epoch):
+    g = torch.Generator().manual_seed(seed * 100003 + epoch)
+    perm = torch.randperm(n, generator=g)
+    if n < global_batch:  # tiny datasets: repeat to fill at least one batch per rank
+        perm = perm.repeat(math.ceil(global_batch / n))[:global_batch]
+    return perm
+
+
 def epoch_batches(data, batch_size, epoch, seed, device, start=0):
     """Yield (x, y) for one epoch from batch index `start` on. x: float [B, C, H, W] in [-1, 1].
 
     The permutation depends only on (seed, epoch), so a resumed run sees the very batches the
     interrupted one would have. Under torchrun every rank takes its own slice of it.
     """
+    if data.stream is not None:
+        yield from _stream_batches(data, batch_size, epoch, seed, device, start)
+        return
     rank, world = dist_info()
-    n = len(data)
-    g = torch.Generator().manual_seed(seed * 100003 + epoch)
-    perm = torch.randperm(n, generator=g)
-    if n < batch_size * world:  # tiny datasets: repeat to fill at least one batch per rank
-        perm = perm.repeat(math.ceil(batch_size * world / n))[:batch_size * world]
+    perm = epoch_permutation(len(data), batch_size * world, seed, epoch)
     per = batches_per_epoch(len(perm), batch_size, world)
     for b in range(start, per):
         idx = perm[(b * world + rank) * batch_size:(b * world + rank + 1) * batch_size]
@@ -420,6 +527,21 @@ def epoch_batches(data, batch_size, epoch, seed, device, start=0):
         x = x.float().div_(127.5).sub_(1)
         y = data.labels[idx.to(data.labels.device)].to(device) if data.labels is not None else None
         yield x, y
+
+
+def _stream_batches(data, batch_size, epoch, seed, device, start):
+    """The streaming path: one DataLoader per run (persistent workers, pinned memory), re-aimed
+    at each epoch through its sampler."""
+    if getattr(data, 'loader', None) is None or data.loader.batch_sampler.batch_size != batch_size:
+        sampler = EpochSampler(len(data), batch_size, seed)
+        workers = getattr(data, 'workers', 2)
+        data.loader = torch.utils.data.DataLoader(
+            data.stream, batch_sampler=sampler, num_workers=workers, pin_memory=torch.device(device).type == 'cuda',
+            persistent_workers=workers > 0)
+    data.loader.batch_sampler.epoch, data.loader.batch_sampler.start = epoch, start
+    for x, y in data.loader:
+        x = x.to(device, non_blocking=True).float().div_(127.5).sub_(1)
+        yield x, (y.to(device) if data.labels is not None else None)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -515,7 +637,24 @@ def atomic_save(obj, path):
 
 
 def _unwrap(m):
-    return getattr(m, 'module', m)  # DistributedDataParallel keeps the real network in .module
+    """The network itself, inside the DDP / autocast / torch.compile wrappers of Run.wrap."""
+    while isinstance(m, torch.nn.Module) and (hasattr(m, 'module') or hasattr(m, '_orig_mod')):
+        m = m.module if hasattr(m, 'module') else m._orig_mod
+    return m
+
+
+class Autocast(torch.nn.Module):
+    """Runs `module` under bfloat16 autocast and hands back fp32, so that losses, gradient
+    penalties and their double backward are computed in fp32 outside the network."""
+
+    def __init__(self, module, device_type):
+        super().__init__()
+        self.module, self.device_type = module, device_type
+
+    def forward(self, *args, **kwargs):
+        with torch.autocast(self.device_type, dtype=torch.bfloat16):
+            out = self.module(*args, **kwargs)
+        return out.float() if torch.is_tensor(out) else type(out)(o.float() if torch.is_tensor(o) else o for o in out)
 
 
 def state_of(nets):
@@ -584,6 +723,10 @@ class Run:
         self.args = args
         self.device = get_device(args.device)
         init_distributed(self.device)
+        if self.device.type == 'cuda':
+            torch.backends.cuda.matmul.allow_tf32 = True   # TF32 matmuls/convs: ~free speed on Ampere+
+            torch.backends.cudnn.allow_tf32 = True
+            torch.backends.cudnn.benchmark = True          # fixed shapes: let cuDNN pick the fastest kernels
         if self.device.type == 'cpu':
             # Denormal floats (tiny weights and grads late in training) run ~100x slower on x86 CPUs.
             torch.set_flush_denormal(True)
@@ -594,7 +737,7 @@ class Run:
         self.step_num, self.epoch = 0, 0
         self.out = args.out
         self._t0 = time.time()
-        self._csv = None
+        self._csv, self.fid = None, None
 
     # -- start: resume if asked, write config and the real grid, open the logs
     def start(self, nets, data, batches_per_step=1):
@@ -608,7 +751,9 @@ class Run:
             set_rng_state(ckpt['rng'])
         if self.rank > 0:  # every rank built the same networks from one seed; now each draws its own z
             torch.manual_seed(args.seed * 1000 + self.rank + self.step_num)
-        if self.device.type == 'cuda' and data.images.numel() < 0.5 * torch.cuda.mem_get_info(self.device)[0]:
+        data.workers = args.workers
+        if (self.device.type == 'cuda' and data.stream is None
+                and data.images.numel() < 0.5 * torch.cuda.mem_get_info(self.device)[0]):
             data.images = data.images.to(self.device)
             data.labels = data.labels.to(self.device) if data.labels is not None else None
         self.data = data
@@ -623,10 +768,28 @@ class Run:
             json.dump(vars(args), f, indent=2, default=str)
         print(f'{args.model}: {len(data)} images of {data.name} at {args.res}x{args.res}x{data.channels}, '
               f'seed {args.seed}, device {self.device}, world {self.world}; writing to {self.out}')
-        save_grid(data.images[:64].cpu(), os.path.join(self.out, 'samples', 'real.png'))
+        save_grid(data.preview(64), os.path.join(self.out, 'samples', 'real.png'))
         self._open_log()
+        self.fid = self._fid_tracker(data) if args.eval_every else None
         from tqdm import tqdm
-        self.bar = tqdm(total=self.total, initial=self.step_num, dynamic_ncols=True, desc=args.model, unit='step')
+        self.bar = tqdm(total=self.total, initial=self.step_num, dynamic_ncols=True, desc=args.model, unit='step',
+                        mininterval=0.5 if sys.stderr.isatty() else 30)  # a log file gets a line every 30 s
+
+    def _fid_tracker(self, data):
+        """Real-image Inception statistics, computed once. Without the weights (offline, no file)
+        this says so once and training goes on without FID."""
+        try:
+            import metrics
+        except ImportError:
+            print('warning: --eval-every needs metrics.py beside common.py; training goes on without FID',
+                  file=sys.stderr)
+            return None
+        try:
+            return metrics.FIDTracker(data.preview(self.args.eval_n), self.args.eval_n, self.device,
+                                      weights_path=self.args.inception_weights)
+        except metrics.InceptionWeightsUnavailable as e:
+            print(f'warning: {e}\nTraining goes on without FID.', file=sys.stderr)
+            return None
 
     def _open_log(self):
         path = os.path.join(self.out, 'losses.csv')
@@ -645,11 +808,19 @@ class Run:
             self._keys = None
 
     def wrap(self, module):
-        """DistributedDataParallel under torchrun (gradients averaged across ranks); as is otherwise."""
-        if self.world == 1:
-            return module
-        ids = [self.device.index] if self.device.type == 'cuda' else None
-        return torch.nn.parallel.DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
+        """The network as training calls it: channels_last on CUDA, --compile, --amp, and
+        DistributedDataParallel under torchrun (gradients averaged across ranks). Checkpoints
+        always hold the bare network's weights (see _unwrap), so they load anywhere."""
+        if self.device.type == 'cuda':
+            module = module.to(memory_format=torch.channels_last)
+        if self.args.compile:
+            module = torch.compile(module)
+        if self.args.amp:
+            module = Autocast(module, self.device.type)
+        if self.world > 1:
+            ids = [self.device.index] if self.device.type == 'cuda' else None
+            module = torch.nn.parallel.DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
+        return module
 
     # -- batches: epochs of shuffled batches, from the resumed position, up to the step cap.
     #    Each is [batch_size * batches_per_step, C, H, W]; a step with k D updates splits it in k.
@@ -669,11 +840,16 @@ class Run:
         if not self.main:
             return
         logs = {k: float(v) for k, v in logs.items()}
+        if self.fid is not None and eval_fn is not None and self.step_num % self.args.eval_every == 0:
+            n = self.args.eval_n
+            fakes = torch.cat([eval_fn(min(250, n - i)).cpu() for i in range(0, n, 250)])
+            logs['fid'] = self.fid(fakes)
+            self.bar.write(f'step {self.step_num}: FID {logs["fid"]:.2f} ({n} samples vs {n} training images)')
         if self._keys is None:
-            self._keys = list(logs)
+            self._keys = list(logs) + (['fid'] if self.fid is not None and 'fid' not in logs else [])
             self._writer.writerow(['step', 'epoch', 'time'] + self._keys)
-        self._writer.writerow([self.step_num, self.epoch, f'{time.time() - self._t0:.1f}'] +
-                              [f'{logs.get(k, float("nan")):.5g}' for k in self._keys])
+        self._writer.writerow([self.step_num, self.epoch, f'{time.time() - self._t0:.3f}'] +
+                              [f'{logs[k]:.5g}' if k in logs else '' for k in self._keys])
         self.bar.update(1)
         if self.step_num % 10 == 0 or self.step_num == self.total:
             self.bar.set_postfix({k: f'{v:.3g}' for k, v in list(logs.items())[:4]}, refresh=False)
@@ -709,5 +885,5 @@ class Run:
         self.save(nets)
         self._csv.close()
         mins = (time.time() - self._t0) / 60
-        print(f'done: {self.step_num} steps in {mins:.1f} min. Samples in {self.out}/samples/, '
-              f'losses in {self.out}/losses.png, checkpoint {self.out}/last.pt')
+        print(f'done: {self.step_num} steps in {mins:.1f} min, peak memory {peak_memory_gb(self.device):.2f} GB. '
+              f'Samples in {self.out}/samples/, losses in {self.out}/losses.png, checkpoint {self.out}/last.pt')

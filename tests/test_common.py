@@ -77,9 +77,9 @@ def test_folder_with_classes_and_corrupt_file(image_folder, tmp_path, capsys):
 def test_folder_without_subfolders_is_unlabelled(tmp_path):
     from PIL import Image
     for i in range(3):
-        Image.fromarray(np.full((10, 12), 40 * i, np.uint8)).save(tmp_path / f'{i}.png')
+        Image.fromarray(np.full((10, 12), 40 * i, np.uint8)).save(tmp_path / f'{i}.png')  # mode L
     data = common.load_data(make_args(data=str(tmp_path), res=8, data_root=str(tmp_path / 'c')))
-    assert data.labels is None and data.images.shape == (3, 3, 8, 8)
+    assert data.labels is None and data.images.shape == (3, 1, 8, 8)  # grayscale files keep one channel
     with pytest.raises(common.UserError, match='has no labels'):
         common.load_data(make_args(data=str(tmp_path), res=8, data_root=str(tmp_path / 'c')), need_labels=True)
 
@@ -258,3 +258,21 @@ def test_loss_plot(tmp_path):
     common.plot_losses(str(csv_path), str(tmp_path / 'losses.png'))
     from PIL import Image
     assert Image.open(tmp_path / 'losses.png').size[0] > 100
+
+
+def test_large_folder_streams_the_same_batches(image_folder, tmp_path):
+    """A folder over --max-memory-gb goes through a DataLoader, with the in-memory path's order."""
+    os.remove(image_folder / 'dogs' / 'broken.jpg')
+    mem = common.load_data(make_args(data=str(image_folder), res=8, data_root=str(tmp_path / 'a')))
+    args = make_args(data=str(image_folder), res=8, data_root=str(tmp_path / 'b'), max_memory_gb=1e-9)
+    stream = common.load_data(args)
+    assert stream.stream is not None and stream.images is None and len(stream) == 12
+    stream.workers = 1
+    for epoch in (0, 1):
+        a = list(common.epoch_batches(mem, 4, epoch, seed=0, device='cpu'))
+        b = list(common.epoch_batches(stream, 4, epoch, seed=0, device='cpu'))
+        assert len(a) == len(b) == 3
+        for (xa, ya), (xb, yb) in zip(a, b):
+            assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    resumed = list(common.epoch_batches(stream, 4, 1, seed=0, device='cpu', start=2))
+    assert len(resumed) == 1 and torch.equal(resumed[0][0], b[2][0])

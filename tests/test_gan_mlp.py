@@ -1,0 +1,150 @@
+"""gan_mlp.py: shapes, the losses of eq. 1, Algorithm 1's step, and the script end to end."""
+import csv
+import math
+import os
+
+import pytest
+import torch
+
+import common
+import gan_mlp
+from conftest import run_script
+
+TINY = ['--dataset', 'shapes', '--shapes-n', '64', '--res', '8', '--g-hidden', '32', '--d-units', '16',
+        '--batch-size', '8']
+
+
+def tiny_args(*extra):
+    args = gan_mlp.get_args(TINY + list(extra))
+    args.channels = 3
+    return args
+
+
+def test_shapes():
+    args = tiny_args()
+    G, D = gan_mlp.build(args)
+    x = G(torch.randn(5, args.z_dim))
+    assert x.shape == (5, 3, 8, 8) and x.min() >= -1 and x.max() <= 1
+    assert D(x).shape == (5,)
+
+
+def test_maxout_takes_the_max_over_pieces():
+    m = gan_mlp.Maxout(4, 3, 5)
+    x = torch.randn(2, 4)
+    assert torch.equal(m(x), m.linear(x).view(2, 3, 5).amax(-1))
+
+
+def test_value_at_d_one_half_is_minus_log_4():
+    """With D = 1/2 everywhere (logit 0), V(D, G) = -log 4 (Theorem 1), so D's loss is log 4."""
+    zero = torch.zeros(10)
+    assert math.isclose(gan_mlp.d_loss(zero, zero).item(), math.log(4), rel_tol=1e-6)
+
+
+def test_minimax_loss_saturates_and_nonsaturating_does_not():
+    """When D confidently rejects samples (logit -10), log(1 - D) has ~no gradient; -log D has ~-1."""
+    for loss, expected in [('minimax', 0.0), ('nonsaturating', -1.0)]:
+        l = torch.tensor([-10.0], requires_grad=True)
+        gan_mlp.g_loss(l, loss).backward()
+        assert l.grad.item() == pytest.approx(expected, abs=1e-4)
+
+
+def test_d_step_leaves_g_without_grads_and_step_changes_both():
+    args = tiny_args('--k', '2')
+    torch.manual_seed(0)
+    G, D = gan_mlp.build(args)
+    opt_G, opt_D = gan_mlp.make_optimizers(G, D, args)
+    before_G = [p.clone() for p in G.parameters()]
+    before_D = [p.clone() for p in D.parameters()]
+    x = torch.rand(16, 3, 8, 8) * 2 - 1          # k=2 minibatches of 8
+
+    # one D update alone: G's grads stay empty because D sees detached fakes
+    z = torch.randn(8, args.z_dim)
+    gan_mlp.d_loss(D(x[:8]), D(G(z).detach())).backward()
+    assert all(p.grad is None for p in G.parameters())
+    D.zero_grad(set_to_none=True)
+
+    logs = gan_mlp.train_step(G, D, opt_G, opt_D, x, args)
+    assert set(logs) == {'loss_D', 'loss_G', 'D(x)', 'D(G(z))'}
+    assert all(not torch.equal(a, b) for a, b in zip(before_G, G.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(before_D, D.parameters()))
+
+
+def test_output_bias_starts_at_the_mean_image():
+    args = tiny_args()
+    G, _ = gan_mlp.build(args)
+    images, _ = common.make_shapes(50, 8)
+    G.init_output_bias(images)
+    with torch.no_grad():
+        G.net[-1].weight.zero_()                  # remove the z-dependent part
+    mean = images.float().mean(0) / 127.5 - 1
+    assert torch.allclose(G(torch.randn(1, args.z_dim))[0], mean.clamp(-0.99, 0.99), atol=1e-5)
+
+
+def test_sgd_schedule():
+    args = tiny_args('--optim', 'sgd')
+    G, D = gan_mlp.build(args)
+    opt_G, opt_D = gan_mlp.make_optimizers(G, D, args)
+    gan_mlp.schedule(opt_G, opt_D, step=1000, epoch_float=125, args=args)
+    g = opt_D.param_groups[0]
+    assert g['lr'] == pytest.approx(0.1 / 1.000004 ** 1000)
+    assert g['momentum'] == pytest.approx(0.6)        # halfway from 0.5 to 0.7 at epoch 125 of 250
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_script_end_to_end_resume_and_generate(tmp_path):
+    out = tmp_path / 'run'
+    r = run_script('gan_mlp.py', *TINY, '--steps', '6', '--sample-every', '3', '--out', out,
+                   '--data-root', tmp_path / 'data')
+    assert r.returncode == 0, r.stderr
+    for f in ['config.json', 'losses.csv', 'losses.png', 'last.pt', 'samples/real.png', 'samples/step_0000006.png']:
+        assert (out / f).exists(), f
+    assert [int(row['step']) for row in read_csv(out / 'losses.csv')] == list(range(1, 7))
+
+    # resume continues the step count and the loss log
+    r = run_script('gan_mlp.py', *TINY, '--steps', '10', '--sample-every', '5', '--out', out,
+                   '--data-root', tmp_path / 'data', '--resume', out / 'last.pt')
+    assert r.returncode == 0, r.stderr
+    assert [int(row['step']) for row in read_csv(out / 'losses.csv')] == list(range(1, 11))
+    assert common.load_checkpoint(str(out / 'last.pt'), 'gan_mlp')['step'] == 10
+
+    # --generate writes N PNGs and a grid
+    gen = tmp_path / 'gen'
+    r = run_script('gan_mlp.py', '--generate', '7', '--ckpt', out / 'last.pt', '--out', gen)
+    assert r.returncode == 0, r.stderr
+    assert len([f for f in os.listdir(gen) if f.endswith('.png') and f != 'grid.png']) == 7
+    assert (gen / 'grid.png').exists()
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
+    """Same batches, same z draws (RNG restored), same optimiser state: bit-identical training."""
+    common_args = TINY + ['--sample-every', '100', '--data-root', str(tmp_path / 'data')]
+    gan_mlp.main(common_args + ['--steps', '6', '--out', str(tmp_path / 'a')])
+    gan_mlp.main(common_args + ['--steps', '3', '--out', str(tmp_path / 'b')])
+    gan_mlp.main(common_args + ['--steps', '6', '--out', str(tmp_path / 'b'), '--resume', str(tmp_path / 'b' / 'last.pt')])
+    a = common.load_checkpoint(str(tmp_path / 'a' / 'last.pt'), 'gan_mlp')['nets']['G']
+    b = common.load_checkpoint(str(tmp_path / 'b' / 'last.pt'), 'gan_mlp')['nets']['G']
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_generate_needs_a_gan_mlp_checkpoint(tmp_path):
+    common.atomic_save({'model': 'dcgan', 'nets': {}}, tmp_path / 'd.pt')
+    with pytest.raises(common.UserError, match='dcgan checkpoint'):
+        gan_mlp.main(['--generate', '4', '--ckpt', str(tmp_path / 'd.pt'), '--out', str(tmp_path / 'g')])
+    with pytest.raises(common.UserError, match='--generate needs --ckpt'):
+        gan_mlp.main(['--generate', '4'])
+
+
+def test_amp_trains_in_bfloat16_and_saves_plain_weights(tmp_path):
+    args = tiny_args('--amp')
+    run = common.Run(args)
+    G = run.wrap(gan_mlp.build(args)[0])
+    out = G(torch.randn(3, args.z_dim))
+    assert out.dtype == torch.float32                       # fp32 back out of the bf16 forward
+    assert isinstance(G, common.Autocast)
+    gan_mlp.main(TINY + ['--amp', '--steps', '2', '--out', str(tmp_path / 'r'), '--data-root', str(tmp_path / 'd')])
+    ckpt = common.load_checkpoint(str(tmp_path / 'r' / 'last.pt'), 'gan_mlp')
+    assert set(ckpt['nets']['G']) == set(gan_mlp.build(args)[0].state_dict())

@@ -93,6 +93,9 @@ def get_args(argv=None):
         raise common.UserError('--mbstd-group must be at least 1 (1 turns the layer into a constant)')
     if not 0 <= args.ema_beta < 1:
         raise common.UserError('--ema-beta must be in [0, 1)')
+    if args.compile:
+        raise common.UserError('progan cannot use --compile: the networks change at every phase (level) and every '
+                               'step (alpha), so they would be recompiled over and over')
     if args.z_dim is None:
         args.z_dim = nf(0, args)
     return args
@@ -338,8 +341,7 @@ def g_loss(fake_score):
 @torch.no_grad()
 def update_ema(G_ema, G, beta):
     """G_ema <- beta * G_ema + (1 - beta) * G, parameter by parameter (Sec. A.1: beta 0.999)."""
-    G = getattr(G, 'module', G)  # the network inside DistributedDataParallel
-    for p_ema, p in zip(G_ema.parameters(), G.parameters()):
+    for p_ema, p in zip(G_ema.parameters(), G.parameters()):  # a DDP/--amp wrapper yields the same parameters
         p_ema.lerp_(p, 1 - beta)
 
 
@@ -483,9 +485,15 @@ def make_optimizers(G, D, args):
 
 
 def wrap(run, net):
-    """run.wrap(net), telling DistributedDataParallel that some parameters sit out a step: the
-    blocks above the current resolution, and the old toRGB/fromRGB once a fade-in is over."""
-    if run.world == 1:
+    """run.wrap(net), except that DistributedDataParallel is told that some parameters sit out a
+    step: the blocks above the current resolution, and the old toRGB/fromRGB once a fade-in is
+    over. run.wrap does the rest (channels_last on CUDA, --amp) as for a single process."""
+    world, run.world = run.world, 1
+    try:
+        net = run.wrap(net)
+    finally:
+        run.world = world
+    if world == 1:
         return net
     ids = [run.device.index] if run.device.type == 'cuda' else None
     return nn.parallel.DistributedDataParallel(net, device_ids=ids, find_unused_parameters=True)  # no buffers here
@@ -517,9 +525,9 @@ def train(args):
     G, D = G.to(run.device), D.to(run.device)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     opt_G, opt_D = make_optimizers(G, D, args)
+    G, D = wrap(run, G), wrap(run, D)
     growth = Growth(make_phases(args, len(data)))
-    G_train, D_train = wrap(run, G), wrap(run, D)
-    nets = {'G': G_train, 'D': D_train, 'G_ema': G_ema, 'opt_G': opt_G, 'opt_D': opt_D, 'growth': growth}
+    nets = {'G': G, 'D': D, 'G_ema': G_ema, 'opt_G': opt_G, 'opt_D': opt_D, 'growth': growth}
     run.start(nets, data)
     # Run.start counts steps in fixed-size epochs; here the schedule decides how long training is.
     run.total = run.step_num + steps_left(growth, args, run.world)
@@ -545,7 +553,7 @@ def train(args):
         if run.step_num >= run.total:
             break
         level, alpha = growth.level, growth.alpha
-        logs = train_step(G_train, D_train, G_ema, opt_G, opt_D, x, level, alpha, args)
+        logs = train_step(G, D, G_ema, opt_G, opt_D, x, level, alpha, args)
         logs.update({'res': growth.res, 'alpha': alpha, 'kimg': growth.kimg + len(x) * run.world / 1000})
         run.epoch = int(logs['kimg'] * 1000) // len(data)  # passes over the data so far
         if run.main and (run.step_num + 1) % args.sample_every == 0:

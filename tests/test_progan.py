@@ -288,3 +288,5 @@ def test_bad_flags():
         progan.get_args(['--kimg-per-phase', '0'])
     with pytest.raises(common.UserError, match='--ema-beta'):
         progan.get_args(['--ema-beta', '1'])
+    with pytest.raises(common.UserError, match='cannot use --compile'):
+        progan.get_args(['--compile'])

@@ -129,7 +129,9 @@ def main():
 def get_train_args(out):
     """The training flags, from the run's checkpoint, with the data folder it used."""
     ckpt = common.load_checkpoint(os.path.join(out, 'last.pt'), 'progan')
-    return argparse.Namespace(**ckpt['args'])
+    args = progan.get_args([])  # today's defaults for any flag newer than the checkpoint
+    vars(args).update(ckpt['args'])
+    return args
 
 
 if __name__ == '__main__':

@@ -807,10 +807,11 @@ class Run:
         else:
             self._keys = None
 
-    def wrap(self, module):
+    def wrap(self, module, find_unused_parameters=False):
         """The network as training calls it: channels_last on CUDA, --compile, --amp, and
         DistributedDataParallel under torchrun (gradients averaged across ranks). Checkpoints
-        always hold the bare network's weights (see _unwrap), so they load anywhere."""
+        always hold the bare network's weights (see _unwrap), so they load anywhere.
+        find_unused_parameters: for networks where some layers sit out a step (ProGAN's growing)."""
         if self.device.type == 'cuda':
             module = module.to(memory_format=torch.channels_last)
         if self.args.compile:
@@ -819,7 +820,8 @@ class Run:
             module = Autocast(module, self.device.type)
         if self.world > 1:
             ids = [self.device.index] if self.device.type == 'cuda' else None
-            module = torch.nn.parallel.DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
+            module = torch.nn.parallel.DistributedDataParallel(
+                module, device_ids=ids, broadcast_buffers=False, find_unused_parameters=find_unused_parameters)
         return module
 
     # -- batches: epochs of shuffled batches, from the resumed position, up to the step cap.

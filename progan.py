@@ -485,18 +485,9 @@ def make_optimizers(G, D, args):
 
 
 def wrap(run, net):
-    """run.wrap(net), except that DistributedDataParallel is told that some parameters sit out a
-    step: the blocks above the current resolution, and the old toRGB/fromRGB once a fade-in is
-    over. run.wrap does the rest (channels_last on CUDA, --amp) as for a single process."""
-    world, run.world = run.world, 1
-    try:
-        net = run.wrap(net)
-    finally:
-        run.world = world
-    if world == 1:
-        return net
-    ids = [run.device.index] if run.device.type == 'cuda' else None
-    return nn.parallel.DistributedDataParallel(net, device_ids=ids, find_unused_parameters=True)  # no buffers here
+    """run.wrap(net), telling DistributedDataParallel that some parameters sit out a step: the
+    blocks above the current resolution, and the old toRGB/fromRGB once a fade-in is over."""
+    return run.wrap(net, find_unused_parameters=True)
 
 
 def reset_optimizer(opt):

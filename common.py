@@ -414,11 +414,11 @@ def make_shapes(n, res, seed=0):
     """
     g = torch.Generator().manual_seed(seed)
     labels = torch.randint(len(SHAPE_CLASSES), (n,), generator=g)
-    size = 0.45 + 0.25 * torch.rand(n, generator=g)                    # half-extent, in [-1, 1] units
-    cx, cy = [(torch.rand(n, generator=g) * 2 - 1) * 0.5 * (0.95 - size) for _ in range(2)]
+    size = 0.55 + 0.2 * torch.rand(n, generator=g)                     # half-extent, in [-1, 1] units
+    cx, cy = [(torch.rand(n, generator=g) * 2 - 1) * 0.1 for _ in range(2)]    # near the centre
     fg = _hsv_to_rgb(torch.rand(n, generator=g), 0.55 + 0.45 * torch.rand(n, generator=g),
                      0.7 + 0.3 * torch.rand(n, generator=g))
-    bg = _hsv_to_rgb(torch.rand(n, generator=g), 0.3 * torch.rand(n, generator=g), 0.05 + 0.15 * torch.rand(n, generator=g))
+    bg = _hsv_to_rgb(torch.rand(n, generator=g), 0.3 * torch.rand(n, generator=g), 0.04 + 0.08 * torch.rand(n, generator=g))
     t = (torch.arange(res) + 0.5) / res * 2 - 1
     yy, xx = torch.meshgrid(t, t, indexing='ij')
     x = (xx - cx[:, None, None]) / size[:, None, None]                     # [n, res, res]: the shape spans [-1, 1]

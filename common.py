@@ -673,8 +673,9 @@ def add_monitor_args(p):
     g.add_argument('--collapse-threshold', type=float, default=0.5,
                    help='print a warning when `diversity` falls below this (1 = as varied as the data)')
     g.add_argument('--classifier', metavar='PATH',
-                   help='a TorchScript module mapping images [B, C, res, res] in [-1, 1] to class logits [B, K]; '
-                        'logs the share of samples in each class (class_shares.csv) and the classes covered')
+                   help='a classifier saved with torch.export.save (.pt2), mapping images [B, C, res, res] in [-1, 1] '
+                        'to class logits [B, K] with a dynamic batch size; logs the share of samples in each class '
+                        '(class_shares.csv) and the classes covered')
     return g
 
 
@@ -702,12 +703,13 @@ class CollapseMonitor:
             if not os.path.isfile(args.classifier):
                 raise UserError(f'--classifier {args.classifier}: no such file')
             try:
-                self.clf = torch.jit.load(args.classifier, map_location='cpu').eval()
+                # an exported program is a graph of tensor operations: loading it runs no pickled code
+                self.clf = torch.export.load(args.classifier).module()
                 with torch.no_grad():
                     k = self.clf(real[:2]).shape
             except Exception as e:
-                raise UserError(f'--classifier {args.classifier} is not a TorchScript module taking images '
-                                f'{list(real.shape[1:])} in [-1, 1] ({type(e).__name__})') from None
+                raise UserError(f'--classifier {args.classifier} is not an exported classifier (torch.export.save) '
+                                f'taking images {list(real.shape[1:])} in [-1, 1] ({type(e).__name__})') from None
             if len(k) != 2:
                 raise UserError(f'--classifier {args.classifier} must return logits [B, K]; it returned {list(k)}')
             self.k = k[1]

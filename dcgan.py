@@ -390,7 +390,7 @@ def train(args):
         if args.instance_noise:
             logs['noise_std'] = instance_noise_std(args.instance_noise, step, run.total)
         if monitor is not None and step % args.monitor_every == 0:
-            logs.update(monitor(sample(G, monitor_z), step))
+            logs.update(monitor(sample(G, monitor_z), step + 1))     # numbered as in losses.csv
         run.step(logs, nets, sample_fn, eval_fn)
     run.finish(nets, sample_fn)
     return nets

@@ -183,8 +183,8 @@ class MinibatchDiscrimination(nn.Module):
 
     f [N, A] -> o [N, B]. M_i = f_i T is a B x C matrix (T: A x B x C, here one Linear A -> B*C);
     for each kernel b, c_b(x_i, x_j) = exp(-||M_i,b - M_j,b||_L1) and o(x_i)_b = sum_j c_b(x_i, x_j).
-    The sum includes j = i (as in the authors' code), so o lies in [1, N]: near 1 when the
-    samples differ, near N when they are all alike. A collapsed G gives its minibatches large o,
+    The authors' code leaves out j = i (always exp(0) = 1, no information), so o lies in
+    [0, N - 1]: near 0 when the samples differ, N - 1 when they are all alike. A collapsed G gives its minibatches large o,
     which D can learn to reject, pushing G to spread out.
     """
 
@@ -197,7 +197,7 @@ class MinibatchDiscrimination(nn.Module):
     def forward(self, f):
         M = self.T(f).view(-1, self.B, self.C)                         # [N, B, C]
         l1 = (M[:, None] - M[None]).abs().sum(-1)                      # [N, N, B]: ||M_i,b - M_j,b||_1
-        return torch.exp(-l1).sum(1)                                   # [N, B]
+        return torch.exp(-l1).sum(1) - 1                               # [N, B], without the j = i term
 
 
 # ----------------------------------------------------------------------------------------------

@@ -136,8 +136,8 @@ def test_minibatch_discrimination_shape_and_similarity():
     same = distinct[:1].expand(6, 64)
     o_distinct, o_same = mbd(distinct), mbd(same)
     assert o_distinct.shape == (6, 10)
-    assert torch.allclose(o_same, torch.full((6, 10), 6.0))              # exp(0) summed over all 6 samples
-    assert (o_distinct < o_same).all() and (o_distinct >= 1).all()       # j = i always contributes exp(0) = 1
+    assert torch.allclose(o_same, torch.full((6, 10), 5.0))              # exp(0) from each of the 5 others
+    assert (o_distinct < o_same).all() and (o_distinct >= 0).all()
     # in D: still one logit per sample, and a sample's logit now depends on the rest of its batch
     args = make_args('--minibatch-disc', '--mbd-kernels', 7, '--mbd-kernel-dim', 3)
     _, D = dcgan.build(args)

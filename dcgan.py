@@ -85,8 +85,8 @@ def get_args(argv=None):
     t.add_argument('--feature-matching', action='store_true',
                    help="G's loss becomes ||E f(x) - E f(G(z))||^2 on D's last 4x4 feature map")
     t.add_argument('--minibatch-disc', action='store_true', help='add a minibatch discrimination layer to D')
-    t.add_argument('--mbd-kernels', type=int, default=100, help='minibatch discrimination: kernels B (Salimans: 100)')
-    t.add_argument('--mbd-kernel-dim', type=int, default=5, help='minibatch discrimination: kernel size C (Salimans: 5)')
+    t.add_argument('--mbd-kernels', type=int, help='with --minibatch-disc: kernels B (default 100, as in Salimans et al.)')
+    t.add_argument('--mbd-kernel-dim', type=int, help='with --minibatch-disc: kernel size C (default 5, as in Salimans et al.)')
     t.add_argument('--instance-noise', type=float, default=0.0, metavar='SIGMA',
                    help="std of Gaussian noise added to D's inputs, annealed linearly to 0 by the last step (0: off)")
     t.add_argument('--spectral-norm', action='store_true',
@@ -111,15 +111,28 @@ def get_args(argv=None):
         raise common.UserError(f'--label-smoothing applies to the bce and lsgan targets, not to --loss {args.loss}')
     if args.instance_noise < 0:
         raise common.UserError('--instance-noise is a standard deviation and must be >= 0')
-    if min(args.d_steps, args.mbd_kernels, args.mbd_kernel_dim) < 1:
-        raise common.UserError('--d-steps, --mbd-kernels and --mbd-kernel-dim must be at least 1')
-    if args.monitor_every < 0 or args.collapse_threshold < 0:
-        raise common.UserError('--monitor-every and --collapse-threshold must be >= 0')
+    check_trick_args(args)
+    if args.d_steps < 1:
+        raise common.UserError('--d-steps must be at least 1')
     if min(args.z_dim, args.ngf, args.ndf) < 1:
         raise common.UserError('--z-dim, --ngf and --ndf must be at least 1')
     if args.init_std <= 0 or args.lr <= 0:
         raise common.UserError('--init-std and --lr must be positive')
     return args
+
+
+def check_trick_args(args):
+    """Sub-options only mean something with their trick; the kernel sizes get their defaults here."""
+    if not args.minibatch_disc and (args.mbd_kernels is not None or args.mbd_kernel_dim is not None):
+        raise common.UserError('--mbd-kernels and --mbd-kernel-dim need --minibatch-disc')
+    args.mbd_kernels = 100 if args.mbd_kernels is None else args.mbd_kernels
+    args.mbd_kernel_dim = 5 if args.mbd_kernel_dim is None else args.mbd_kernel_dim
+    if min(args.mbd_kernels, args.mbd_kernel_dim) < 1:
+        raise common.UserError('--mbd-kernels and --mbd-kernel-dim must be at least 1')
+    if args.monitor_every < 0 or args.collapse_threshold < 0:
+        raise common.UserError('--monitor-every and --collapse-threshold must be >= 0')
+    if args.classifier and not args.monitor_every:
+        raise common.UserError('--classifier feeds the mode-collapse monitor: it needs --monitor-every > 0')
 
 
 # ----------------------------------------------------------------------------------------------

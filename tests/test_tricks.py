@@ -341,3 +341,14 @@ def test_gan_mlp_tricks_end_to_end(tmp_path):
     assert Image.open(out / 'progress.gif').n_frames == 2
     header = (out / 'losses.csv').read_text().splitlines()[0]
     assert header == 'step,epoch,time,loss_D,loss_G,D(x),D(G(z)),noise_std,diversity'
+
+
+def test_sub_options_need_their_trick():
+    with pytest.raises(common.UserError, match='need --minibatch-disc'):
+        dcgan.get_args(['--mbd-kernels', '10'])
+    with pytest.raises(common.UserError, match='need --minibatch-disc'):
+        gan_mlp.get_args(['--mbd-kernel-dim', '3'])
+    with pytest.raises(common.UserError, match='--monitor-every > 0'):
+        dcgan.get_args(['--classifier', 'c.pt2', '--monitor-every', '0'])
+    args = dcgan.get_args(['--minibatch-disc'])
+    assert (args.mbd_kernels, args.mbd_kernel_dim) == (100, 5)         # Salimans et al.'s sizes

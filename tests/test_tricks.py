@@ -323,8 +323,8 @@ def test_dcgan_tricks_end_to_end(tmp_path):
     assert float(rows[0]['noise_std']) == pytest.approx(0.1) and float(rows[-1]['noise_std']) == 0
     assert all(r['classes_covered'] for r in rows if r['diversity'])
     # the checkpoint rebuilds the D it was trained with, and sampling works from it
-    r = run_script('dcgan.py', '--generate', 4, '--ckpt', out / 'last.pt', '--out', tmp_path / 'gen')
-    assert r.returncode == 0, r.stderr
+    dcgan.main(['--generate', '4', '--ckpt', str(out / 'last.pt'), '--out', str(tmp_path / 'gen')])
+    assert (tmp_path / 'gen' / 'grid.png').exists()
     ckpt = common.load_checkpoint(str(out / 'last.pt'), 'dcgan')
     _, D = dcgan.build(common.args_from_checkpoint(ckpt, argparse.Namespace(device='cpu')))
     D.load_state_dict(ckpt['nets']['D'])

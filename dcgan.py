@@ -254,9 +254,9 @@ def d_loss(real_logit, fake_logit, real_target=1.0, loss='bce'):
     lsgan:       Mao et al. 2017, eq. 2 with a = 0, b = c = 1 (b = real_target when smoothed):
                  E(D(x) - b)^2 + E D(G(z))^2. A sample on the right side of the boundary but far
                  from the real data is still penalised, so G keeps getting a gradient.
-    hinge:       Lim & Ye 2017; Miyato et al. 2018, eq. 16: E relu(1 - D(x)) + E relu(1 + D(G(z))).
+    hinge:       Lim & Ye 2017; Miyato et al. 2018: E relu(1 - D(x)) + E relu(1 + D(G(z))).
                  D stops pushing once a sample is beyond its margin.
-    wasserstein: Arjovsky et al. 2017, eq. 3: E D(G(z)) - E D(x), the critic's estimate of the
+    wasserstein: Arjovsky et al. 2017, Sec. 3: E D(G(z)) - E D(x), the critic's estimate of the
                  Wasserstein-1 distance, negated. Only meaningful for a 1-Lipschitz D (see get_args).
     """
     if loss == 'lsgan':
@@ -275,7 +275,7 @@ def g_loss(fake_logit, loss='bce'):
 
     bce:         non-saturating -log D(G(z)), which keeps its gradient when D rejects the samples.
     lsgan:       E(D(G(z)) - 1)^2 (Mao et al. 2017, eq. 2, c = 1).
-    hinge, wasserstein: -E D(G(z)) (Miyato et al. 2018, eq. 17; Arjovsky et al. 2017).
+    hinge, wasserstein: -E D(G(z)) (Miyato et al. 2018; Arjovsky et al. 2017).
     """
     if loss == 'lsgan':
         return ((fake_logit - 1) ** 2).mean()
@@ -295,7 +295,7 @@ def feature_matching_loss(real_features, fake_features):
 
 
 def instance_noise_std(sigma, step, total):
-    """Instance noise (Sonderby et al. 2016, Sec. 3.2; Arjovsky & Bottou 2017, Sec. 3.1): early on
+    """Instance noise (Sonderby et al. 2016; Arjovsky & Bottou 2017): early on
     the real and fake distributions barely overlap, D separates them perfectly and its gradient
     carries little information; Gaussian noise on both of D's inputs spreads them until they
     overlap. The std falls linearly from sigma at step 0 to 0 at the last step (total - 1), so

@@ -249,7 +249,7 @@ def feature_matching_loss(real_features, fake_features):
 
 
 def instance_noise_std(sigma, step, total):
-    """Instance noise (Sonderby et al. 2016, Sec. 3.2; Arjovsky & Bottou 2017, Sec. 3.1): early on
+    """Instance noise (Sonderby et al. 2016; Arjovsky & Bottou 2017): early on
     the real and fake distributions barely overlap, D separates them perfectly and its gradient
     carries little information; Gaussian noise on both of D's inputs spreads them until they
     overlap. The std falls linearly from sigma at step 0 to 0 at the last step (total - 1)."""

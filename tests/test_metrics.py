@@ -1,0 +1,534 @@
+"""Tests for metrics.py: formulas against independent computations, the
+Inception port against torchvision's parameter layout, and the CLI.
+
+Offline: the Inception weights are a random state dict written to a temporary
+file (batch-norm statistics calibrated on random images so that features are
+of order 1 rather than vanishing through 94 random layers).
+"""
+
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+import torch.nn.functional as F
+import torchvision
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import metrics  # noqa: E402
+
+SCRIPT = str(ROOT / "metrics.py")
+
+
+def run_cli(*args, env=None, timeout=300):
+    return subprocess.run([sys.executable, SCRIPT, *map(str, args)], capture_output=True,
+                          text=True, env=env, timeout=timeout, cwd=ROOT)
+
+
+def main_in_process(capsys, *args):
+    """The CLI's main() without the cost of a new interpreter."""
+    rc = metrics.main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def reference_inception():
+    """torchvision's Inception3 with the FID weight file's layout."""
+    return torchvision.models.inception_v3(num_classes=1008, aux_logits=False,
+                                           init_weights=False)
+
+
+# ---------------------------------------------------------------------------
+# Fixtures: random Inception weights and two small images
+# ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def weights_file(tmp_path_factory):
+    torch.manual_seed(0)
+    model = metrics.FIDInceptionV3()
+    model.load_state_dict(reference_inception().state_dict(), strict=True)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None  # running stats = statistics of the batch below
+            torch.nn.init.uniform_(m.weight, 0.5, 1.5)
+            torch.nn.init.uniform_(m.bias, -0.2, 0.2)
+    model.train()
+    with torch.no_grad():
+        model(metrics.preprocess(torch.randint(0, 256, (2, 3, 48, 48), dtype=torch.uint8)))
+    path = tmp_path_factory.mktemp("weights") / "random_inception.pth"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model(weights_file):
+    return metrics.load_inception(str(weights_file), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def images():
+    g = torch.Generator().manual_seed(1)
+    return torch.randint(0, 256, (2, 3, 40, 40), dtype=torch.uint8, generator=g)
+
+
+@pytest.fixture(scope="module")
+def base_features(model, images):
+    return metrics.inception_features(model, images, batch_size=2)
+
+
+# ---------------------------------------------------------------------------
+# FID
+# ---------------------------------------------------------------------------
+
+def random_spd(d, rng):
+    a = rng.standard_normal((d, d))
+    return a @ a.T / d + 0.1 * np.eye(d)
+
+
+def test_fid_closed_form_diagonal_gaussians():
+    # Commuting covariances: tr sqrt(S1 S2) = sum sqrt(a_i b_i), so
+    # FID = |mu1 - mu2|^2 + sum (sqrt(a_i) - sqrt(b_i))^2.
+    mu1, mu2 = np.array([0.0, 1.0, -2.0, 3.0]), np.array([1.0, 1.0, 0.0, -1.0])
+    a, b = np.array([1.0, 4.0, 0.25, 9.0]), np.array([4.0, 1.0, 0.25, 1.0])
+    expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
+    got = metrics.frechet_distance(mu1, np.diag(a), mu2, np.diag(b))
+    assert got == pytest.approx(expected, rel=1e-12)
+
+
+def test_fid_closed_form_scaled_covariance():
+    # S2 = c^2 S1 (S1 full, not diagonal): sqrt(S1 S2) = c S1, so
+    # FID = |mu1 - mu2|^2 + (1 - c)^2 tr S1.
+    rng = np.random.default_rng(0)
+    s1 = random_spd(12, rng)
+    mu1, mu2 = rng.standard_normal(12), rng.standard_normal(12)
+    c = 1.7
+    expected = np.sum((mu1 - mu2) ** 2) + (1 - c) ** 2 * np.trace(s1)
+    assert metrics.frechet_distance(mu1, s1, mu2, c * c * s1) == pytest.approx(expected, rel=1e-10)
+
+
+def test_fid_from_samples_converges_to_closed_form():
+    rng = np.random.default_rng(1)
+    mu1, mu2 = np.array([0.0, 0.5, 1.0]), np.array([1.0, 0.0, 1.0])
+    a, b = np.array([1.0, 2.0, 0.5]), np.array([0.5, 2.0, 2.0])
+    x = mu1 + rng.standard_normal((200_000, 3)) * np.sqrt(a)
+    y = mu2 + rng.standard_normal((200_000, 3)) * np.sqrt(b)
+    expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
+    assert metrics.fid_from_features(x, y) == pytest.approx(expected, rel=0.01)
+
+
+def scipy_fid(f1, f2):
+    mu1, mu2 = f1.mean(0), f2.mean(0)
+    s1, s2 = np.cov(f1, rowvar=False), np.cov(f2, rowvar=False)
+    covmean = scipy.linalg.sqrtm(s1 @ s2).real
+    return np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean)
+
+
+@pytest.mark.parametrize("n", [500, 40])  # full rank, and rank 39 < 64
+def test_fid_matches_scipy_sqrtm(n):
+    rng = np.random.default_rng(2)
+    mix = rng.standard_normal((64, 64)) / 8
+    f1 = rng.standard_normal((n, 64)) @ mix
+    f2 = np.maximum(rng.standard_normal((n, 64)) @ mix + 0.3, 0)
+    assert metrics.fid_from_features(f1, f2) == pytest.approx(scipy_fid(f1, f2), rel=1e-7)
+
+
+def test_fid_with_fewer_samples_than_dimensions_matches_gram_form():
+    # sigma1 = X^T X with X the centred features / sqrt(n-1), so sigma1 sigma2
+    # has the non-zero eigenvalues of the small n x n matrix X sigma2 X^T.
+    rng = np.random.default_rng(12)
+    f1 = np.maximum(rng.standard_normal((30, 80)), 0)
+    f2 = np.maximum(rng.standard_normal((45, 80)) + 0.2, 0)
+    mu1, s1 = f1.mean(0), np.cov(f1, rowvar=False)
+    mu2, s2 = f2.mean(0), np.cov(f2, rowvar=False)
+    x = (f1 - mu1) / np.sqrt(len(f1) - 1)
+    eig = np.linalg.eigvalsh(x @ s2 @ x.T)
+    tr_sqrt = np.sqrt(np.clip(eig, 0, None)).sum()
+    expected = np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * tr_sqrt
+    assert metrics.fid_from_features(f1, f2) == pytest.approx(expected, rel=1e-11)
+
+
+@pytest.mark.parametrize("n", [300, 20])
+def test_fid_of_a_set_with_itself_is_zero(n):
+    rng = np.random.default_rng(3)
+    f = rng.standard_normal((n, 64)) * rng.random(64) * 3
+    assert abs(metrics.fid_from_features(f, f)) < 1e-7 * np.trace(np.cov(f, rowvar=False))
+
+
+def test_fid_falls_back_to_eps_when_the_eigensolver_fails(monkeypatch):
+    rng = np.random.default_rng(4)
+    s1, s2 = random_spd(16, rng), random_spd(16, rng)
+    mu = np.zeros(16)
+    exact = metrics.frechet_distance(mu, s1, mu, s2)
+    real_eigvalsh, calls = np.linalg.eigvalsh, []
+
+    def failing_once(m):
+        calls.append(1)
+        if len(calls) == 1:
+            raise np.linalg.LinAlgError("did not converge")
+        return real_eigvalsh(m)
+
+    monkeypatch.setattr(np.linalg, "eigvalsh", failing_once)
+    with pytest.warns(UserWarning, match="adding 1e-06"):
+        got = metrics.frechet_distance(mu, s1, mu, s2)
+    assert len(calls) == 2
+    assert got == pytest.approx(exact, rel=1e-4)
+
+
+def test_fid_rejects_mismatched_statistics():
+    with pytest.raises(ValueError):
+        metrics.frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
+
+
+# ---------------------------------------------------------------------------
+# KID, IS, precision/recall against naive loops
+# ---------------------------------------------------------------------------
+
+def naive_mmd2(x, y):
+    m, d = len(x), len(x[0])
+
+    def k(u, v):
+        return (sum(ui * vi for ui, vi in zip(u, v)) / d + 1) ** 3
+
+    xx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j)
+    yy = sum(k(y[i], y[j]) for i in range(m) for j in range(m) if i != j)
+    xy = sum(k(x[i], y[j]) for i in range(m) for j in range(m))
+    return xx / (m * (m - 1)) + yy / (m * (m - 1)) - 2 * xy / (m * m)
+
+
+def test_kid_matches_naive_formula():
+    rng = np.random.default_rng(5)
+    f1, f2 = rng.random((25, 6)), rng.random((30, 6)) + 0.1
+    draws = np.random.RandomState(2020)  # torch-fidelity's convention
+    values = []
+    for _ in range(4):
+        x = f1[draws.choice(25, 10, replace=False)].tolist()
+        y = f2[draws.choice(30, 10, replace=False)].tolist()
+        values.append(naive_mmd2(x, y))
+    mean, std = metrics.kid(f1, f2, n_subsets=4, subset_size=10)
+    assert mean == pytest.approx(np.mean(values), rel=1e-10)
+    assert std == pytest.approx(np.std(values), rel=1e-8)
+
+
+def test_kid_with_few_samples_uses_all_of_them_once():
+    rng = np.random.default_rng(6)
+    f1, f2 = rng.random((8, 5)), rng.random((8, 5))
+    mean, std = metrics.kid(f1, f2)  # default subset size 1000 > 8
+    assert mean == pytest.approx(naive_mmd2(f1.tolist(), f2.tolist()), rel=1e-10)
+    assert std == 0.0
+
+
+def naive_inception_score(logits, splits):
+    scores = []
+    n = len(logits)
+    for i in range(splits):
+        part = logits[i * n // splits:(i + 1) * n // splits]
+        probs = []
+        for row in part:
+            e = [math.exp(v) for v in row]
+            probs.append([v / sum(e) for v in e])
+        marginal = [sum(p[c] for p in probs) / len(probs) for c in range(len(probs[0]))]
+        kls = [sum(p[c] * math.log(p[c] / marginal[c]) for c in range(len(p))) for p in probs]
+        scores.append(math.exp(sum(kls) / len(kls)))
+    mean = sum(scores) / splits
+    return mean, math.sqrt(sum((s - mean) ** 2 for s in scores) / splits)
+
+
+def test_inception_score_matches_naive_formula():
+    rng = np.random.default_rng(7)
+    logits = rng.standard_normal((23, 7)) * 2
+    perm = np.random.RandomState(2020).permutation(23)  # torch-fidelity's shuffle
+    exp_mean, exp_std = naive_inception_score(logits[perm].tolist(), 4)
+    mean, std = metrics.inception_score(logits, splits=4)
+    assert (mean, std) == pytest.approx((exp_mean, exp_std), rel=1e-10)
+    exp_mean, exp_std = naive_inception_score(logits.tolist(), 4)
+    mean, std = metrics.inception_score(logits, splits=4, shuffle=False)
+    assert (mean, std) == pytest.approx((exp_mean, exp_std), rel=1e-10)
+
+
+def test_inception_score_of_confident_uniform_predictions_is_number_of_classes():
+    # Each split holds every class equally often, each sample classified with
+    # certainty: KL(p(y|x) || p(y)) = log C for all x, so IS = C.
+    classes, splits = 5, 3
+    logits = 60.0 * np.eye(classes)[np.arange(classes * splits) % classes]
+    mean, std = metrics.inception_score(logits, splits=splits, shuffle=False)
+    assert mean == pytest.approx(classes, rel=1e-9)
+    assert std == pytest.approx(0, abs=1e-9)
+
+
+def naive_precision_recall(real, fake, k):
+    def dist(a, b):
+        return math.sqrt(sum((ai - bi) ** 2 for ai, bi in zip(a, b)))
+
+    def radius(points, i):
+        return sorted(dist(points[i], q) for j, q in enumerate(points) if j != i)[k - 1]
+
+    def covered(queries, refs):
+        radii = [radius(refs, i) for i in range(len(refs))]
+        return sum(any(dist(q, r) <= radii[i] for i, r in enumerate(refs))
+                   for q in queries) / len(queries)
+
+    return covered(fake, real), covered(real, fake)
+
+
+def test_precision_recall_matches_naive_formula():
+    rng = np.random.default_rng(8)
+    real = rng.standard_normal((15, 3))
+    fake = rng.standard_normal((12, 3)) * 0.8 + 1.2
+    expected = naive_precision_recall(real.tolist(), fake.tolist(), k=3)
+    assert metrics.precision_recall(real, fake, k=3, block=4) == pytest.approx(expected)
+    # The naive version's values are not trivial (neither all in nor all out).
+    assert 0 < expected[0] < 1 and 0 < expected[1] < 1
+
+
+def test_precision_recall_extremes():
+    rng = np.random.default_rng(9)
+    real = rng.standard_normal((20, 4))
+    assert metrics.precision_recall(real, real.copy()) == (1.0, 1.0)
+    assert metrics.precision_recall(real, real + 100.0) == (0.0, 0.0)
+
+
+# ---------------------------------------------------------------------------
+# Inception network and feature extraction
+# ---------------------------------------------------------------------------
+
+def test_inception_parameter_layout_matches_torchvision():
+    expected = {k: v.shape for k, v in reference_inception().state_dict().items()}
+    ours = {k: v.shape for k, v in metrics.FIDInceptionV3().state_dict().items()}
+    assert ours == expected
+    assert "Conv2d_1a_3x3.conv.weight" in ours and "Mixed_7c.branch_pool.conv.weight" in ours
+    assert ours["fc.weight"] == (1008, 2048)
+
+
+def test_inception_loads_reference_state_dict_strictly_and_gives_pool_features(
+        weights_file, base_features):
+    state = torch.load(weights_file, weights_only=True)
+    assert set(state) == set(reference_inception().state_dict())
+    # Files without num_batches_tracked (torch-fidelity's) load strictly too.
+    without = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    metrics.FIDInceptionV3().load_state_dict(without, strict=True)
+    pool, logits = base_features
+    assert pool.shape == (2, 2048) and pool.dtype == np.float64
+    assert logits.shape == (2, 1008) and logits.dtype == np.float64
+    assert np.isfinite(pool).all() and pool.std() > 1e-3  # calibrated, not vanishing
+
+
+def test_logits_are_pool_times_fc_weight_without_bias(weights_file, base_features):
+    state = torch.load(weights_file, weights_only=True)
+    pool, logits = base_features
+    w = state["fc.weight"].double().numpy()
+    assert np.allclose(logits, pool @ w.T, rtol=1e-4, atol=1e-5)
+
+
+def test_features_do_not_depend_on_batching_or_input_form(model, images, base_features):
+    as_float = images.float() / 127.5 - 1  # generator-style [-1, 1]
+    pool, logits = metrics.inception_features(model, [as_float[:1], as_float[1:]])
+    assert np.allclose(pool, base_features[0], rtol=1e-5, atol=1e-6)
+    assert np.allclose(logits, base_features[1], rtol=1e-5, atol=1e-5)
+
+
+def test_last_block_max_pool_matters(model, images, base_features):
+    model.Mixed_7c.pool = "avg"
+    try:
+        pool, _ = metrics.inception_features(model, images[:1])
+    finally:
+        model.Mixed_7c.pool = "max"
+    rel = np.abs(pool[0] - base_features[0][0]).max() / np.abs(base_features[0][0]).max()
+    assert rel > 1e-3
+
+
+def test_preprocess_follows_pytorch_fid():
+    u8 = torch.randint(0, 256, (3, 3, 17, 23), dtype=torch.uint8)
+    expected = 2 * F.interpolate(u8.float() / 255, size=(299, 299), mode="bilinear",
+                                 align_corners=False) - 1
+    assert torch.equal(metrics.preprocess(u8), expected)
+    gray = u8[:, :1]
+    assert torch.equal(metrics.preprocess(gray), metrics.preprocess(gray.repeat(1, 3, 1, 1)))
+
+
+def test_float_images_are_quantised_like_saved_pngs():
+    u8 = torch.arange(256, dtype=torch.uint8).reshape(1, 1, 16, 16)
+    assert torch.equal(metrics.to_uint8(u8.float() / 127.5 - 1), u8)
+    assert torch.equal(metrics.to_uint8(torch.tensor([-3.0, 3.0])), torch.tensor([0, 255], dtype=torch.uint8))
+
+
+def test_read_image_converts_to_rgb_uint8(tmp_path):
+    arr = np.arange(12 * 10, dtype=np.uint8).reshape(12, 10)
+    Image.fromarray(arr, mode="L").save(tmp_path / "g.png")
+    Image.fromarray(np.dstack([arr, arr, arr, arr]), mode="RGBA").save(tmp_path / "a.png")
+    for name in ("g.png", "a.png"):
+        im = metrics.read_image(tmp_path / name)
+        assert im.dtype == torch.uint8 and im.shape == (3, 12, 10)
+        assert all(torch.equal(im[c], torch.from_numpy(arr)) for c in range(3))
+
+
+def test_mixed_size_folders_are_resized_image_by_image(tmp_path):
+    ims = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8) for h, w in ((20, 30), (31, 17), (20, 30))]
+    for i, im in enumerate(ims):
+        save_png(im, tmp_path / f"{i}.png")
+    paths = metrics.list_images(tmp_path)
+    batches = list(metrics.image_file_batches(paths, batch_size=2))
+    assert isinstance(batches[0], list) and batches[1].shape == (1, 3, 20, 30)
+    x = metrics._as_batch(batches[0], "cpu")
+    assert x.shape == (2, 3, 299, 299)
+    assert torch.equal(x[1], metrics.preprocess(ims[1][None])[0])
+
+
+def test_fid_tracker(weights_file, images, base_features):
+    real = torch.cat([images, images[:1]])  # only the first n = 2 are used
+    tracker = metrics.FIDTracker(real, n=2, device="cpu", weights_path=str(weights_file))
+    assert tracker.n == 2
+    assert np.allclose(tracker.mu, base_features[0].mean(0), rtol=1e-5, atol=1e-6)
+    fake = images[[0, 0]].float() / 127.5 - 1  # generator-style output
+    pool = base_features[0]
+    expected = metrics.frechet_distance(*metrics.feature_statistics(pool),
+                                        *metrics.feature_statistics(pool[[0, 0]]))
+    assert tracker(fake) == pytest.approx(expected, rel=1e-4)
+    assert expected > 1e-3 * np.trace(tracker.sigma)
+
+
+def test_load_inception_errors_are_one_clear_line(tmp_path):
+    with pytest.raises(metrics.InceptionWeightsUnavailable, match="not found"):
+        metrics.load_inception(str(tmp_path / "missing.pth"))
+    torch.save({"fc.weight": torch.zeros(3)}, tmp_path / "wrong.pth")
+    with pytest.raises(metrics.InceptionWeightsUnavailable) as err:
+        metrics.load_inception(str(tmp_path / "wrong.pth"))
+    assert "not the FID Inception state dict" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+# ---------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------
+
+def save_png(tensor_chw, path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(tensor_chw.permute(1, 2, 0).numpy()).save(path)
+
+
+def offline_env(torch_home):
+    env = dict(os.environ, TORCH_HOME=str(torch_home), no_proxy="", NO_PROXY="")
+    # Any download goes to a closed local port: refused at once, never fetched.
+    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        env[var] = "http://127.0.0.1:9"
+    return env
+
+
+def test_cli_missing_weights_offline_gives_one_clear_line(tmp_path, images):
+    save_png(images[0], tmp_path / "a" / "x.png")
+    save_png(images[1], tmp_path / "b" / "y.png")
+    home = tmp_path / "torch_home"
+    res = run_cli("fid", tmp_path / "a", tmp_path / "b", env=offline_env(home), timeout=120)
+    assert res.returncode == 1
+    assert "Traceback" not in res.stderr and res.stdout == ""
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    expected = home / "hub" / "checkpoints" / "pt_inception-2015-12-05-6726825d.pth"
+    assert str(expected) in lines[0] and "--inception-weights" in lines[0]
+
+
+def test_cli_fid_between_npz_files(tmp_path, capsys):
+    rng = np.random.default_rng(10)
+    f1, f2 = rng.standard_normal((50, 16)), rng.standard_normal((60, 16)) + 0.2
+    for name, f in (("a", f1), ("b", f2)):
+        mu, sigma = metrics.feature_statistics(f)
+        metrics.save_statistics(tmp_path / f"{name}.npz", mu, sigma, len(f), "32x32", name)
+    # pytorch-fid's format: only mu and sigma.
+    mu, sigma = metrics.feature_statistics(f2)
+    np.savez(tmp_path / "pf.npz", mu=mu, sigma=sigma)
+    expected = metrics.fid_from_features(f1, f2)
+    res = run_cli("fid", tmp_path / "a.npz", tmp_path / "b.npz")
+    assert res.returncode == 0, res.stderr
+    assert float(re.search(r"FID: ([0-9.]+)", res.stdout).group(1)) == pytest.approx(expected, abs=1e-4)
+    assert "50 images, 32x32" in res.stdout and "60 images" in res.stdout
+    rc, out, _ = main_in_process(capsys, "fid", tmp_path / "a.npz", tmp_path / "pf.npz")
+    assert rc == 0
+    assert float(re.search(r"FID: ([0-9.]+)", out).group(1)) == pytest.approx(expected, abs=1e-4)
+    assert "unknown number of images" in out
+
+
+def test_statistics_file_round_trip(tmp_path):
+    rng = np.random.default_rng(11)
+    mu, sigma = metrics.feature_statistics(rng.standard_normal((10, 4)))
+    metrics.save_statistics(tmp_path / "s.npz", mu, sigma, 10, "28x28", "/data/x")
+    loaded = metrics.load_statistics(tmp_path / "s.npz")
+    assert np.array_equal(loaded["mu"], mu) and np.array_equal(loaded["sigma"], sigma)
+    assert (loaded["n"], loaded["res"], loaded["source"]) == (10, "28x28", "/data/x")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["fid", "/no/such/folder", "b.npz"], "error: no such folder or .npz file: /no/such/folder"),
+    (["fid", "real.npz", "/no/such/folder"], "error: no such statistics file: real.npz"),
+    (["stats", "/no/such/folder", "--out", "x.npz"], "error: no such folder: /no/such/folder"),
+    (["all", "--real", "/no/real", "--fake", "/no/fake"],
+     "error: no such folder or .npz file: /no/real"),
+])
+def test_cli_bad_paths_in_process(capsys, args, message):
+    rc, out, err = main_in_process(capsys, *args)
+    assert (rc, out, err.strip()) == (1, "", message)
+
+
+def test_cli_mismatched_statistics_and_missing_out_folder(tmp_path, capsys):
+    metrics.save_statistics(tmp_path / "a.npz", np.zeros(3), np.eye(3), 5, "8x8", "a")
+    metrics.save_statistics(tmp_path / "b.npz", np.zeros(4), np.eye(4), 5, "8x8", "b")
+    rc, _, err = main_in_process(capsys, "fid", tmp_path / "a.npz", tmp_path / "b.npz")
+    assert rc == 1 and err.startswith("error: statistics do not match") and err.count("\n") == 1
+    save_png(torch.zeros(3, 8, 8, dtype=torch.uint8), tmp_path / "imgs" / "0.png")
+    rc, _, err = main_in_process(capsys, "stats", tmp_path / "imgs", "--out", tmp_path / "no" / "s.npz")
+    assert (rc, err.strip()) == (1, f"error: no such folder for --out: {tmp_path / 'no'}")
+
+
+def test_cli_empty_folder(tmp_path, capsys):
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    (tmp_path / "empty" / "notes.txt").write_text("not an image")
+    rc, out, err = main_in_process(capsys, "fid", tmp_path / "empty", tmp_path / "empty")
+    assert rc == 1
+    assert err.strip() == f"error: no images (png/jpg/jpeg/bmp/webp) found under {tmp_path / 'empty'}"
+    # `all` needs the fake images themselves, not statistics.
+    save_png(torch.zeros(3, 8, 8, dtype=torch.uint8), tmp_path / "real" / "0.png")
+    rc, out, err = main_in_process(capsys, "all", "--real", tmp_path / "real", "--fake", "f.npz")
+    assert (rc, err.strip()) == (1, "error: no such folder: f.npz")
+
+
+def test_cli_unreadable_image_is_one_line(tmp_path, capsys, weights_file):
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "imgs" / "broken.png").write_text("not a png")
+    rc, out, err = main_in_process(capsys, "stats", tmp_path / "imgs", "--out", tmp_path / "s",
+                                   "--inception-weights", weights_file, "--device", "cpu")
+    assert rc == 1
+    assert err.strip().splitlines()[-1].startswith("error: cannot read image ")
+    assert "Traceback" not in err and not (tmp_path / "s.npz").exists()
+
+
+def test_cli_stats_and_all_on_a_folder(tmp_path, capsys, weights_file, images, base_features):
+    folder = tmp_path / "imgs"
+    save_png(images[0], folder / "0.png")
+    save_png(images[1], folder / "nested" / "deeper" / "1.PNG")
+    (folder / "readme.txt").write_text("ignored")
+    out = tmp_path / "stats.npz"
+    rc, _, err = main_in_process(capsys, "stats", folder, "--out", out,
+                                 "--inception-weights", weights_file, "--device", "cpu")
+    assert rc == 0, err
+    stats = metrics.load_statistics(out)
+    assert (stats["n"], stats["res"]) == (2, "40x40")
+    assert stats["source"] == os.path.abspath(folder)
+    assert np.allclose(stats["mu"], base_features[0].mean(0), rtol=1e-5, atol=1e-6)
+
+    rc, text, err = main_in_process(capsys, "all", "--real", folder, "--fake", folder, "--k", "1",
+                                    "--inception-weights", weights_file, "--device", "cpu")
+    assert rc == 0, err
+    assert "(2 images)" in text
+    assert abs(float(re.search(r"FID:\s+([-0-9.]+)", text).group(1))) < 1e-3
+    is_mean = float(re.search(r"IS \(fake\):\s+([0-9.]+)", text).group(1))
+    assert is_mean == pytest.approx(metrics.inception_score(base_features[1], splits=2)[0],
+                                     rel=1e-3)
+    assert re.search(r"KID:\s+[-0-9.]+ \+- [0-9.]+\s+\(1 subsets of 2\)", text)
+    assert "Precision:  1.0000   Recall: 1.0000" in text

@@ -631,6 +631,11 @@ def plot_losses(csv_path, png_path):
     fig, axes = plt.subplots(len(keys), 1, figsize=(8, 2.2 * len(keys)), sharex=True, squeeze=False)
     for ax, k in zip(axes[:, 0], keys):
         v = np.array([float(r[k]) if r.get(k) not in (None, '') else np.nan for r in rows])
+        if np.isnan(v).any():  # logged every K steps (FID, the collapse monitor): join the logged points
+            ax.plot(steps[~np.isnan(v)], v[~np.isnan(v)], 'o-', ms=3, lw=1.2, color='C1')
+            ax.set_ylabel(k)
+            ax.grid(alpha=0.3)
+            continue
         ax.plot(steps, v, lw=0.6, alpha=0.35, color='C0')
         if len(v) >= 20:  # a moving average makes the trend readable through GAN noise
             w = max(5, len(v) // 50)

@@ -85,13 +85,16 @@ def get_args(argv=None):
     t.add_argument('--feature-matching', action='store_true',
                    help="G's loss becomes ||E f(x) - E f(G(z))||^2 on D's last 4x4 feature map")
     t.add_argument('--minibatch-disc', action='store_true', help='add a minibatch discrimination layer to D')
-    t.add_argument('--mbd-kernels', type=int, help='with --minibatch-disc: kernels B (default 100, as in Salimans et al.)')
-    t.add_argument('--mbd-kernel-dim', type=int, help='with --minibatch-disc: kernel size C (default 5, as in Salimans et al.)')
+    t.add_argument('--mbd-kernels', type=int,
+                   help='with --minibatch-disc: kernels B (default 100, as in Salimans et al.)')
+    t.add_argument('--mbd-kernel-dim', type=int,
+                   help='with --minibatch-disc: kernel size C (default 5, as in Salimans et al.)')
     t.add_argument('--instance-noise', type=float, default=0.0, metavar='SIGMA',
                    help="std of Gaussian noise added to D's inputs, annealed linearly to 0 by the last step (0: off)")
     t.add_argument('--spectral-norm', action='store_true',
                    help="spectral normalisation on every D weight (D's BatchNorm is then removed)")
-    t.add_argument('--d-steps', type=int, default=1, metavar='K', help='D updates per G update, each on a fresh real batch')
+    t.add_argument('--d-steps', type=int, default=1, metavar='K',
+                   help='D updates per G update, each on a fresh real batch')
     common.add_monitor_args(p)
     g.add_argument('--interpolate', action='store_true',
                    help='sampling only: draw latent walks between random z (Fig. 4) from --ckpt; '
@@ -211,9 +214,9 @@ class MinibatchDiscrimination(nn.Module):
     f [N, A] -> o [N, B]. M_i = f_i T is a B x C matrix (T: A x B x C, here one Linear A -> B*C);
     for each kernel b, c_b(x_i, x_j) = exp(-||M_i,b - M_j,b||_L1) and o(x_i)_b = sum_j c_b(x_i, x_j).
     The authors' code leaves out j = i (always exp(0) = 1, no information), so o lies in
-    [0, N - 1]: near 0 when the samples differ, N - 1 when they are all alike. A collapsed G gives its minibatches large o,
-    which D can learn to reject, pushing G to spread out. Real and fake minibatches are passed
-    separately, so each o compares a sample with its own kind.
+    [0, N - 1]: near 0 when the samples differ, N - 1 when they are all alike. A collapsed G
+    gives its minibatches large o, which D can learn to reject, pushing G to spread out. Real
+    and fake minibatches are passed separately, so each o compares a sample with its own kind.
     """
 
     def __init__(self, in_features, kernels=100, kernel_dim=5):

@@ -82,8 +82,10 @@ def get_args(argv=None):
     t.add_argument('--feature-matching', action='store_true',
                    help="G's loss becomes ||E f(x) - E f(G(z))||^2 on D's last hidden layer")
     t.add_argument('--minibatch-disc', action='store_true', help='add a minibatch discrimination layer to D')
-    t.add_argument('--mbd-kernels', type=int, help='with --minibatch-disc: kernels B (default 100, as in Salimans et al.)')
-    t.add_argument('--mbd-kernel-dim', type=int, help='with --minibatch-disc: kernel size C (default 5, as in Salimans et al.)')
+    t.add_argument('--mbd-kernels', type=int,
+                   help='with --minibatch-disc: kernels B (default 100, as in Salimans et al.)')
+    t.add_argument('--mbd-kernel-dim', type=int,
+                   help='with --minibatch-disc: kernel size C (default 5, as in Salimans et al.)')
     t.add_argument('--instance-noise', type=float, default=0.0, metavar='SIGMA',
                    help="std of Gaussian noise added to D's inputs, annealed linearly to 0 by the last step (0: off)")
     t.add_argument('--spectral-norm', action='store_true', help='spectral normalisation on every D weight')
@@ -195,8 +197,8 @@ class MinibatchDiscrimination(nn.Module):
     f [N, A] -> o [N, B]. M_i = f_i T is a B x C matrix (T: A x B x C, here one Linear A -> B*C);
     for each kernel b, c_b(x_i, x_j) = exp(-||M_i,b - M_j,b||_L1) and o(x_i)_b = sum_j c_b(x_i, x_j).
     The authors' code leaves out j = i (always exp(0) = 1, no information), so o lies in
-    [0, N - 1]: near 0 when the samples differ, N - 1 when they are all alike. A collapsed G gives its minibatches large o,
-    which D can learn to reject, pushing G to spread out.
+    [0, N - 1]: near 0 when the samples differ, N - 1 when they are all alike. A collapsed G
+    gives its minibatches large o, which D can learn to reject, pushing G to spread out.
     """
 
     def __init__(self, in_features, kernels=100, kernel_dim=5):

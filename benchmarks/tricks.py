@@ -20,7 +20,7 @@ digit classifier as dcgan.py's --classifier (exported here with torch.export), s
 losses.csv also holds the monitor's class coverage during training. A run whose OUT/NAME/last.pt
 exists is not trained again, so a second call only scores. It also writes DOCS/tricks_samples.png
 (one row of 16 samples per variant, in the table's order) and DOCS/tricks_progress.gif (the
-default run's fixed-noise grids over training, top-left 4x4).
+default run's fixed-noise grids over training, top-left 4x4, 8 frames).
 """
 import argparse
 import glob
@@ -154,7 +154,8 @@ def main():
         os.makedirs(tmp, exist_ok=True)
         for f in frames:
             Image.open(f).crop((0, 0, 138, 138)).save(os.path.join(tmp, os.path.basename(f)))
-        common.write_gif(sorted(glob.glob(os.path.join(tmp, 'step_*.png'))), os.path.join(a.docs, 'tricks_progress.gif'))
+        common.write_gif(sorted(glob.glob(os.path.join(tmp, 'step_*.png'))), os.path.join(a.docs, 'tricks_progress.gif'),
+                         max_frames=8)   # keeps the file under 200 KB
         print(f'wrote {a.docs}/tricks_samples.png and {a.docs}/tricks_progress.gif')
 
 

@@ -708,7 +708,7 @@ class CollapseMonitor:
             if not os.path.isfile(args.classifier):
                 raise UserError(f'--classifier {args.classifier}: no such file')
             try:
-                # an exported program is a graph of tensor operations: loading it runs no pickled code
+                # an exported program holds the classifier's graph and weights: no Python class needed
                 self.clf = torch.export.load(args.classifier).module()
                 with torch.no_grad():
                     k = self.clf(real[:2]).shape
@@ -718,8 +718,9 @@ class CollapseMonitor:
             if len(k) != 2:
                 raise UserError(f'--classifier {args.classifier} must return logits [B, K]; it returned {list(k)}')
             self.k = k[1]
-            if self.out:
-                with open(os.path.join(self.out, 'class_shares.csv'), 'w', newline='') as f:
+            path = os.path.join(self.out, 'class_shares.csv') if self.out else None
+            if path and not (getattr(args, 'resume', None) and os.path.exists(path)):   # a resumed run appends
+                with open(path, 'w', newline='') as f:
                     csv.writer(f).writerow(['step'] + [f'share_{i}' for i in range(self.k)])
 
     @torch.no_grad()

@@ -45,7 +45,7 @@ Usage
     python metrics.py all --real REAL_DIR_OR_NPZ --fake FAKE_DIR
     python metrics.py stats REAL_DIR --out real_stats.npz
     Options: --inception-weights PATH, --batch-size N, --device cuda|mps|cpu.
-    The first run downloads pytorch-fid's Inception weights (~92 MB) into the
+    The first run downloads pytorch-fid's Inception weights (~96 MB) into the
     torch hub cache.
 
 From Python
@@ -503,44 +503,44 @@ def feature_statistics(features):
     return f.mean(axis=0), np.cov(f, rowvar=False)
 
 
-def _psd_factor(sigma):
-    """A [d, r] with A A^T = sigma (r = numerical rank), by LAPACK's pivoted
-    Cholesky (dpstrf). It stops at the first pivot below d * eps * max(diag),
-    so a rank-deficient covariance (N <= d samples) needs no regularisation."""
-    c, piv, rank, info = lapack.dpstrf(sigma, lower=1)  # P^T sigma P = L L^T
-    if info < 0:
-        raise np.linalg.LinAlgError(f"dpstrf: illegal argument {-info}")
-    factor = np.zeros((sigma.shape[0], rank))
-    factor[piv - 1] = np.tril(c)[:, :rank]              # A = P L[:, :rank]
-    return factor
-
-
 def trace_sqrt_product(sigma1, sigma2):
     """tr sqrt(sigma1 sigma2) for covariance matrices [d, d].
 
     Why a symmetric eigenproblem gives the same number as scipy's sqrtm:
-    write sigma1 = A A^T and sigma2 = B B^T (any factors: the symmetric roots
-    from eigh, or the much cheaper pivoted Cholesky factors used here). For
-    any X, Y the products XY and YX have the same non-zero eigenvalues; with
-    X = A, Y = A^T sigma2 this means sigma1 sigma2 and
-    A^T sigma2 A = (B^T A)^T (B^T A) = C^T C share their non-zero eigenvalues.
-    So sigma1 sigma2 has real eigenvalues >= 0 (those of a PSD matrix), its
-    principal square root has their square roots as eigenvalues, and
-        tr sqrt(sigma1 sigma2) = sum_i sqrt(eig_i(C^T C)) = sum_i sv_i(B^T A).
+    write sigma1 = A A^T (any factor: the symmetric root sqrt(sigma1) from
+    eigh, or the much cheaper pivoted Cholesky factor A = P L used here).
+    For any X, Y the products XY and YX have the same non-zero eigenvalues;
+    with X = A, Y = A^T sigma2 this means sigma1 sigma2 and the symmetric PSD
+    matrix M = A^T sigma2 A share their non-zero eigenvalues. So sigma1 sigma2
+    has real eigenvalues >= 0, its principal square root has their square
+    roots as eigenvalues, and
+        tr sqrt(sigma1 sigma2) = sum_i sqrt(eig_i(A^T sigma2 A)).
     With A = sqrt(sigma1) this is the familiar
     sum sqrt(eig(sqrt(sigma1) sigma2 sqrt(sigma1))). eigvalsh of a symmetric
     matrix takes a fraction of a second at d = 2048 where scipy's sqrtm (a
-    complex Schur form of the non-symmetric product) takes minutes on 2 cores.
+    complex Schur form of the non-symmetric product) takes minutes on 2 cores,
+    and Cholesky costs a fraction of the eigendecomposition that sqrt(sigma1)
+    would need.
     """
-    a = _psd_factor(sigma1)                  # [d, r1]
-    b = _psd_factor(sigma2)                  # [d, r2]
-    c = b.T @ a                              # [r2, r1]
-    # C^T C and C C^T share their non-zero eigenvalues; take the smaller.
-    gram = c.T @ c if c.shape[1] <= c.shape[0] else c @ c.T
-    eig = np.linalg.eigvalsh(gram)           # [min(r1, r2)]
-    # Rounding leaves eigenvalues of a singular product at about -1e-16 |C|^2;
-    # they are zero (torch-fidelity takes the real part of their complex
-    # square roots, which is the same thing).
+    # LAPACK dpstrf: P^T sigma1 P = L L^T, stopping at the first pivot below
+    # d * eps * max(diag). A covariance of N <= d samples has rank < d; the
+    # columns of L past the numerical rank hold rounding residue and are zeroed,
+    # so no regularisation is needed for singular covariances.
+    c, piv, rank, info = lapack.dpstrf(sigma1, lower=1)
+    if info < 0:
+        raise np.linalg.LinAlgError(f"dpstrf: illegal argument {-info}")
+    chol = np.tril(c)                                # L [d, d]
+    chol[:, rank:] = 0
+    p = piv - 1
+    # LAPACK dsygst (itype=2) forms L^T B L for symmetric B in one pass,
+    # here with B = P^T sigma2 P, so M = A^T sigma2 A with A = P L.
+    m, info = lapack.dsygst(sigma2[np.ix_(p, p)], chol, itype=2, lower=1)
+    if info < 0:
+        raise np.linalg.LinAlgError(f"dsygst: illegal argument {-info}")
+    eig = np.linalg.eigvalsh(m[:rank, :rank], UPLO="L")  # [rank]; the rest of M is 0
+    # Rounding leaves eigenvalues of a singular M at about -1e-16 |M|; they
+    # are zero (torch-fidelity takes the real part of their complex square
+    # roots, which is the same thing).
     return float(np.sqrt(np.clip(eig, 0, None)).sum())
 
 

@@ -54,9 +54,14 @@ def predict(model, images):
     return prob.argmax(1), prob
 
 
+def folder_args(path, data_root):
+    """The data flags common.load_data reads, for a folder at the classifier's 28x28 gray."""
+    p = common.base_parser('', model='mnist_classifier', dataset='shapes', res=28, batch_size=64, epochs=1)
+    return common.parse(p, ['--data', path, '--data-root', data_root, '--channels', '1'])
+
+
 def train(args):
-    a = argparse.Namespace(data=args.data, res=28, data_root=args.data_root, channels=1, dataset=None,
-                           model='mnist_classifier', shapes_n=0, seed=0)
+    a = folder_args(args.data, args.data_root)
     data = common.load_data(a, need_labels=True)
     if data.classes != [str(i) for i in range(10)]:
         raise common.UserError(f'{args.data}: expected class folders 0..9, found {data.classes}')
@@ -87,8 +92,7 @@ def train(args):
 
 def score(args):
     model = load_classifier(args.clf)
-    a = argparse.Namespace(data=args.samples, res=28, data_root=args.cache, channels=1, dataset=None,
-                           model='mnist_classifier', shapes_n=0, seed=0)
+    a = folder_args(args.samples, args.cache)
     data = common.load_data(a)
     pred, prob = predict(model, data.images)
     hist = torch.bincount(pred, minlength=10).float() / len(pred)

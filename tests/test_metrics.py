@@ -170,17 +170,24 @@ def test_fid_falls_back_to_eps_when_the_eigensolver_fails(monkeypatch):
     exact = metrics.frechet_distance(mu, s1, mu, s2)
     real_eigvalsh, calls = np.linalg.eigvalsh, []
 
-    def failing_once(m):
+    def failing_once(m, *args, **kwargs):
         calls.append(1)
         if len(calls) == 1:
             raise np.linalg.LinAlgError("did not converge")
-        return real_eigvalsh(m)
+        return real_eigvalsh(m, *args, **kwargs)
 
     monkeypatch.setattr(np.linalg, "eigvalsh", failing_once)
     with pytest.warns(UserWarning, match="adding 1e-06"):
         got = metrics.frechet_distance(mu, s1, mu, s2)
     assert len(calls) == 2
     assert got == pytest.approx(exact, rel=1e-4)
+
+
+def test_fid_with_a_zero_covariance():
+    # All samples equal: sigma1 = 0 has rank 0, tr sqrt(sigma1 sigma2) = 0.
+    s2 = random_spd(4, np.random.default_rng(13))
+    got = metrics.frechet_distance(np.zeros(4), np.zeros((4, 4)), np.ones(4), s2)
+    assert got == pytest.approx(4 + np.trace(s2), rel=1e-12)
 
 
 def test_fid_rejects_mismatched_statistics():

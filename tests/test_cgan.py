@@ -1,0 +1,246 @@
+"""cgan.py: shapes, one training step per conditioning scheme, the projection identity, spectral
+norm, conditional BN, and the command line end to end."""
+import os
+
+import pytest
+import torch
+import torch.nn as nn
+
+import cgan
+import common
+from conftest import run_script
+
+
+def tiny_args(cond='projection', res=16, extra=()):
+    argv = ['--dataset', 'shapes', '--res', str(res), '--cond', cond, '--ngf', '8', '--ndf', '8',
+            '--batch-size', '8', *extra]
+    args = cgan.get_args(argv)
+    args.channels, args.classes = 3, list(common.SHAPE_CLASSES)
+    return args
+
+
+def data_batch(args, n=8, seed=0):
+    images, labels = common.make_shapes(n, args.res, seed=seed)
+    return images.float() / 127.5 - 1, labels
+
+
+# ---------------------------------------------------------------- networks
+
+@pytest.mark.parametrize('cond', ['projection', 'concat'])
+@pytest.mark.parametrize('res', [16, 32, 64])
+def test_shapes_and_range(cond, res):
+    args = tiny_args(cond, res)
+    G, D = cgan.build(args)
+    z, y = torch.randn(4, args.z_dim), torch.tensor([0, 1, 2, 5])
+    x = G(z, y)
+    assert x.shape == (4, 3, res, res) and x.min() >= -1 and x.max() <= 1
+    assert D(x, y).shape == (4,)
+
+
+def test_defaults_follow_the_scheme():
+    a = cgan.get_args([])
+    assert (a.cond, a.loss, a.z_dim, a.lr, a.betas, a.n_dis) == ('projection', 'hinge', 100, 2e-4, [0.5, 0.999], 1)
+    assert cgan.get_args(['--cond', 'concat']).loss == 'bce'
+    assert cgan.get_args(['--cond', 'concat']).embed_dim == 10
+    with pytest.raises(common.UserError, match='--embed-dim applies to --cond concat only'):
+        cgan.get_args(['--cond', 'projection', '--embed-dim', '8'])
+    with pytest.raises(common.UserError, match='cannot build --res 48'):
+        cgan.get_args(['--res', '48'])
+
+
+def test_dcgan_backbone_init_and_bn_placement():
+    for cond in ['projection', 'concat']:
+        G, D = cgan.build(tiny_args(cond, 32))
+        w = torch.cat([m.weight.flatten() for m in G.modules() if isinstance(m, nn.ConvTranspose2d)])
+        assert abs(w.std().item() - 0.02) < 0.002
+        # G's output conv has no norm after it: there is one norm per hidden layer only
+        assert len(G.norms) == len(G.convs) - 1
+        assert not any(isinstance(m, nn.BatchNorm2d) for m in D.norms[:1].modules())
+    # the projection D holds no BatchNorm at all: SN takes its place
+    _, D = cgan.build(tiny_args('projection', 32))
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in D.modules())
+
+
+def test_label_changes_the_sample():
+    """Both schemes feed y to G: the same z with two labels gives two images (once CBN's gains
+    have left their init; the concat embedding differs from the start)."""
+    for cond in ['projection', 'concat']:
+        G, _ = cgan.build(tiny_args(cond))
+        if cond == 'projection':
+            with torch.no_grad():
+                for m in G.modules():
+                    if isinstance(m, cgan.CondBatchNorm2d):
+                        m.beta.weight.normal_()
+        G.eval()
+        z = torch.randn(1, 100).repeat(2, 1)
+        x = G(z, torch.tensor([0, 3]))
+        assert (x[0] - x[1]).abs().max() > 1e-3
+
+
+# ---------------------------------------------------------------- the projection discriminator
+
+def test_projection_identity():
+    """D(x, y) - D(x, y') = <e_y - e_y', phi(x)> exactly: y enters only through the inner product."""
+    torch.manual_seed(0)
+    args = tiny_args('projection', 32)
+    _, D = cgan.build(args)
+    for _ in range(3):  # move the SN power iterations off their starting point
+        D(torch.randn(4, 3, 32, 32), torch.randint(6, (4,)))
+    D.eval()  # no power iteration: the normalised weights are fixed between the calls
+    x = torch.randn(5, 3, 32, 32)
+    y, y2 = torch.tensor([0, 1, 2, 3, 4]), torch.tensor([5, 3, 0, 1, 1])
+    with torch.no_grad():
+        lhs = D(x, y) - D(x, y2)
+        e = D.embed.weight                                                  # the spectrally normalised embedding
+        rhs = ((e[y] - e[y2]) * D.phi(x)).sum(1)
+    assert torch.allclose(lhs, rhs, atol=1e-5, rtol=1e-5)
+    assert lhs.abs().max() > 1e-4  # the identity is not trivially 0 = 0
+
+
+def test_phi_is_relu_sum_pool():
+    args = tiny_args('projection', 32)
+    _, D = cgan.build(args)
+    D.eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        h = D.features(x)
+        assert h.shape == (2, 32, 4, 4)
+        assert torch.allclose(D.phi(x), h.clamp(min=0).sum((2, 3)))   # a sum, not a mean
+
+
+def test_spectral_norm_everywhere_and_sigma_one():
+    """Every layer of the projection D, the embedding included, is spectrally normalised, and after
+    about 20 training-mode forwards each normalised weight has largest singular value ~1."""
+    _, D = cgan.build(tiny_args('projection', 32))
+    layers = [m for m in D.modules() if isinstance(m, (nn.Conv2d, nn.Linear, nn.Embedding))]
+    assert len(layers) == 5  # 3 convs, psi, embed
+    for m in layers:
+        assert hasattr(m, 'parametrizations') and 'weight' in m.parametrizations
+    for _ in range(20):
+        D(torch.randn(8, 3, 32, 32), torch.randint(6, (8,)))
+    with torch.no_grad():
+        for m in layers:
+            sigma = torch.linalg.matrix_norm(m.weight.flatten(1), ord=2)
+            assert abs(sigma.item() - 1) < 0.05, (m, sigma)
+
+
+def test_cbn_at_init_is_plain_bn():
+    """Gain 1 and bias 0 for every class: CBN reduces to BatchNorm without affine."""
+    cbn = cgan.CondBatchNorm2d(6, 4)
+    h = torch.randn(8, 6, 5, 5) * 3 + 2
+    out = cbn(h, torch.randint(4, (8,)))
+    assert torch.allclose(out, nn.functional.batch_norm(h, None, None, training=True), atol=1e-5)
+    # and a class's gain and bias act on that class's samples only
+    with torch.no_grad():
+        cbn.gamma.weight[2] = 2.0
+        cbn.beta.weight[2] = 1.0
+    y = torch.tensor([2, 0, 2, 0, 1, 1, 3, 3])
+    out = cbn(h, y)
+    ref = nn.functional.batch_norm(h, None, None, training=True)
+    assert torch.allclose(out[y == 2], 2 * ref[y == 2] + 1, atol=1e-5)
+    assert torch.allclose(out[y != 2], ref[y != 2], atol=1e-5)
+
+
+# ---------------------------------------------------------------- losses
+
+def test_losses():
+    one, minus = torch.ones(4), -torch.ones(4)
+    assert cgan.d_loss(one, minus, 'hinge').item() == 0          # margins met: no loss
+    assert cgan.d_loss(minus, one, 'hinge').item() == pytest.approx(4.0)
+    assert cgan.g_loss(torch.full((4,), 0.5), 'hinge').item() == pytest.approx(-0.5)
+    assert cgan.d_loss(torch.zeros(4), torch.zeros(4), 'bce').item() == pytest.approx(2 * 0.6931, abs=1e-4)
+    # the non-saturating G loss keeps a gradient when D rejects the samples
+    l = torch.full((4,), -10.0, requires_grad=True)
+    cgan.g_loss(l, 'bce').backward()
+    assert l.grad.abs().min() > 0.2 / 4
+
+
+# ---------------------------------------------------------------- one training step
+
+@pytest.mark.parametrize('cond', ['projection', 'concat'])
+def test_one_training_step_changes_both_nets(cond):
+    torch.manual_seed(0)
+    args = tiny_args(cond)
+    G, D = cgan.build(args)
+    opt_G, opt_D = cgan.make_optimizers(G, D, args)
+    g0 = [p.detach().clone() for p in G.parameters()]
+    d0 = [p.detach().clone() for p in D.parameters()]
+    x, y = data_batch(args)
+    logs = cgan.train_step(G, D, opt_G, opt_D, x, y, args)
+    assert set(logs) == {'loss_D', 'loss_G', 'D(x,y)', 'D(G(z,y),y)'}
+    assert all(torch.isfinite(torch.tensor(v)) for v in logs.values())
+    assert any(not torch.equal(a, b) for a, b in zip(g0, G.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(d0, D.parameters()))
+    # the label pathways learn too: G's class embedding (concat) or CBN gains (projection), D's embedding
+    g_cls = G.embed.weight if cond == 'concat' else G.norms[0].gamma.weight
+    assert g_cls.grad is not None and g_cls.grad.abs().sum() > 0
+    d_cls = D.embed.parametrizations.weight.original if cond == 'projection' else D.embed.weight
+    assert d_cls.grad is not None and d_cls.grad.abs().sum() > 0
+
+
+def test_d_step_leaves_g_without_grads():
+    args = tiny_args('projection', extra=['--n-dis', '2'])
+    G, D = cgan.build(args)
+    opt_G, opt_D = cgan.make_optimizers(G, D, args)
+    x, y = data_batch(args, n=16)
+
+    class Stop(Exception):
+        pass
+
+    def stop(*a, **k):  # end train_step when G's optimiser is reached: only D steps have run
+        raise Stop
+    opt_G.zero_grad = stop
+    with pytest.raises(Stop):
+        cgan.train_step(G, D, opt_G, opt_D, x, y, args)
+    assert all(p.grad is None for p in G.parameters())
+
+
+def test_fake_labels_are_uniform():
+    y = cgan.sample_labels(60000, 6, 'cpu')
+    counts = torch.bincount(y, minlength=6).float()
+    assert (counts / 10000 - 1).abs().max() < 0.05
+
+
+# ---------------------------------------------------------------- command line
+
+def test_end_to_end_train_and_generate(tmp_path):
+    out = tmp_path / 'run'
+    r = run_script('cgan.py', '--dataset', 'shapes', '--shapes-n', 64, '--res', 16, '--ngf', 8, '--ndf', 8,
+                   '--batch-size', 8, '--steps', 4, '--sample-every', 2, '--out', out,
+                   '--data-root', tmp_path / 'data')
+    assert r.returncode == 0, r.stderr
+    for f in ['losses.csv', 'losses.png', 'last.pt', 'config.json', 'samples/real.png', 'samples/step_0000004.png']:
+        assert (out / f).exists(), f
+    from PIL import Image
+    # the fixed grid: one row per class (6 shapes), 10 columns, 16 px + 2 px padding
+    assert Image.open(out / 'samples' / 'step_0000004.png').size == (10 * 18 + 2, 6 * 18 + 2)
+    assert len((out / 'losses.csv').read_text().strip().splitlines()) == 5
+
+    gen = tmp_path / 'gen'
+    r = run_script('cgan.py', '--generate', 12, '--ckpt', out / 'last.pt', '--out', gen)
+    assert r.returncode == 0, r.stderr
+    for name in common.SHAPE_CLASSES:
+        assert len(list((gen / name).glob('*.png'))) == 2, name
+    assert (gen / 'grid.png').exists()
+
+    # --class K, in-process (the subprocess round trip above already covers the command line)
+    one = tmp_path / 'one'
+    cgan.main(['--generate', '5', '--class', '3', '--ckpt', str(out / 'last.pt'), '--out', str(one)])
+    assert sorted(p.name for p in one.iterdir() if p.is_dir()) == ['diamond']
+    assert len(list((one / 'diamond').glob('*.png'))) == 5
+    with pytest.raises(common.UserError, match='--class 6 is out of range'):
+        cgan.main(['--generate', '5', '--class', '6', '--ckpt', str(out / 'last.pt'), '--out', str(one)])
+
+
+def test_unlabelled_dataset_is_a_clear_error(tmp_path):
+    from PIL import Image
+    import numpy as np
+    folder = tmp_path / 'flat'
+    folder.mkdir()
+    for i in range(4):
+        Image.fromarray(np.full((16, 16, 3), 60 * i, np.uint8)).save(folder / f'{i}.png')
+    # a UserError: common.cli prints it as one 'error: ...' line with exit status 2
+    with pytest.raises(common.UserError, match=r'^cgan is class-conditional but .* has no labels; use a folder'):
+        cgan.main(['--data', str(folder), '--res', '16', '--out', str(tmp_path / 'o'),
+                   '--data-root', str(tmp_path / 'c')])
+    assert not (tmp_path / 'o').exists()  # nothing was started

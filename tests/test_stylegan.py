@@ -1,0 +1,305 @@
+"""stylegan.py: the style-based generator (StyleGAN, StyleGAN2), its regularisers and sampling modes."""
+import copy
+import csv
+import math
+import os
+
+import pytest
+import torch
+import torch.nn as nn
+
+import stylegan as S
+from conftest import run_script
+
+TINY = ['--dataset', 'shapes', '--res', '32', '--fmap-base', '256', '--fmap-max', '16',
+        '--z-dim', '32', '--w-dim', '32', '--batch-size', '8']
+
+
+def tiny_args(*extra):
+    args = S.get_args(TINY + list(extra))
+    args.channels = 3
+    return args
+
+
+def tiny_nets(*extra, seed=0):
+    torch.manual_seed(seed)
+    args = tiny_args(*extra)
+    G, D = S.build(args)
+    return args, G, D
+
+
+# ---------------------------------------------------------------- shapes and widths
+
+@pytest.mark.parametrize('style', ['demod', 'adain'])
+def test_shapes(style):
+    args, G, D = tiny_nets('--style', style)
+    assert G.num_ws == 2 * 5 - 2
+    x = G(torch.randn(4, 32))
+    assert x.shape == (4, 3, 32, 32)
+    assert D(x).shape == (4,)
+    img, ws = G(torch.randn(4, 32), return_ws=True)
+    assert ws.shape == (4, G.num_ws, 32)
+
+
+def test_channel_widths_follow_fmap_base():
+    """Config F: 512 channels up to 64x64, then 256, 128, 64, 32 at 1024."""
+    args = S.get_args(['--res', '1024'])
+    assert [S.nf(r, args) for r in [4, 32, 64, 128, 256, 512, 1024]] == [512, 512, 512, 256, 128, 64, 32]
+
+
+# ---------------------------------------------------------------- the paper's components
+
+def test_demodulated_conv_keeps_unit_std():
+    torch.manual_seed(0)
+    b, c_in, c_out = 8, 64, 64
+    x = torch.randn(b, c_in, 16, 16)
+    weight = torch.randn(c_out, c_in, 3, 3)
+    styles = torch.randn(b, c_in) * 2 + 1                 # far from 1: demodulation must undo it
+    y = S.modulated_conv2d(x, weight, styles)[:, :, 1:-1, 1:-1]    # the zero-padded border has fewer terms
+    assert abs(y.std().item() - 1) < 0.05
+    per_channel = y.transpose(0, 1).flatten(1).std(1)
+    assert per_channel.min() > 0.85 and per_channel.max() < 1.15
+    # without demodulation the scale of the styles passes straight through
+    y = S.modulated_conv2d(x, weight / math.sqrt(c_in * 9), styles, demodulate=False)
+    assert y.std() > 1.5
+
+
+def test_grouped_conv_equals_per_sample_loop():
+    torch.manual_seed(0)
+    x, weight, styles = torch.randn(5, 6, 8, 8), torch.randn(7, 6, 3, 3), torch.randn(5, 6)
+    y = S.modulated_conv2d(x, weight, styles)
+    for i in range(5):
+        w = weight * styles[i].view(1, -1, 1, 1)
+        w = w / (w.square().sum([1, 2, 3], keepdim=True) + 1e-8).sqrt()
+        torch.testing.assert_close(y[i:i + 1], torch.nn.functional.conv2d(x[i:i + 1], w, padding=1),
+                                   atol=1e-5, rtol=1e-5)
+
+
+def test_mapping_lrmul_scales():
+    torch.manual_seed(0)
+    fc = S.EqualLinear(512, 512, lrmul=0.01)
+    assert abs(fc.weight.std().item() - 100) < 1                 # stored: std 1 / lrmul
+    effective = fc.weight * fc.scale
+    assert abs(effective.std().item() - 1 / math.sqrt(512)) < 1e-3
+    mapping = S.MappingNetwork(32, 32, 8, 0.01)
+    assert len(mapping.fcs) == 8 and all(f.lrmul == 0.01 and f.act for f in mapping.fcs)
+
+
+def test_truncation():
+    torch.manual_seed(0)
+    ws, w_avg = torch.randn(3, 8, 16), torch.randn(16)
+    assert torch.equal(S.truncate(ws, w_avg, 1.0), ws)
+    t = S.truncate(ws, w_avg, 0.0, cutoff=5)
+    assert torch.allclose(t[:, :5], w_avg.expand(3, 5, 16))
+    assert torch.equal(t[:, 5:], ws[:, 5:])
+    half = S.truncate(ws, w_avg, 0.5)
+    torch.testing.assert_close(half, w_avg + 0.5 * (ws - w_avg))
+    # and through G: psi = 0 with no cutoff gives the image of w_avg whatever z is
+    args, G, _ = tiny_nets()
+    G.w_avg.normal_()
+    G.eval()
+    a = G(torch.randn(2, 32), psi=0.0, noise=False)
+    torch.testing.assert_close(a[0], a[1], atol=1e-5, rtol=1e-5)
+
+
+def test_zero_noise_strength_is_deterministic():
+    args, G, _ = tiny_nets()
+    ws = G.mapping(torch.randn(3, 32))[:, None].repeat(1, G.num_ws, 1)
+    assert torch.equal(G.synthesis(ws), G.synthesis(ws))          # noise drawn, strength 0 at init
+    for m in G.modules():
+        if isinstance(m, S.StyledConv):
+            m.noise_strength.data.fill_(0.5)
+    assert not torch.equal(G.synthesis(ws), G.synthesis(ws))
+
+
+def test_noise_strength_shapes_and_init():
+    _, G, _ = tiny_nets('--style', 'demod')
+    convs = [m for m in G.modules() if isinstance(m, S.StyledConv)]
+    assert all(m.noise_strength.shape == () and m.noise_strength.item() == 0 for m in convs)   # one scalar
+    _, G, _ = tiny_nets('--style', 'adain')
+    convs = [m for m in G.modules() if isinstance(m, S.StyledConv)]
+    assert all(m.noise_strength.shape == m.bias.shape and m.noise_strength.abs().sum() == 0 for m in convs)
+    assert torch.equal(G.synthesis.const, torch.ones_like(G.synthesis.const))
+
+
+def test_adain_zero_style_normalises():
+    torch.manual_seed(0)
+    x = torch.randn(4, 6, 8, 8) * 3 + 5
+    y = S.adain(x, torch.zeros(4, 6), torch.zeros(4, 6))
+    assert y.mean((2, 3)).abs().max() < 1e-5
+    assert (y.std((2, 3), unbiased=False) - 1).abs().max() < 1e-4
+    y = S.adain(x, torch.full((4, 6), 1.0), torch.full((4, 6), 0.5))  # scale 1 + 1, shift 0.5
+    assert (y.mean((2, 3)) - 0.5).abs().max() < 1e-5
+
+
+def test_style_mix_crossover():
+    w1, w2 = torch.zeros(3, 8, 4), torch.ones(3, 8, 4)
+    out = S.style_mix(w1, w2, torch.tensor([1, 5, 8]))
+    assert out[0, :1].eq(0).all() and out[0, 1:].eq(1).all()
+    assert out[1, :5].eq(0).all() and out[1, 5:].eq(1).all()
+    assert out[2].eq(0).all()
+    # in G, mixing_prob 0 keeps one w for all layers; mixing_prob 1 mixes every sample
+    _, G, _ = tiny_nets()
+    _, ws = G(torch.randn(16, 32), return_ws=True)
+    assert torch.equal(ws, ws[:, :1].expand_as(ws))
+    _, ws = G(torch.randn(16, 32), mixing_prob=1.0, return_ws=True)
+    changed = (ws != ws[:, :1]).any(2)                                 # [B, num_ws]
+    assert changed.any(1).all() and not changed[:, 0].any()
+
+
+def test_w_avg_tracked_as_ema():
+    _, G, _ = tiny_nets()
+    z = torch.randn(8, 32)
+    w = G.mapping(z).mean(0)
+    G(z, w_avg_beta=0.995)
+    torch.testing.assert_close(G.w_avg, 0.005 * w.detach(), atol=1e-6, rtol=1e-5)
+    before = G.w_avg.clone()
+    G(z)                                                               # sampling does not move it
+    assert torch.equal(G.w_avg, before)
+
+
+def test_r1_equals_half_gamma_grad_norm_squared():
+    a = torch.randn(3, 4, 4)
+
+    class Linear(nn.Module):                                           # D(x) = <a, x>: grad_x D = a
+        def forward(self, x):
+            return (x * a).sum((1, 2, 3))
+
+    x = torch.randn(5, 3, 4, 4)
+    r1 = S.r1_penalty(Linear(), x, gamma=10.0)
+    torch.testing.assert_close(r1, 5.0 * a.square().sum())
+
+    class Quad(nn.Module):                                             # D(x) = |x|^2 / 2: grad = x
+        def forward(self, x):
+            return x.square().sum((1, 2, 3)) / 2
+
+    r1 = S.r1_penalty(Quad(), x, gamma=2.0)
+    torch.testing.assert_close(r1, x.square().sum((1, 2, 3)).mean())
+
+
+def test_lazy_regularisation_adam_settings():
+    args, G, D = tiny_nets()
+    opt_G, opt_D = S.make_optimizers(G, D, args)
+    gD, gG = opt_D.param_groups[0], opt_G.param_groups[0]
+    assert gD['lr'] == pytest.approx(0.002 * 16 / 17) and gD['lr'] == pytest.approx(0.00188, abs=1e-5)
+    assert gD['betas'][0] == 0 and gD['betas'][1] == pytest.approx(0.99059, abs=1e-5)
+    assert gG['lr'] == pytest.approx(0.0016) and gG['betas'][1] == pytest.approx(0.99 ** 0.8)
+    args, G, D = tiny_nets('--pl-weight', '0')                          # no lazy reg on G: no correction
+    opt_G, _ = S.make_optimizers(G, D, args)
+    assert opt_G.param_groups[0]['lr'] == 0.002 and opt_G.param_groups[0]['betas'] == (0.0, 0.99)
+
+
+def test_path_length_mean_decay():
+    pl = S.PathLengthPenalty(decay=0.01)
+    ws = torch.randn(4, 3, 5, requires_grad=True)
+    scale = torch.tensor([1., 2., 3., 4.]).view(4, 1, 1)
+    img = (ws * scale).sum(2, keepdim=True)[:, None].expand(4, 1, 3, 2)  # [4, 1, 3, 2], a linear g(w)
+    pl.pl_mean.fill_(1.0)
+    torch.manual_seed(0)
+    y = torch.randn_like(img) / math.sqrt(6)
+    grad = (y * scale[:, None]).sum(3).squeeze(1)[..., None].expand(4, 3, 5)     # d<g(w), y>/dw
+    lengths = grad.square().sum(2).mean(1).sqrt()
+    torch.manual_seed(0)
+    penalty = pl(img, ws)
+    expected_mean = 1.0 + 0.01 * (lengths.mean() - 1.0)
+    torch.testing.assert_close(pl.pl_mean, expected_mean)
+    torch.testing.assert_close(penalty, (lengths - expected_mean).square().mean())
+
+
+def test_ema_half_life():
+    beta = S.ema_beta(32, 10)
+    assert beta == pytest.approx(0.99778, abs=1e-5)
+    assert beta ** (10_000 / 32) == pytest.approx(0.5)
+    _, G, _ = tiny_nets()
+    G_ema = copy.deepcopy(G)
+    for p in G.parameters():
+        p.data.add_(1)
+    G.w_avg.fill_(3)
+    S.ema_update(G_ema, G, 0.75)
+    p0, p1 = next(G_ema.parameters()), next(G.parameters())
+    torch.testing.assert_close(p0, p1 - 0.75)
+    assert G_ema.w_avg.eq(3).all()
+
+
+def test_minibatch_stddev_and_blur():
+    x = torch.randn(8, 5, 4, 4)
+    y = S.minibatch_stddev(x, 4)
+    assert y.shape == (8, 6, 4, 4)
+    same = S.minibatch_stddev(x[:1].expand(8, -1, -1, -1), 4)
+    assert same[:, 5].max() < 1e-3                                     # identical images: std ~ 1e-4
+    assert torch.allclose(S.blur_down(torch.ones(1, 2, 8, 8))[:, :, 1:-1, 1:-1], torch.ones(1, 2, 2, 2))
+
+
+def test_diffaug_is_differentiable_and_random():
+    torch.manual_seed(0)
+    x = (torch.rand(6, 3, 16, 16) * 2 - 1).requires_grad_()
+    a, b = S.diff_augment(x), S.diff_augment(x)
+    assert a.shape == x.shape and not torch.equal(a, b)
+    a.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert (a == 0).flatten(1).float().mean(1).min() > 0.15          # every image has a cutout hole
+
+
+def test_mix_ranges_cover_every_layer():
+    for res in [32, 64, 256, 1024]:
+        n = 2 * int(math.log2(res)) - 2
+        spans = [S.mix_range(name, n) for name in ['coarse', 'middle', 'fine']]
+        assert spans[0][0] == 0 and spans[-1][1] == n
+        assert all(lo < hi for lo, hi in spans) and spans[0][1] == spans[1][0] and spans[1][1] == spans[2][0]
+    assert S.mix_range('coarse', 18) == (0, 4) and S.mix_range('middle', 18) == (4, 8)
+
+
+# ---------------------------------------------------------------- training
+
+@pytest.mark.parametrize('style', ['demod', 'adain'])
+def test_one_training_step_changes_weights(style):
+    # intervals of 1 so that R1 and path length both fire in this one step
+    args, G, D = tiny_nets('--style', style, '--r1-every', '1', '--pl-every', '1', '--augment', 'diffaug')
+    G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+    opt_G, opt_D = S.make_optimizers(G, D, args)
+    pl = S.PathLengthPenalty()
+    g0 = [p.clone() for p in G.parameters()]
+    d0 = [p.clone() for p in D.parameters()]
+    e0 = [p.clone() for p in G_ema.parameters()]
+    logs = S.train_step(G, D, G_ema, opt_G, opt_D, pl, torch.rand(8, 3, 32, 32) * 2 - 1, 0, 0.9, args)
+    assert {'loss_D', 'loss_G', 'r1', 'pl', 'pl_mean'} <= set(logs)
+    assert all(math.isfinite(v) for v in logs.values())
+    assert all(not torch.equal(a, b) for a, b in zip(d0, D.parameters()))
+    changed = [not torch.equal(a, b) for a, b in zip(g0, G.parameters())]
+    assert sum(changed) >= 0.9 * len(changed)
+    assert any(not torch.equal(a, b) for a, b in zip(e0, G_ema.parameters()))
+    assert G.w_avg.abs().sum() > 0 and pl.pl_mean > 0
+
+
+def test_bad_flags_are_one_line_errors():
+    import common
+    with pytest.raises(common.UserError, match='cannot build --res 48'):
+        S.get_args(['--res', '48'])
+    with pytest.raises(common.UserError, match='multiple of --mbstd-group'):
+        S.get_args(['--batch-size', '6'])
+    with pytest.raises(common.UserError, match='need --ckpt'):
+        S.get_args(['--style-mix'])
+
+
+def test_end_to_end_train_and_sample(tmp_path):
+    out = tmp_path / 'run'
+    r = run_script('stylegan.py', *TINY, '--shapes-n', '64', '--steps', '4', '--sample-every', '4',
+                   '--r1-every', '2', '--pl-every', '2', '--mapping-layers', '2', '--out', out,
+                   '--data-root', tmp_path / 'data', cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    for f in ['losses.csv', 'losses.png', 'last.pt', 'samples/real.png', 'samples/step_0000004.png']:
+        assert (out / f).exists(), f
+    with open(out / 'losses.csv') as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4 and rows[0]['r1'] != 'nan' and rows[0]['pl'] != 'nan'
+    gen = tmp_path / 'gen'
+    # sampling in-process (a second interpreter start would double the test's time)
+    S.main(['--generate', '5', '--psi', '0.7', '--ckpt', str(out / 'last.pt'), '--style-mix', 'coarse',
+            '--interpolate', '3', '--truncation-sweep', '--out', str(gen)])
+    names = set(os.listdir(gen))
+    assert {'grid.png', '000004.png', 'style_mix_coarse.png', 'interpolate.png', 'truncation_sweep.png'} <= names
+    from PIL import Image
+    assert Image.open(gen / 'truncation_sweep.png').size[0] == 6 * 34 + 2        # six psi columns
+    import common
+    with pytest.raises(common.UserError, match='no such file'):
+        S.main(['--generate', '2', '--ckpt', str(tmp_path / 'missing.pt')])

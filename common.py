@@ -580,6 +580,32 @@ def save_grid(x, path, nrow=None):
     save_image(make_grid(x, nrow), path)
 
 
+def write_gif(frame_paths, path, max_frames=100, max_side=768, ms_per_frame=200):
+    """An animated GIF of the given images (e.g. the fixed-noise grids, in step order), written
+    with PIL. Long runs keep max_frames evenly spaced frames (always the last one); frames larger
+    than max_side are scaled down so the file stays small. The last frame is held for 2 s."""
+    from PIL import Image
+    if not frame_paths:
+        return
+    if len(frame_paths) > max_frames:
+        idx = np.linspace(0, len(frame_paths) - 1, max_frames).round().astype(int)
+        frame_paths = [frame_paths[i] for i in sorted(set(idx.tolist()))]
+    frames = []
+    for f in frame_paths:
+        im = Image.open(f).convert('RGB')
+        if max(im.size) > max_side:
+            s = max_side / max(im.size)
+            im = im.resize((round(im.width * s), round(im.height * s)), Image.BILINEAR)
+        frames.append(im)
+    durations = [ms_per_frame] * (len(frames) - 1) + [2000]
+    # PIL folds a frame identical to the one before it into a longer frame; grids of a
+    # training run differ from step to step, so in practice there is one frame per grid.
+    tmp = path + '.tmp.gif'
+    frames[0].save(tmp, save_all=True, append_images=frames[1:], duration=durations, loop=0, disposal=1,
+                   optimize=False)
+    os.replace(tmp, path)
+
+
 def write_samples(x, out, labels=None, classes=None, nrow=None):
     """Write each image of x as its own PNG in `out` (or `out/<class>/` when labels are given),
     and all of them as `out/grid.png`."""
@@ -605,6 +631,11 @@ def plot_losses(csv_path, png_path):
     fig, axes = plt.subplots(len(keys), 1, figsize=(8, 2.2 * len(keys)), sharex=True, squeeze=False)
     for ax, k in zip(axes[:, 0], keys):
         v = np.array([float(r[k]) if r.get(k) not in (None, '') else np.nan for r in rows])
+        if np.isnan(v).any():  # logged every K steps (FID, the collapse monitor): join the logged points
+            ax.plot(steps[~np.isnan(v)], v[~np.isnan(v)], 'o-', ms=3, lw=1.2, color='C1')
+            ax.set_ylabel(k)
+            ax.grid(alpha=0.3)
+            continue
         ax.plot(steps, v, lw=0.6, alpha=0.35, color='C0')
         if len(v) >= 20:  # a moving average makes the trend readable through GAN noise
             w = max(5, len(v) // 50)
@@ -619,6 +650,100 @@ def plot_losses(csv_path, png_path):
     fig.savefig(png_path + '.tmp.png', dpi=80)
     plt.close(fig)
     os.replace(png_path + '.tmp.png', png_path)
+
+
+# ----------------------------------------------------------------------------------------------
+# Mode-collapse monitor: is G still drawing varied samples?
+# ----------------------------------------------------------------------------------------------
+
+def diversity(x):
+    """Mean pairwise distance within a batch, x: [N, ...] -> a float. The distance is the RMS
+    per-value difference ||x_i - x_j||_2 / sqrt(dim), so the figure does not grow with the
+    resolution; for images in [-1, 1] it lies in [0, 2]. A collapsed G (every z -> nearly the
+    same image) drives it towards 0."""
+    x = x.detach().flatten(1).double()
+    n = len(x)
+    if n < 2:
+        raise ValueError('diversity needs at least two samples')
+    d = torch.cdist(x, x).sum() / (n * (n - 1))      # the diagonal is 0: the mean over i != j
+    return (d / math.sqrt(x.shape[1])).item()
+
+
+def add_monitor_args(p):
+    """The monitor's flags, for model files that call CollapseMonitor."""
+    g = p.add_argument_group('diagnostics')
+    g.add_argument('--monitor-every', type=int, default=100, metavar='K',
+                   help='every K steps log `diversity` (mean pairwise distance of samples from a fixed z batch, '
+                        'divided by the same figure for real images) to losses.csv (0: never)')
+    g.add_argument('--collapse-threshold', type=float, default=0.5,
+                   help='print a warning when `diversity` falls below this (1 = as varied as the data)')
+    g.add_argument('--classifier', metavar='PATH',
+                   help='a classifier saved with torch.export.save (.pt2), mapping images [B, C, res, res] in [-1, 1] '
+                        'to class logits [B, K] with a dynamic batch size; logs the share of samples in each class '
+                        '(class_shares.csv) and the classes covered')
+    return g
+
+
+class CollapseMonitor:
+    """Mode-collapse figures for a fixed batch of samples, against the same figures for real images.
+
+    monitor = CollapseMonitor(args, data.preview(128), out)    # real: uint8 [N, C, H, W]
+    logs.update(monitor(fake))                                 # fake: [N, C, H, W] in [-1, 1]
+
+    Logs `diversity` = diversity(fake) / diversity(real), so 1 means "as varied as the data".
+    With --classifier, also `classes_covered` (classes holding at least half of a uniform share,
+    0.5/K, of the samples) and `top_class_share`, and one row of every class's share in
+    class_shares.csv. Below --collapse-threshold it prints one warning line, once per fall. An
+    untrained G draws near-identical images, so the warning is armed only once the figure has
+    risen above the threshold, or after `warmup` steps.
+    """
+
+    def __init__(self, args, real, out=None, warmup=500):
+        self.threshold, self.out, self.warmup = args.collapse_threshold, out, warmup
+        self.armed, self.warned = False, False
+        real = real.float() / 127.5 - 1 if real.dtype == torch.uint8 else real
+        self.real = diversity(real)
+        self.clf = None
+        if args.classifier:
+            if not os.path.isfile(args.classifier):
+                raise UserError(f'--classifier {args.classifier}: no such file')
+            try:
+                # an exported program holds the classifier's graph and weights: no Python class needed
+                self.clf = torch.export.load(args.classifier).module()
+                with torch.no_grad():
+                    k = self.clf(real[:2]).shape
+            except Exception as e:
+                raise UserError(f'--classifier {args.classifier} is not an exported classifier (torch.export.save) '
+                                f'taking images {list(real.shape[1:])} in [-1, 1] ({type(e).__name__})') from None
+            if len(k) != 2:
+                raise UserError(f'--classifier {args.classifier} must return logits [B, K]; it returned {list(k)}')
+            self.k = k[1]
+            path = os.path.join(self.out, 'class_shares.csv') if self.out else None
+            if path and not (getattr(args, 'resume', None) and os.path.exists(path)):   # a resumed run appends
+                with open(path, 'w', newline='') as f:
+                    csv.writer(f).writerow(['step'] + [f'share_{i}' for i in range(self.k)])
+
+    @torch.no_grad()
+    def __call__(self, fake, step=0):
+        fake = fake.float().cpu()
+        logs = {'diversity': diversity(fake) / self.real}
+        if self.clf is not None:
+            share = torch.bincount(self.clf(fake).argmax(1), minlength=self.k).double() / len(fake)
+            logs['classes_covered'] = int((share >= 0.5 / self.k).sum())
+            logs['top_class_share'] = share.max().item()
+            if self.out:
+                with open(os.path.join(self.out, 'class_shares.csv'), 'a', newline='') as f:
+                    csv.writer(f).writerow([step] + [f'{v:.4f}' for v in share.tolist()])
+        self.armed = self.armed or logs['diversity'] >= self.threshold or step >= self.warmup
+        if self.armed and logs['diversity'] < self.threshold and not self.warned:
+            from tqdm import tqdm
+            tqdm.write(f'warning: step {step}: mode collapse? Samples from a fixed z batch are {logs["diversity"]:.2f}x '
+                       f'as varied as real images (below --collapse-threshold {self.threshold:g}): G is mapping '
+                       'different z to near-identical images. See "Troubleshooting" in the README.', file=sys.stderr)
+            self.warned = True
+        elif logs['diversity'] >= self.threshold:
+            self.warned = False                     # warn again if it falls again
+        return logs
 
 
 # ----------------------------------------------------------------------------------------------
@@ -865,6 +990,8 @@ class Run:
         out = sample_fn()
         x, nrow = out if isinstance(out, tuple) else (out, None)
         save_grid(x, os.path.join(self.out, 'samples', f'step_{self.step_num:07d}.png'), nrow)
+        write_gif(sorted(glob.glob(os.path.join(self.out, 'samples', 'step_*.png'))),
+                  os.path.join(self.out, 'progress.gif'))
         self._csv.flush()
         plot_losses(os.path.join(self.out, 'losses.csv'), os.path.join(self.out, 'losses.png'))
 

@@ -23,6 +23,7 @@ Usage:
     python dcgan.py --dataset cifar10 --res 32                                # the paper's setting, on CIFAR-10
     python dcgan.py --data DIR                                                # a folder of images at 64x64
     python dcgan.py --label-smoothing 0.9                                     # one-sided label smoothing
+    python dcgan.py --loss hinge --spectral-norm                              # a loss variant and a trick (below)
     python dcgan.py --generate 64 --ckpt runs/dcgan/last.pt
     python dcgan.py --interpolate --ckpt runs/dcgan/last.pt                   # latent walks, as in Fig. 4
 
@@ -35,8 +36,19 @@ Deviations from the paper:
     - D outputs a logit and the losses use BCE-with-logits (the paper's sigmoid + cross-entropy,
       computed without overflow).
     - Adam's beta2 is 0.999 (PyTorch's default); the paper only gives beta1.
-    - --label-smoothing is not in the DCGAN paper: it is the one-sided label smoothing of
-      Salimans et al. 2016 (Sec. 3.4), off by default.
+
+Training techniques from later papers, each off by default (the paper's recipe is the default):
+    --loss lsgan | hinge | wasserstein   least squares (Mao et al. 2017), hinge (Lim & Ye 2017,
+                                         Miyato et al. 2018), Wasserstein (Arjovsky et al. 2017;
+                                         needs --spectral-norm, see wgan_gp.py for the penalty)
+    --label-smoothing 0.9                one-sided label smoothing (Salimans et al. 2016, Sec. 3.4)
+    --feature-matching                   G matches D's mean features (Salimans et al. 2016, Sec. 3.1)
+    --minibatch-disc                     minibatch discrimination in D (Salimans et al. 2016, Sec. 3.2)
+    --instance-noise SIGMA               noise on D's inputs, annealed to 0 (Sonderby et al. 2016)
+    --spectral-norm                      spectral normalisation of D's weights (Miyato et al. 2018)
+    --d-steps K                          K D updates per G update
+Diagnostics: progress.gif animates the fixed-noise grids, and losses.csv logs a
+mode-collapse figure (`diversity`, and class shares with --classifier); see common.CollapseMonitor.
 """
 import math
 import sys
@@ -67,6 +79,23 @@ def get_args(argv=None):
     g.add_argument('--label-smoothing', type=float, default=1.0, metavar='TARGET',
                    help="D's target for real images; 0.9 gives one-sided label smoothing (Salimans et al. 2016). "
                         'Default 1.0: off')
+    t = p.add_argument_group('training techniques (off by default; see the module docstring)')
+    t.add_argument('--loss', default='bce', choices=['bce', 'lsgan', 'hinge', 'wasserstein'],
+                   help='bce: the paper\'s (default); lsgan: least squares; hinge; wasserstein (needs --spectral-norm)')
+    t.add_argument('--feature-matching', action='store_true',
+                   help="G's loss becomes ||E f(x) - E f(G(z))||^2 on D's last 4x4 feature map")
+    t.add_argument('--minibatch-disc', action='store_true', help='add a minibatch discrimination layer to D')
+    t.add_argument('--mbd-kernels', type=int,
+                   help='with --minibatch-disc: kernels B (default 100, as in Salimans et al.)')
+    t.add_argument('--mbd-kernel-dim', type=int,
+                   help='with --minibatch-disc: kernel size C (default 5, as in Salimans et al.)')
+    t.add_argument('--instance-noise', type=float, default=0.0, metavar='SIGMA',
+                   help="std of Gaussian noise added to D's inputs, annealed linearly to 0 by the last step (0: off)")
+    t.add_argument('--spectral-norm', action='store_true',
+                   help="spectral normalisation on every D weight (D's BatchNorm is then removed)")
+    t.add_argument('--d-steps', type=int, default=1, metavar='K',
+                   help='D updates per G update, each on a fresh real batch')
+    common.add_monitor_args(p)
     g.add_argument('--interpolate', action='store_true',
                    help='sampling only: draw latent walks between random z (Fig. 4) from --ckpt; '
                         '--generate N sets the number of rows (default 8)')
@@ -78,11 +107,35 @@ def get_args(argv=None):
                             valid_res=[32, 64, 128])
     if not 0 < args.label_smoothing <= 1:
         raise common.UserError('--label-smoothing is the real target and must lie in (0, 1]; 0.9 is usual, 1 is off')
+    if args.loss == 'wasserstein' and not args.spectral_norm:
+        raise common.UserError('--loss wasserstein needs a Lipschitz D: add --spectral-norm '
+                               '(or use wgan_gp.py, which enforces it with a gradient penalty)')
+    if args.label_smoothing != 1 and args.loss in ('hinge', 'wasserstein'):
+        raise common.UserError(f'--label-smoothing applies to the bce and lsgan targets, not to --loss {args.loss}')
+    if args.instance_noise < 0:
+        raise common.UserError('--instance-noise is a standard deviation and must be >= 0')
+    check_trick_args(args)
+    if args.d_steps < 1:
+        raise common.UserError('--d-steps must be at least 1')
     if min(args.z_dim, args.ngf, args.ndf) < 1:
         raise common.UserError('--z-dim, --ngf and --ndf must be at least 1')
     if args.init_std <= 0 or args.lr <= 0:
         raise common.UserError('--init-std and --lr must be positive')
     return args
+
+
+def check_trick_args(args):
+    """Sub-options only mean something with their trick; the kernel sizes get their defaults here."""
+    if not args.minibatch_disc and (args.mbd_kernels is not None or args.mbd_kernel_dim is not None):
+        raise common.UserError('--mbd-kernels and --mbd-kernel-dim need --minibatch-disc')
+    args.mbd_kernels = 100 if args.mbd_kernels is None else args.mbd_kernels
+    args.mbd_kernel_dim = 5 if args.mbd_kernel_dim is None else args.mbd_kernel_dim
+    if min(args.mbd_kernels, args.mbd_kernel_dim) < 1:
+        raise common.UserError('--mbd-kernels and --mbd-kernel-dim must be at least 1')
+    if args.monitor_every < 0 or args.collapse_threshold < 0:
+        raise common.UserError('--monitor-every and --collapse-threshold must be >= 0')
+    if args.classifier and not args.monitor_every:
+        raise common.UserError('--classifier feeds the mode-collapse monitor: it needs --monitor-every > 0')
 
 
 # ----------------------------------------------------------------------------------------------
@@ -125,25 +178,57 @@ class Discriminator(nn.Module):
 
     Widths at res 64: ndf at 32x32, ndf*2 at 16x16, ndf*4 at 8x8, ndf*8 at 4x4, then one logit.
     The input layer is Conv -> LeakyReLU, with no BatchNorm (Sec. 3); the others Conv -> BN -> LeakyReLU.
-    The 4x4 map is what feature matching (Salimans et al. 2016) would match; it is returned on request.
+    The 4x4 map is what --feature-matching matches; it is returned on request.
+    batchnorm=False drops the BatchNorms (for --spectral-norm); mbd=(B, C) adds minibatch
+    discrimination on the flattened 4x4 map, its B features joining the output unit's input.
     """
 
-    def __init__(self, ndf, channels, res, leak=0.2):
+    def __init__(self, ndf, channels, res, leak=0.2, batchnorm=True, mbd=None):
         super().__init__()
         n = n_blocks(res)
         widths = [ndf * 2 ** i for i in range(n)]                    # e.g. [1, 2, 4, 8] * ndf at res 64
         layers = [nn.Conv2d(channels, widths[0], 4, 2, 1, bias=False), nn.LeakyReLU(leak, True)]
         for c_in, c_out in zip(widths[:-1], widths[1:]):
             # strided conv halves the size in place of pooling (Sec. 3)
-            layers += [nn.Conv2d(c_in, c_out, 4, 2, 1, bias=False), nn.BatchNorm2d(c_out), nn.LeakyReLU(leak, True)]
+            layers += [nn.Conv2d(c_in, c_out, 4, 2, 1, bias=False)] + [nn.BatchNorm2d(c_out)] * batchnorm + \
+                      [nn.LeakyReLU(leak, True)]
         self.features = nn.Sequential(*layers)
         # flatten the 4x4 map and take one linear unit: a 4x4 valid conv, [B, ndf*2^(n-1), 4, 4] -> [B, 1, 1, 1]
         self.out = nn.Conv2d(widths[-1], 1, 4, 1, 0, bias=False)
+        if mbd:
+            # The output unit sees [flattened map, o(x)]: out(h) + mbd_out(o) is that one linear unit.
+            self.mbd = MinibatchDiscrimination(widths[-1] * 16, *mbd)
+            self.mbd_out = nn.Linear(mbd[0], 1, bias=False)
 
     def forward(self, x, features=False):
         h = self.features(x)
         logit = self.out(h).view(-1)
+        if hasattr(self, 'mbd'):
+            logit = logit + self.mbd_out(self.mbd(h.flatten(1))).view(-1)
         return (logit, h) if features else logit
+
+
+class MinibatchDiscrimination(nn.Module):
+    """Salimans et al. 2016, Sec. 3.2: features that tell D how alike the samples of a minibatch are.
+
+    f [N, A] -> o [N, B]. M_i = f_i T is a B x C matrix (T: A x B x C, here one Linear A -> B*C);
+    for each kernel b, c_b(x_i, x_j) = exp(-||M_i,b - M_j,b||_L1) and o(x_i)_b = sum_j c_b(x_i, x_j).
+    The authors' code leaves out j = i (always exp(0) = 1, no information), so o lies in
+    [0, N - 1]: near 0 when the samples differ, N - 1 when they are all alike. A collapsed G
+    gives its minibatches large o, which D can learn to reject, pushing G to spread out. Real
+    and fake minibatches are passed separately, so each o compares a sample with its own kind.
+    """
+
+    def __init__(self, in_features, kernels=100, kernel_dim=5):
+        super().__init__()
+        self.B, self.C = kernels, kernel_dim
+        self.T = nn.Linear(in_features, kernels * kernel_dim, bias=False)
+        nn.init.normal_(self.T.weight, 0.0, 0.05)                     # the authors' Normal(0.05) init
+
+    def forward(self, f):
+        M = self.T(f).view(-1, self.B, self.C)                         # [N, B, C]
+        l1 = (M[:, None] - M[None]).abs().sum(-1)                      # [N, N, B]: ||M_i,b - M_j,b||_1
+        return torch.exp(-l1).sum(1) - 1                               # [N, B], without the j = i term
 
 
 def init_weights(net, std=0.02):
@@ -158,47 +243,104 @@ def init_weights(net, std=0.02):
 
 
 # ----------------------------------------------------------------------------------------------
-# Losses. DCGAN keeps the GAN game (Goodfellow et al. eq. 1) with the non-saturating G loss.
-# With l = D's logit, D(x) = sigmoid(l):  log D(x) = -BCE(l, 1),  log(1 - D(x)) = -BCE(l, 0).
+# Losses. DCGAN keeps the GAN game (Goodfellow et al. eq. 1) with the non-saturating G loss
+# (--loss bce). With l = D's logit, D(x) = sigmoid(l):  log D(x) = -BCE(l, 1),  log(1 - D(x)) = -BCE(l, 0).
+# The other --loss choices read D's output as a raw score, with no sigmoid.
 # ----------------------------------------------------------------------------------------------
 
-def d_loss(real_logit, fake_logit, real_target=1.0):
-    """D descends -[log D(x) + log(1 - D(G(z)))]. real_target < 1 is one-sided label smoothing
-    (Salimans et al. 2016, Sec. 3.4): only the real side is smoothed, because smoothing the fake
-    side too would reward D for keeping G's samples where they are."""
+def d_loss(real_logit, fake_logit, real_target=1.0, loss='bce'):
+    """D's loss on its outputs for a real and a fake minibatch.
+
+    bce:         -[log D(x) + log(1 - D(G(z)))]. real_target < 1 is one-sided label smoothing
+                 (Salimans et al. 2016, Sec. 3.4): only the real side is smoothed, because
+                 smoothing the fake side too would reward D for keeping G's samples where they are.
+    lsgan:       Mao et al. 2017, eq. 2 with a = 0, b = c = 1 (b = real_target when smoothed):
+                 E(D(x) - b)^2 + E D(G(z))^2. A sample on the right side of the boundary but far
+                 from the real data is still penalised, so G keeps getting a gradient.
+    hinge:       Lim & Ye 2017; Miyato et al. 2018: E relu(1 - D(x)) + E relu(1 + D(G(z))).
+                 D stops pushing once a sample is beyond its margin.
+    wasserstein: Arjovsky et al. 2017, Sec. 3: E D(G(z)) - E D(x), the critic's estimate of the
+                 Wasserstein-1 distance, negated. Only meaningful for a 1-Lipschitz D (see get_args).
+    """
+    if loss == 'lsgan':
+        # eq. 2 has a factor 1/2 on each term; it only rescales the gradients, which Adam undoes
+        return ((real_logit - real_target) ** 2).mean() + (fake_logit ** 2).mean()
+    if loss == 'hinge':
+        return F.relu(1 - real_logit).mean() + F.relu(1 + fake_logit).mean()
+    if loss == 'wasserstein':
+        return fake_logit.mean() - real_logit.mean()
     return (F.binary_cross_entropy_with_logits(real_logit, torch.full_like(real_logit, real_target)) +
             F.binary_cross_entropy_with_logits(fake_logit, torch.zeros_like(fake_logit)))
 
 
-def g_loss(fake_logit):
-    """Non-saturating: G descends -log D(G(z)), which keeps its gradient when D rejects the samples."""
+def g_loss(fake_logit, loss='bce'):
+    """G's loss on D's outputs for its samples.
+
+    bce:         non-saturating -log D(G(z)), which keeps its gradient when D rejects the samples.
+    lsgan:       E(D(G(z)) - 1)^2 (Mao et al. 2017, eq. 2, c = 1).
+    hinge, wasserstein: -E D(G(z)) (Miyato et al. 2018; Arjovsky et al. 2017).
+    """
+    if loss == 'lsgan':
+        return ((fake_logit - 1) ** 2).mean()
+    if loss in ('hinge', 'wasserstein'):
+        return -fake_logit.mean()
     return F.binary_cross_entropy_with_logits(fake_logit, torch.ones_like(fake_logit))
 
 
+def feature_matching_loss(real_features, fake_features):
+    """Salimans et al. 2016, Sec. 3.1: ||E_x f(x) - E_z f(G(z))||_2^2, f = D's last 4x4 map.
+
+    G stops chasing whatever fools the current D and matches the statistics of real data as D
+    sees them. The squared difference of the minibatch means is averaged over the features (the
+    authors' code), which is the squared norm divided by a constant. real_features is detached:
+    only G learns from this loss. [B, ...] and [B', ...] -> a scalar."""
+    return ((real_features.detach().flatten(1).mean(0) - fake_features.flatten(1).mean(0)) ** 2).mean()
+
+
+def instance_noise_std(sigma, step, total):
+    """Instance noise (Sonderby et al. 2016; Arjovsky & Bottou 2017): early on
+    the real and fake distributions barely overlap, D separates them perfectly and its gradient
+    carries little information; Gaussian noise on both of D's inputs spreads them until they
+    overlap. The std falls linearly from sigma at step 0 to 0 at the last step (total - 1), so
+    training ends on the noise-free game."""
+    return sigma * max(0.0, 1 - step / max(1, total - 1))
+
+
 # ----------------------------------------------------------------------------------------------
-# One training step: one D step, then one G step
+# One training step: --d-steps D steps (one by default, as in the paper), then one G step
 # ----------------------------------------------------------------------------------------------
 
-def train_step(G, D, opt_G, opt_D, x, args):
-    """x: [B, C, H, W] real images in [-1, 1]."""
-    z = torch.randn(len(x), args.z_dim, device=x.device)
-    x_fake = G(z).detach()  # D's step must not reach into G
-    # Real and fake go through D as separate minibatches, so each BatchNorm batch is all-real or
-    # all-fake (as in the paper's code); mixing them would let D read the mix from batch statistics.
-    real_logit, fake_logit = D(x), D(x_fake)
-    loss_D = d_loss(real_logit, fake_logit, args.label_smoothing)
-    opt_D.zero_grad(set_to_none=True)
-    loss_D.backward()
-    opt_D.step()
+def train_step(G, D, opt_G, opt_D, x, args, noise_std=0.0):
+    """x: [d_steps * B, C, H, W] real images in [-1, 1], one fresh minibatch per D step.
+    noise_std: this step's instance-noise std (instance_noise_std), added to every input of D."""
+    noisy = lambda v: v + noise_std * torch.randn_like(v) if noise_std > 0 else v
+    for x_real in x.chunk(args.d_steps):
+        z = torch.randn(len(x_real), args.z_dim, device=x.device)
+        x_fake = G(z).detach()  # D's step must not reach into G
+        # Real and fake go through D as separate minibatches, so each BatchNorm batch is all-real or
+        # all-fake (as in the paper's code); mixing them would let D read the mix from batch statistics.
+        real_logit, fake_logit = D(noisy(x_real)), D(noisy(x_fake))
+        loss_D = d_loss(real_logit, fake_logit, args.label_smoothing, args.loss)
+        opt_D.zero_grad(set_to_none=True)
+        loss_D.backward()
+        opt_D.step()
 
-    z = torch.randn(len(x), args.z_dim, device=x.device)
-    loss_G = g_loss(D(G(z)))
+    z = torch.randn(len(x_real), args.z_dim, device=x.device)
+    if args.feature_matching:
+        with torch.no_grad():
+            _, real_features = D(noisy(x_real), features=True)
+        _, fake_features = D(noisy(G(z)), features=True)
+        loss_G = feature_matching_loss(real_features, fake_features)
+    else:
+        loss_G = g_loss(D(noisy(G(z))), args.loss)
     opt_G.zero_grad(set_to_none=True)
     loss_G.backward()
     opt_G.step()
-    # D(x) and D(G(z)) as probabilities, from D's step: both tend to 1/2 when the game is balanced
+    # From the last D step. bce: D(x) and D(G(z)) as probabilities, both tend to 1/2 when the game
+    # is balanced. The other losses have no sigmoid: the mean raw outputs are logged instead.
+    out = torch.sigmoid if args.loss == 'bce' else (lambda v: v)
     return {'loss_D': loss_D.item(), 'loss_G': loss_G.item(),
-            'D(x)': torch.sigmoid(real_logit).mean().item(), 'D(G(z))': torch.sigmoid(fake_logit).mean().item()}
+            'D(x)': out(real_logit).mean().item(), 'D(G(z))': out(fake_logit).mean().item()}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -207,10 +349,25 @@ def train_step(G, D, opt_G, opt_D, x, args):
 
 def build(args):
     G = Generator(args.z_dim, args.ngf, args.channels, args.res)
-    D = Discriminator(args.ndf, args.channels, args.res, args.leak)
+    # getattr: checkpoints written before these flags existed rebuild the paper's D
+    D = Discriminator(args.ndf, args.channels, args.res, args.leak, batchnorm=not getattr(args, 'spectral_norm', False),
+                      mbd=(args.mbd_kernels, args.mbd_kernel_dim) if getattr(args, 'minibatch_disc', False) else None)
     init_weights(G, args.init_std)
     init_weights(D, args.init_std)
+    if getattr(args, 'spectral_norm', False):
+        spectral_norm(D)
     return G, D
+
+
+def spectral_norm(D):
+    """Miyato et al. 2018: divide each weight W by its largest singular value sigma(W), estimated
+    with one power-iteration step per training forward pass, so every layer is 1-Lipschitz and so
+    is D (LeakyReLU is too). BatchNorm divides by a batch std that can be tiny, which would undo
+    the bound, so the D built for --spectral-norm has none (nor has the SN-GAN paper's CNN D)."""
+    for m in list(D.modules()):
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.utils.parametrizations.spectral_norm(m)
+    return D
 
 
 def make_optimizers(G, D, args):
@@ -235,13 +392,21 @@ def train(args):
     G, D = run.wrap(G.to(run.device)), run.wrap(D.to(run.device))
     opt_G, opt_D = make_optimizers(G, D, args)
     nets = {'G': G, 'D': D, 'opt_G': opt_G, 'opt_D': opt_D}
-    run.start(nets, data)
+    run.start(nets, data, batches_per_step=args.d_steps)
     fixed_z = torch.randn(64, args.z_dim, generator=torch.Generator().manual_seed(args.seed)).to(run.device)
     sample_fn = lambda: sample(G, fixed_z)                                         # the progress grid
     eval_fn = lambda n: sample(G, torch.randn(n, args.z_dim, device=run.device))   # fresh samples for FID
+    # the mode-collapse monitor: 128 samples from one fixed z batch against 128 fixed real images
+    monitor_z = torch.randn(128, args.z_dim, generator=torch.Generator().manual_seed(args.seed + 1)).to(run.device)
+    monitor = common.CollapseMonitor(args, data.preview(128), run.out) if args.monitor_every and run.main else None
 
     for x, _ in run.batches(data):
-        logs = train_step(G, D, opt_G, opt_D, x, args)
+        step = run.step_num
+        logs = train_step(G, D, opt_G, opt_D, x, args, instance_noise_std(args.instance_noise, step, run.total))
+        if args.instance_noise:
+            logs['noise_std'] = instance_noise_std(args.instance_noise, step, run.total)
+        if monitor is not None and step % args.monitor_every == 0:
+            logs.update(monitor(sample(G, monitor_z), step + 1))     # numbered as in losses.csv
         run.step(logs, nets, sample_fn, eval_fn)
     run.finish(nets, sample_fn)
     return nets

@@ -19,7 +19,19 @@ Usage:
     python gan_mlp.py --dataset shapes --steps 1000            # a minute or two on a CPU, no download
     python gan_mlp.py                                          # MNIST, downloaded into ./data
     python gan_mlp.py --loss minimax                           # the saturating G loss of eq. 1
+    python gan_mlp.py --feature-matching --minibatch-disc   # tricks of Salimans et al. 2016 (below)
     python gan_mlp.py --generate 64 --ckpt runs/gan_mlp/last.pt
+
+Training techniques from later papers, each off by default (the paper's recipe is the default):
+    --label-smoothing 0.9       one-sided label smoothing (Salimans et al. 2016, Sec. 3.4)
+    --feature-matching          G matches D's mean hidden features (Salimans et al. 2016, Sec. 3.1)
+    --minibatch-disc            minibatch discrimination in D (Salimans et al. 2016, Sec. 3.2)
+    --instance-noise SIGMA      noise on D's inputs, annealed to 0 (Sonderby et al. 2016)
+    --spectral-norm             spectral normalisation of D's weights (Miyato et al. 2018)
+    --k K                       D steps per G step (Algorithm 1) is this file's "--d-steps"
+dcgan.py also has the loss variants (--loss lsgan | hinge | wasserstein). Diagnostics:
+progress.gif animates the fixed-noise grids, and losses.csv logs a mode-collapse figure
+(`diversity`, and class shares with --classifier); see common.CollapseMonitor.
 
 Deviations from the paper:
     - G ends in tanh, not sigmoid, because every model here sees images in [-1, 1];
@@ -64,12 +76,45 @@ def get_args(argv=None):
     g.add_argument('--momentum', type=float, nargs=2, default=[0.5, 0.7], metavar=('START', 'END'),
                    help='momentum rises linearly from START to END over --momentum-epochs')
     g.add_argument('--momentum-epochs', type=int, default=250)
+    t = p.add_argument_group('training techniques (off by default; see the module docstring)')
+    t.add_argument('--label-smoothing', type=float, default=1.0, metavar='TARGET',
+                   help="D's target for real images; 0.9 gives one-sided label smoothing. Default 1.0: off")
+    t.add_argument('--feature-matching', action='store_true',
+                   help="G's loss becomes ||E f(x) - E f(G(z))||^2 on D's last hidden layer")
+    t.add_argument('--minibatch-disc', action='store_true', help='add a minibatch discrimination layer to D')
+    t.add_argument('--mbd-kernels', type=int,
+                   help='with --minibatch-disc: kernels B (default 100, as in Salimans et al.)')
+    t.add_argument('--mbd-kernel-dim', type=int,
+                   help='with --minibatch-disc: kernel size C (default 5, as in Salimans et al.)')
+    t.add_argument('--instance-noise', type=float, default=0.0, metavar='SIGMA',
+                   help="std of Gaussian noise added to D's inputs, annealed linearly to 0 by the last step (0: off)")
+    t.add_argument('--spectral-norm', action='store_true', help='spectral normalisation on every D weight')
+    common.add_monitor_args(p)
     args = common.parse(p, argv)
     if args.lr is None:
         args.lr = 0.1 if args.optim == 'sgd' else 1e-3
     if args.k < 1:
         raise common.UserError('--k must be at least 1')
+    if not 0 < args.label_smoothing <= 1:
+        raise common.UserError('--label-smoothing is the real target and must lie in (0, 1]; 0.9 is usual, 1 is off')
+    if args.instance_noise < 0:
+        raise common.UserError('--instance-noise is a standard deviation and must be >= 0')
+    check_trick_args(args)
     return args
+
+
+def check_trick_args(args):
+    """Sub-options only mean something with their trick; the kernel sizes get their defaults here."""
+    if not args.minibatch_disc and (args.mbd_kernels is not None or args.mbd_kernel_dim is not None):
+        raise common.UserError('--mbd-kernels and --mbd-kernel-dim need --minibatch-disc')
+    args.mbd_kernels = 100 if args.mbd_kernels is None else args.mbd_kernels
+    args.mbd_kernel_dim = 5 if args.mbd_kernel_dim is None else args.mbd_kernel_dim
+    if min(args.mbd_kernels, args.mbd_kernel_dim) < 1:
+        raise common.UserError('--mbd-kernels and --mbd-kernel-dim must be at least 1')
+    if args.monitor_every < 0 or args.collapse_threshold < 0:
+        raise common.UserError('--monitor-every and --collapse-threshold must be >= 0')
+    if args.classifier and not args.monitor_every:
+        raise common.UserError('--classifier feeds the mode-collapse monitor: it needs --monitor-every > 0')
 
 
 # ----------------------------------------------------------------------------------------------
@@ -115,9 +160,13 @@ class Maxout(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """x [B, C, H, W] -> logit [B]. Dropout keeps 80% of the inputs and 50% of hidden units."""
+    """x [B, C, H, W] -> logit [B]; with features=True also the last maxout layer's output [B, units].
 
-    def __init__(self, shape, units, pieces):
+    Dropout keeps 80% of the inputs and 50% of hidden units. mbd=(B, C) adds minibatch
+    discrimination on the last hidden layer, its B features joining the output unit's input.
+    """
+
+    def __init__(self, shape, units, pieces, mbd=None):
         super().__init__()
         self.net = nn.Sequential(
             nn.Flatten(), nn.Dropout(0.2),
@@ -128,9 +177,40 @@ class Discriminator(nn.Module):
             if isinstance(m, nn.Linear):
                 nn.init.uniform_(m.weight, -0.005, 0.005)
                 nn.init.zeros_(m.bias)
+        if mbd:
+            # the output unit sees [h, o(h)]: net[-1](h) + mbd_out(o) is that one linear unit
+            self.mbd = MinibatchDiscrimination(units, *mbd)
+            self.mbd_out = nn.Linear(mbd[0], 1, bias=False)
+            nn.init.uniform_(self.mbd_out.weight, -0.005, 0.005)
 
-    def forward(self, x):
-        return self.net(x).squeeze(1)
+    def forward(self, x, features=False):
+        h = self.net[:5](x)                                  # the last maxout layer's output [B, units]
+        logit = self.net[5:](h).squeeze(1)
+        if hasattr(self, 'mbd'):
+            logit = logit + self.mbd_out(self.mbd(h)).squeeze(1)
+        return (logit, h) if features else logit
+
+
+class MinibatchDiscrimination(nn.Module):
+    """Salimans et al. 2016, Sec. 3.2: features that tell D how alike the samples of a minibatch are.
+
+    f [N, A] -> o [N, B]. M_i = f_i T is a B x C matrix (T: A x B x C, here one Linear A -> B*C);
+    for each kernel b, c_b(x_i, x_j) = exp(-||M_i,b - M_j,b||_L1) and o(x_i)_b = sum_j c_b(x_i, x_j).
+    The authors' code leaves out j = i (always exp(0) = 1, no information), so o lies in
+    [0, N - 1]: near 0 when the samples differ, N - 1 when they are all alike. A collapsed G
+    gives its minibatches large o, which D can learn to reject, pushing G to spread out.
+    """
+
+    def __init__(self, in_features, kernels=100, kernel_dim=5):
+        super().__init__()
+        self.B, self.C = kernels, kernel_dim
+        self.T = nn.Linear(in_features, kernels * kernel_dim, bias=False)
+        nn.init.normal_(self.T.weight, 0.0, 0.05)                     # the authors' Normal(0.05) init
+
+    def forward(self, f):
+        M = self.T(f).view(-1, self.B, self.C)                         # [N, B, C]
+        l1 = (M[:, None] - M[None]).abs().sum(-1)                      # [N, N, B]: ||M_i,b - M_j,b||_1
+        return torch.exp(-l1).sum(1) - 1                               # [N, B], without the j = i term
 
 
 # ----------------------------------------------------------------------------------------------
@@ -139,9 +219,11 @@ class Discriminator(nn.Module):
 #     log(1 - D(x)) = -softplus(l)  = -BCE(l, 0)
 # ----------------------------------------------------------------------------------------------
 
-def d_loss(real_logit, fake_logit):
-    """D ascends eq. 1, so it descends -[log D(x) + log(1 - D(G(z)))]."""
-    return (F.binary_cross_entropy_with_logits(real_logit, torch.ones_like(real_logit)) +
+def d_loss(real_logit, fake_logit, real_target=1.0):
+    """D ascends eq. 1, so it descends -[log D(x) + log(1 - D(G(z)))]. real_target < 1 is one-sided
+    label smoothing (Salimans et al. 2016, Sec. 3.4): only the real side is smoothed, because
+    smoothing the fake side too would reward D for keeping G's samples where they are."""
+    return (F.binary_cross_entropy_with_logits(real_logit, torch.full_like(real_logit, real_target)) +
             F.binary_cross_entropy_with_logits(fake_logit, torch.zeros_like(fake_logit)))
 
 
@@ -158,23 +240,49 @@ def g_loss(fake_logit, loss='nonsaturating'):
     return F.binary_cross_entropy_with_logits(fake_logit, torch.ones_like(fake_logit))
 
 
+def feature_matching_loss(real_features, fake_features):
+    """Salimans et al. 2016, Sec. 3.1: ||E_x f(x) - E_z f(G(z))||_2^2, f = D's last hidden layer.
+
+    G stops chasing whatever fools the current D and matches the statistics of real data as D
+    sees them. The squared difference of the minibatch means is averaged over the features (the
+    authors' code), the squared norm divided by a constant. real_features is detached: only G
+    learns from this loss. [B, ...] and [B', ...] -> a scalar."""
+    return ((real_features.detach().flatten(1).mean(0) - fake_features.flatten(1).mean(0)) ** 2).mean()
+
+
+def instance_noise_std(sigma, step, total):
+    """Instance noise (Sonderby et al. 2016; Arjovsky & Bottou 2017): early on
+    the real and fake distributions barely overlap, D separates them perfectly and its gradient
+    carries little information; Gaussian noise on both of D's inputs spreads them until they
+    overlap. The std falls linearly from sigma at step 0 to 0 at the last step (total - 1)."""
+    return sigma * max(0.0, 1 - step / max(1, total - 1))
+
+
 # ----------------------------------------------------------------------------------------------
 # One training step: Algorithm 1, k D steps then one G step
 # ----------------------------------------------------------------------------------------------
 
-def train_step(G, D, opt_G, opt_D, x, args):
-    """x: [k * B, C, H, W] real images in [-1, 1], one fresh minibatch for each of the k D steps."""
+def train_step(G, D, opt_G, opt_D, x, args, noise_std=0.0):
+    """x: [k * B, C, H, W] real images in [-1, 1], one fresh minibatch for each of the k D steps.
+    noise_std: this step's instance-noise std (instance_noise_std), added to every input of D."""
+    noisy = lambda v: v + noise_std * torch.randn_like(v) if noise_std > 0 else v
     for x_real in x.chunk(args.k):
         z = torch.randn(len(x_real), args.z_dim, device=x.device)
         x_fake = G(z).detach()  # D's step must not reach into G
-        real_logit, fake_logit = D(x_real), D(x_fake)
-        loss_D = d_loss(real_logit, fake_logit)
+        real_logit, fake_logit = D(noisy(x_real)), D(noisy(x_fake))
+        loss_D = d_loss(real_logit, fake_logit, args.label_smoothing)
         opt_D.zero_grad(set_to_none=True)
         loss_D.backward()
         opt_D.step()
 
     z = torch.randn(len(x_real), args.z_dim, device=x.device)
-    loss_G = g_loss(D(G(z)), args.loss)
+    if args.feature_matching:
+        with torch.no_grad():
+            _, real_features = D(noisy(x_real), features=True)
+        _, fake_features = D(noisy(G(z)), features=True)
+        loss_G = feature_matching_loss(real_features, fake_features)
+    else:
+        loss_G = g_loss(D(noisy(G(z))), args.loss)
     opt_G.zero_grad(set_to_none=True)
     loss_G.backward()
     opt_G.step()
@@ -201,7 +309,16 @@ def schedule(opt_G, opt_D, step, epoch_float, args):
 
 def build(args):
     shape = (args.channels, args.res, args.res)
-    return Generator(args.z_dim, args.g_hidden, shape), Discriminator(shape, args.d_units, args.d_pieces)
+    # getattr: checkpoints written before these flags existed rebuild the paper's D
+    mbd = (args.mbd_kernels, args.mbd_kernel_dim) if getattr(args, 'minibatch_disc', False) else None
+    G, D = Generator(args.z_dim, args.g_hidden, shape), Discriminator(shape, args.d_units, args.d_pieces, mbd)
+    if getattr(args, 'spectral_norm', False):
+        # Miyato et al. 2018: each weight divided by its largest singular value (one power-iteration
+        # step per training forward), so every layer, and with maxout D itself, is 1-Lipschitz
+        for m in list(D.modules()):
+            if isinstance(m, nn.Linear):
+                nn.utils.parametrizations.spectral_norm(m)
+    return G, D
 
 
 def make_optimizers(G, D, args):
@@ -232,10 +349,18 @@ def train(args):
     fixed_z = torch.randn(64, args.z_dim, generator=torch.Generator().manual_seed(args.seed)).to(run.device)
     sample_fn = lambda: sample(G, fixed_z)                                         # the progress grid
     eval_fn = lambda n: sample(G, torch.randn(n, args.z_dim, device=run.device))   # fresh samples for FID
+    # the mode-collapse monitor: 128 samples from one fixed z batch against 128 fixed real images
+    monitor_z = torch.randn(128, args.z_dim, generator=torch.Generator().manual_seed(args.seed + 1)).to(run.device)
+    monitor = common.CollapseMonitor(args, data.preview(128), run.out) if args.monitor_every and run.main else None
 
     for x, _ in run.batches(data):
-        schedule(opt_G, opt_D, run.step_num, run.step_num / run.per_epoch, args)
-        logs = train_step(G, D, opt_G, opt_D, x, args)
+        step = run.step_num
+        schedule(opt_G, opt_D, step, step / run.per_epoch, args)
+        logs = train_step(G, D, opt_G, opt_D, x, args, instance_noise_std(args.instance_noise, step, run.total))
+        if args.instance_noise:
+            logs['noise_std'] = instance_noise_std(args.instance_noise, step, run.total)
+        if monitor is not None and step % args.monitor_every == 0:
+            logs.update(monitor(sample(G, monitor_z), step + 1))     # numbered as in losses.csv
         run.step(logs, nets, sample_fn, eval_fn)
     run.finish(nets, sample_fn)
     return nets

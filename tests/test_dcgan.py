@@ -160,7 +160,7 @@ def test_train_generate_interpolate_end_to_end(tmp_path):
     for f in ['last.pt', 'losses.csv', 'losses.png', 'config.json', 'samples/step_0000002.png', 'samples/real.png']:
         assert (out / f).exists(), f
     header = (out / 'losses.csv').read_text().splitlines()[0]
-    assert header == 'step,epoch,time,loss_D,loss_G,D(x),D(G(z))'
+    assert header == 'step,epoch,time,loss_D,loss_G,D(x),D(G(z)),diversity'   # + the mode-collapse monitor
 
     r = run_script('dcgan.py', '--generate', 6, '--ckpt', out / 'last.pt', '--out', tmp_path / 'gen')
     assert r.returncode == 0, r.stderr

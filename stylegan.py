@@ -101,6 +101,9 @@ def get_args(argv=None):
     pre = p.parse_args(argv)
     modes = pre.style_mix is not None or pre.interpolate is not None or pre.truncation_sweep is not None
     args = common.parse(p, argv, valid_res=VALID_RES)
+    if args.compile and (args.r1_gamma > 0 or args.pl_weight > 0):
+        raise common.UserError('--compile cannot be used with R1 or path-length regularisation: torch.compile has '
+                               'no double backward, which both need; drop --compile (or set --r1-gamma 0 --pl-weight 0)')
     args.sampling = modes or args.generate is not None
     if modes:
         if not args.ckpt:

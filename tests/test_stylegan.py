@@ -303,3 +303,8 @@ def test_end_to_end_train_and_sample(tmp_path):
     import common
     with pytest.raises(common.UserError, match='no such file'):
         S.main(['--generate', '2', '--ckpt', str(tmp_path / 'missing.pt')])
+
+
+def test_compile_is_refused_with_double_backward_regularisers():
+    with pytest.raises(S.common.UserError, match='--compile cannot be used with R1'):
+        S.get_args(['--compile'])

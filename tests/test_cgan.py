@@ -132,6 +132,11 @@ def test_projection_d_starts_with_glorot_weights_and_zero_biases():
     assert len(layers) == 4
     for m in layers:
         assert torch.count_nonzero(m.bias) == 0, m
+    for m in [*layers, D.embed]:
+        w = m.parametrizations.weight.original                             # the weight before SN
+        rf = w[0, 0].numel()
+        bound = (6 / (w.shape[1] * rf + w.shape[0] * rf)) ** 0.5           # Glorot uniform
+        assert 0.8 * bound < w.abs().max().item() <= bound, m
     # concat keeps DCGAN's N(0, 0.02) weights and PyTorch's default bias on its first conv
     _, Dc = cgan.build(tiny_args('concat', 32))
     assert torch.count_nonzero(Dc.convs[0].bias) > 0

@@ -124,6 +124,24 @@ def test_spectral_norm_everywhere_and_sigma_one():
             assert abs(sigma.item() - 1) < 0.05, (m, sigma)
 
 
+def test_projection_d_starts_with_glorot_weights_and_zero_biases():
+    """The authors' init for the SN layers. PyTorch's default bias init, U(+-1/sqrt(fan_in)), is not
+    spectrally normalised and, left in place, let G collapse to one image on MNIST."""
+    _, D = cgan.build(tiny_args('projection', 32))
+    layers = [*D.convs, D.psi]
+    assert len(layers) == 4
+    for m in layers:
+        assert torch.count_nonzero(m.bias) == 0, m
+    for m in [*layers, D.embed]:
+        w = m.parametrizations.weight.original                             # the weight before SN
+        rf = w[0, 0].numel()
+        bound = (6 / (w.shape[1] * rf + w.shape[0] * rf)) ** 0.5           # Glorot uniform
+        assert 0.8 * bound < w.abs().max().item() <= bound, m
+    # concat keeps DCGAN's N(0, 0.02) weights and PyTorch's default bias on its first conv
+    _, Dc = cgan.build(tiny_args('concat', 32))
+    assert torch.count_nonzero(Dc.convs[0].bias) > 0
+
+
 def test_cbn_at_init_is_plain_bn():
     """Gain 1 and bias 0 for every class: CBN reduces to BatchNorm without affine."""
     cbn = cgan.CondBatchNorm2d(6, 4)

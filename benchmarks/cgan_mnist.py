@@ -42,6 +42,11 @@ def read_class_folders(folder):
     return torch.stack(images), torch.tensor(labels)
 
 
+def torch_load_step(path):
+    import torch
+    return torch.load(path, map_location='cpu', weights_only=True)['step']
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--data', required=True, help='folder of MNIST digits in class subfolders 0..9')
@@ -63,7 +68,8 @@ def main():
         t = time.time()
         subprocess.run(cmd, check=True)
         ru = resource.getrusage(resource.RUSAGE_CHILDREN)   # the training process's own CPU time
-        print(f'training: {a.steps} steps, {(ru.ru_utime + ru.ru_stime) / 60:.1f} min of CPU time '
+        steps = torch_load_step(os.path.join(a.out, 'last.pt'))  # the epoch default can stop it before --steps
+        print(f'training: {steps} steps, {(ru.ru_utime + ru.ru_stime) / 60:.1f} min of CPU time '
               f'({(time.time() - t) / 60:.1f} min wall clock)', flush=True)
 
     import torch

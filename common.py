@@ -225,25 +225,22 @@ def load_data(args, need_labels=False):
         if len(files) * channels * args.res ** 2 > args.max_memory_gb * 2 ** 30:
             data = Data(None, labels, classes, args.data)
             data.stream = FolderStream(files, labels, args.res, channels)
-            args.channels, args.classes = channels, classes
-            if need_labels and labels is None:
-                raise UserError(f'{args.model} is class-conditional but {args.data} has no labels; '
-                                'use a folder with one subfolder per class')
             print(f'{args.data}: {len(files)} images would not fit in --max-memory-gb {args.max_memory_gb:g}; '
                   f'streaming them with {args.workers} workers')
-            return data
-        images, labels, classes, name = _load_folder(args.data, args.res, args.data_root)
-    elif args.dataset == 'shapes':
-        images, labels = make_shapes(args.shapes_n, args.res, seed=args.seed)
-        classes, name = list(SHAPE_CLASSES), 'shapes'
+        else:
+            images, labels = _load_folder(args.data, files, labels, classes, args.res, args.data_root)
+            data = Data(_to_channels(images, args.channels or images.shape[1]), labels, classes, args.data)
     else:
-        images, labels, classes, name = _load_torchvision(args.dataset, args.res, args.data_root)
-    images = _to_channels(images, args.channels or images.shape[1])
-    if need_labels and labels is None:
-        raise UserError(f'{args.model} is class-conditional but {name} has no labels; '
+        if args.dataset == 'shapes':
+            images, labels = make_shapes(args.shapes_n, args.res, seed=args.seed)
+            classes = list(SHAPE_CLASSES)
+        else:
+            images, labels, classes = _load_torchvision(args.dataset, args.res, args.data_root)
+        data = Data(_to_channels(images, args.channels or images.shape[1]), labels, classes, args.dataset)
+    if need_labels and data.labels is None:
+        raise UserError(f'{args.model} is class-conditional but {data.name} has no labels; '
                         'use a folder with one subfolder per class, or a labelled dataset (mnist, cifar10, shapes)')
-    data = Data(images, labels, classes, name)
-    args.channels, args.classes = data.channels, classes
+    args.channels, args.classes = data.channels, data.classes
     return data
 
 
@@ -291,7 +288,7 @@ def _load_torchvision(name, res, root):
     cache = os.path.join(root, 'cache', f'{name}-{res}.pt')
     if os.path.exists(cache):
         d = torch.load(cache, weights_only=True)
-        return d['images'], d['labels'], d['classes'], name
+        return d['images'], d['labels'], d['classes']
     try:
         ds = _torchvision_dataset(name, root)
     except UserError:
@@ -315,7 +312,7 @@ def _load_torchvision(name, res, root):
     classes = [str(c) for c in getattr(ds, 'classes', [])] or [str(i) for i in range(int(labels.max()) + 1)]
     images = _resize_crop(images.contiguous(), res)
     _save_cache(cache, images, labels, classes)
-    return images, labels, classes, name
+    return images, labels, classes
 
 
 def _pil_to_square(img, res):
@@ -350,31 +347,34 @@ def _list_folder(path):
     return files, labels, classes
 
 
+GRAY_MODES = ('1', 'L', 'LA', 'I', 'I;16')  # PIL modes of single-channel images
+
+
 def _all_gray(files):
     from PIL import Image
     try:
-        return all(Image.open(f).mode in ('1', 'L', 'LA', 'I', 'I;16') for f in files)
+        return all(Image.open(f).mode in GRAY_MODES for f in files)
     except Exception:
         return False
 
 
-def _load_folder(path, res, root):
-    """Decode every image below `path` once into uint8 [N, C, res, res] (cached on disk)."""
+def _load_folder(path, files, all_labels, classes, res, root):
+    """Decode the files _list_folder found once into uint8 [N, C, res, res] (cached on disk).
+    -> (images, labels of the files that could be read, or None)"""
     from PIL import Image
-    files, all_labels, classes = _list_folder(path)
 
     key = hashlib.sha1(f'{os.path.abspath(path)}|{len(files)}|{max(os.path.getmtime(f) for f in files)}|{res}|v2'
                        .encode()).hexdigest()[:16]
     cache = os.path.join(root, 'cache', f'folder-{key}.pt')
     if os.path.exists(cache):
         d = torch.load(cache, weights_only=True)
-        return d['images'], d['labels'], d['classes'], path
+        return d['images'], d['labels']
 
     imgs, labs, bad, gray = [], [], 0, True
     for i, f in enumerate(_progress(files, desc=f'decoding {path}')):
         try:
             with Image.open(f) as img:
-                gray = gray and img.mode in ('1', 'L', 'LA', 'I', 'I;16')
+                gray = gray and img.mode in GRAY_MODES
                 imgs.append(_pil_to_square(img.convert('RGB'), res))
         except Exception:  # truncated, corrupt or not really an image: skip and count it
             bad += 1
@@ -391,7 +391,7 @@ def _load_folder(path, res, root):
         images = images[:, :1].contiguous()
     labels = torch.tensor(labs).long() if classes else None
     _save_cache(cache, images, labels, classes)
-    return images, labels, classes, path
+    return images, labels
 
 
 def _save_cache(path, images, labels, classes):

@@ -490,6 +490,7 @@ def train(args):
         logs = train_step(G_, D_, G_ema, opt_G, opt_D, x, y, run.step_num + 1, args)
         run.step(logs, nets, sample_fn, eval_fn)
     run.finish(nets, sample_fn)
+    return nets
 
 
 # ----------------------------------------------------------------------------------------------

@@ -367,6 +367,7 @@ def train(args):
         logs = train_step(G_t, D_t, opt_G, opt_D, x, y, args)
         run.step(logs, nets, sample_fn, eval_fn)
     run.finish(nets, sample_fn)
+    return nets
 
 
 # ----------------------------------------------------------------------------------------------

@@ -768,6 +768,13 @@ def _unwrap(m):
     return m
 
 
+def without_ddp(m):
+    """m without its DistributedDataParallel wrapper, for a forward whose parameters take no gradient
+    (D in the G step, frozen with requires_grad_(False)). Through DDP, such a forward makes every
+    rank wait for D gradients that never come, and the next D step fails."""
+    return m.module if isinstance(m, torch.nn.parallel.DistributedDataParallel) else m
+
+
 class Autocast(torch.nn.Module):
     """Runs `module` under bfloat16 autocast and hands back fp32, so that losses, gradient
     penalties and their double backward are computed in fp32 outside the network."""

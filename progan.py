@@ -565,6 +565,7 @@ def train(args):
     elif run.main:
         save_grid(f'step{run.step_num:07d}')
     run.finish(nets)
+    return nets
 
 
 # ----------------------------------------------------------------------------------------------

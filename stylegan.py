@@ -479,7 +479,9 @@ def r1_penalty(D, x_real, gamma, augment=None):
     x = x_real.detach().float().requires_grad_(True)
     logits = D(augment(x) if augment else x)
     grad, = torch.autograd.grad(logits.float().sum(), x, create_graph=True)   # [B, C, H, W]
-    return gamma / 2 * grad.square().sum([1, 2, 3]).mean()
+    # + 0 * logits: D's output bias plays no part in grad_x, and under DDP every parameter must
+    # be in the graph of a backward (the official code adds the same zero term)
+    return gamma / 2 * grad.square().sum([1, 2, 3]).mean() + 0 * logits.sum()
 
 
 class PathLengthPenalty(nn.Module):
@@ -502,7 +504,9 @@ class PathLengthPenalty(nn.Module):
         lengths = grad.float().square().sum(2).mean(1).sqrt()                    # [B]
         # a <- a + decay (mean length - a)
         self.pl_mean.copy_(self.pl_mean.lerp(lengths.mean().detach(), self.decay))
-        return (lengths - self.pl_mean).square().mean()
+        # + 0 * img: the last toRGB bias does not change J_w, and under DDP every parameter must be
+        # in the graph of a backward (as in R1)
+        return (lengths - self.pl_mean).square().mean() + 0 * img[:, 0, 0, 0].sum()
 
 
 def diff_augment(x):
@@ -569,10 +573,11 @@ def train_step(G, D, G_ema, opt_G, opt_D, pl, x, step, ema_beta, args):
         opt_D.step()
         logs['r1'] = r1.item()
 
-    # G main. D's weights are frozen so that no gradient is computed for them.
+    # G main. D's weights are frozen so that no gradient is computed for them (and D is called
+    # outside DDP, which would wait for those gradients).
     D.requires_grad_(False)
     fake = G(torch.randn(b, args.z_dim, device=dev), mixing_prob=args.mixing_prob, w_avg_beta=args.w_avg_beta)
-    loss_G = g_loss(D(aug(fake)))
+    loss_G = g_loss(common.without_ddp(D)(aug(fake)))
     opt_G.zero_grad(set_to_none=True)
     loss_G.backward()
     opt_G.step()
@@ -657,6 +662,7 @@ def train(args):
         logs = train_step(G, D, G_ema, opt_G, opt_D, pl, x, run.step_num, beta, args)
         run.step(logs, nets, sample_fn, eval_fn)
     run.finish(nets, sample_fn)
+    return nets
 
 
 # ----------------------------------------------------------------------------------------------

@@ -314,25 +314,34 @@ def train_step(G, D, opt_G, opt_D, x, args, noise_std=0.0):
     """x: [d_steps * B, C, H, W] real images in [-1, 1], one fresh minibatch per D step.
     noise_std: this step's instance-noise std (instance_noise_std), added to every input of D."""
     noisy = lambda v: v + noise_std * torch.randn_like(v) if noise_std > 0 else v
-    for x_real in x.chunk(args.d_steps):
+    chunks = x.chunk(args.d_steps)
+    D.requires_grad_(True)
+    for i, x_real in enumerate(chunks):
         z = torch.randn(len(x_real), args.z_dim, device=x.device)
-        x_fake = G(z).detach()  # D's step must not reach into G
+        # The last D step's fakes keep their graph: the G step below reuses them, as the authors'
+        # code does, instead of running G again on fresh z.
+        with torch.set_grad_enabled(i == len(chunks) - 1):
+            x_fake = G(z)                                                   # [B, C, H, W]
         # Real and fake go through D as separate minibatches, so each BatchNorm batch is all-real or
         # all-fake (as in the paper's code); mixing them would let D read the mix from batch statistics.
-        real_logit, fake_logit = D(noisy(x_real)), D(noisy(x_fake))
+        # detach: D's step must not reach into G.
+        real_logit, fake_logit = D(noisy(x_real)), D(noisy(x_fake.detach()))
         loss_D = d_loss(real_logit, fake_logit, args.label_smoothing, args.loss)
         opt_D.zero_grad(set_to_none=True)
         loss_D.backward()
         opt_D.step()
 
-    z = torch.randn(len(x_real), args.z_dim, device=x.device)
+    # G step, through the updated D. D's weights are frozen so that no gradient is computed for
+    # them (and D is called outside DDP, which would wait for those gradients).
+    D.requires_grad_(False)
+    D_frozen = common.without_ddp(D)
     if args.feature_matching:
         with torch.no_grad():
-            _, real_features = D(noisy(x_real), features=True)
-        _, fake_features = D(noisy(G(z)), features=True)
+            _, real_features = D_frozen(noisy(x_real), features=True)
+        _, fake_features = D_frozen(noisy(x_fake), features=True)
         loss_G = feature_matching_loss(real_features, fake_features)
     else:
-        loss_G = g_loss(D(noisy(G(z))), args.loss)
+        loss_G = g_loss(D_frozen(noisy(x_fake)), args.loss)
     opt_G.zero_grad(set_to_none=True)
     loss_G.backward()
     opt_G.step()

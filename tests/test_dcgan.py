@@ -111,6 +111,23 @@ def test_d_step_leaves_g_grads_empty():
     assert all(p.grad is not None for p in G.parameters())    # the G step that follows does reach G
 
 
+@pytest.mark.parametrize('d_steps', [1, 2])
+def test_g_step_reuses_the_last_fakes_and_leaves_d_grads_alone(d_steps):
+    """G runs once per D step and not again for the G step (the authors' code reuses the last
+    D step's fakes); D is frozen during the G step, so its gradients are those of its own loss."""
+    torch.manual_seed(0)
+    args = make_args('--d-steps', str(d_steps))
+    G, D = dcgan.build(args)
+    opt_G, opt_D = dcgan.make_optimizers(G, D, args)
+    calls = []
+    G.register_forward_hook(lambda m, i, o: calls.append(torch.is_grad_enabled()))
+    d_grads = []
+    step = opt_D.step
+    opt_D.step = lambda *a, **k: (d_grads.append([p.grad.clone() for p in D.parameters()]), step(*a, **k))[1]
+    dcgan.train_step(G, D, opt_G, opt_D, torch.rand(8 * d_steps, 3, 32, 32) * 2 - 1, args)
+    assert calls == [False] * (d_steps - 1) + [True]    # only the reused fakes keep a graph
+    assert all(torch.equal(p.grad, g) for p, g in zip(D.parameters(), d_grads[-1]))
+
 def test_train_step_changes_both_networks():
     torch.manual_seed(0)
     args = make_args()

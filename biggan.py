@@ -401,6 +401,7 @@ def train_step(G, D, G_ema, opt_G, opt_D, x, y, step, args):
     """x: [d_steps * accum * B, C, H, W] real images in [-1, 1], y: [d_steps * accum * B] labels.
     G and D may be DDP-wrapped; G_ema is not. `step` is the number of this G update, from 1."""
     n_classes, device = len(args.classes), x.device
+    D.requires_grad_(True)
     for x_d, y_d in zip(x.chunk(args.d_steps), y.chunk(args.d_steps)):     # fresh reals for every D step
         opt_D.zero_grad(set_to_none=True)
         for x_real, y_real in zip(x_d.chunk(args.accum), y_d.chunk(args.accum)):
@@ -416,11 +417,15 @@ def train_step(G, D, G_ema, opt_G, opt_D, x, y, step, args):
             (loss_D / args.accum).backward()                                # gradients sum over micro-batches
         opt_D.step()
 
+    # G step, through the updated D. D's weights are frozen so that no gradient is computed for
+    # them (and D is called outside DDP, which would wait for those gradients).
+    D.requires_grad_(False)
+    D_frozen = common.without_ddp(D)
     opt_G.zero_grad(set_to_none=True)
     for _ in range(args.accum):
         z = torch.randn(len(x_real), args.z_dim, device=device)
         y_fake = torch.randint(n_classes, (len(x_real),), device=device)
-        loss_G = g_loss(D(G(z, y_fake), y_fake))
+        loss_G = g_loss(D_frozen(G(z, y_fake), y_fake))
         (loss_G / args.accum).backward()
     reg = 0.0
     if args.ortho > 0:

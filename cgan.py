@@ -287,6 +287,7 @@ def train_step(G, D, opt_G, opt_D, x, y, args):
     """x: [n_dis * B, C, H, W] real images in [-1, 1], y: [n_dis * B] their classes;
     one fresh minibatch for each of the n_dis D steps."""
     num_classes = len(args.classes)
+    D.requires_grad_(True)
     for x_real, y_real in zip(x.chunk(args.n_dis), y.chunk(args.n_dis)):
         B = len(x_real)
         z = torch.randn(B, args.z_dim, device=x.device)
@@ -300,9 +301,13 @@ def train_step(G, D, opt_G, opt_D, x, y, args):
         loss_D.backward()
         opt_D.step()
 
+    # G step, through the updated D. D's weights are frozen so that no gradient is computed for
+    # them (and D is called outside DDP, which would wait for those gradients).
+    D.requires_grad_(False)
+    D_frozen = common.without_ddp(D)
     z = torch.randn(B, args.z_dim, device=x.device)
     y_fake = sample_labels(B, num_classes, x.device)
-    loss_G = g_loss(D(G(z, y_fake), y_fake), args.loss)
+    loss_G = g_loss(D_frozen(G(z, y_fake), y_fake), args.loss)
     opt_G.zero_grad(set_to_none=True)
     loss_G.backward()
     opt_G.step()

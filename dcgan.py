@@ -36,6 +36,8 @@ Deviations from the paper:
     - D outputs a logit and the losses use BCE-with-logits (the paper's sigmoid + cross-entropy,
       computed without overflow).
     - Adam's beta2 is 0.999 (PyTorch's default); the paper only gives beta1.
+    - G's update reuses the fakes of the last D step, as the PyTorch examples' DCGAN does, which
+      saves one G forward per step; the authors' Theano code draws a fresh z for every update.
 
 Training techniques from later papers, each off by default (the paper's recipe is the default):
     --loss lsgan | hinge | wasserstein   least squares (Mao et al. 2017), hinge (Lim & Ye 2017,
@@ -318,8 +320,8 @@ def train_step(G, D, opt_G, opt_D, x, args, noise_std=0.0):
     D.requires_grad_(True)
     for i, x_real in enumerate(chunks):
         z = torch.randn(len(x_real), args.z_dim, device=x.device)
-        # The last D step's fakes keep their graph: the G step below reuses them, as the authors'
-        # code does, instead of running G again on fresh z.
+        # The last D step's fakes keep their graph and the G step below reuses them, as the PyTorch
+        # examples' DCGAN does: one G forward fewer per step (see Deviations).
         with torch.set_grad_enabled(i == len(chunks) - 1):
             x_fake = G(z)                                                   # [B, C, H, W]
         # Real and fake go through D as separate minibatches, so each BatchNorm batch is all-real or

@@ -266,6 +266,7 @@ def train_step(G, D, opt_G, opt_D, x, args, noise_std=0.0):
     """x: [k * B, C, H, W] real images in [-1, 1], one fresh minibatch for each of the k D steps.
     noise_std: this step's instance-noise std (instance_noise_std), added to every input of D."""
     noisy = lambda v: v + noise_std * torch.randn_like(v) if noise_std > 0 else v
+    D.requires_grad_(True)
     for x_real in x.chunk(args.k):
         z = torch.randn(len(x_real), args.z_dim, device=x.device)
         x_fake = G(z).detach()  # D's step must not reach into G
@@ -275,14 +276,18 @@ def train_step(G, D, opt_G, opt_D, x, args, noise_std=0.0):
         loss_D.backward()
         opt_D.step()
 
-    z = torch.randn(len(x_real), args.z_dim, device=x.device)
+    # G step, through the updated D. D's weights are frozen so that no gradient is computed for
+    # them (and D is called outside DDP, which would wait for those gradients).
+    D.requires_grad_(False)
+    D_frozen = common.without_ddp(D)
+    z = torch.randn(len(x_real), args.z_dim, device=x.device)   # a fresh minibatch of noise (Algorithm 1)
     if args.feature_matching:
         with torch.no_grad():
-            _, real_features = D(noisy(x_real), features=True)
-        _, fake_features = D(noisy(G(z)), features=True)
+            _, real_features = D_frozen(noisy(x_real), features=True)
+        _, fake_features = D_frozen(noisy(G(z)), features=True)
         loss_G = feature_matching_loss(real_features, fake_features)
     else:
-        loss_G = g_loss(D(noisy(G(z))), args.loss)
+        loss_G = g_loss(D_frozen(noisy(G(z))), args.loss)
     opt_G.zero_grad(set_to_none=True)
     loss_G.backward()
     opt_G.step()

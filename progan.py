@@ -347,6 +347,7 @@ def update_ema(G_ema, G, beta):
 
 def train_step(G, D, G_ema, opt_G, opt_D, x, level, alpha, args):
     """x: real images [B, C, r, r] in [-1, 1], already at the level's resolution and crossfaded."""
+    D.requires_grad_(True)
     z = torch.randn(len(x), args.z_dim, device=x.device)
     x_fake = G(z, level, alpha).detach()                       # D's step must not reach into G
     real_score, fake_score = D(x, level, alpha), D(x_fake, level, alpha)
@@ -356,8 +357,12 @@ def train_step(G, D, G_ema, opt_G, opt_D, x, level, alpha, args):
     loss_D.backward()
     opt_D.step()
 
+    # G step, through the updated D. D's weights are frozen so that no gradient is computed for
+    # them (and D is called outside DDP, which would wait for those gradients).
+    D.requires_grad_(False)
+    D_frozen = common.without_ddp(D)
     z = torch.randn(len(x), args.z_dim, device=x.device)
-    loss_G = g_loss(D(G(z, level, alpha), level, alpha))
+    loss_G = g_loss(D_frozen(G(z, level, alpha), level, alpha))
     opt_G.zero_grad(set_to_none=True)
     loss_G.backward()
     opt_G.step()

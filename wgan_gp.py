@@ -216,6 +216,7 @@ def clip_weights(D, c):
 def train_step(G, D, opt_G, opt_D, x, args):
     """x: [n_critic * B, C, H, W] real images in [-1, 1], a fresh minibatch for each critic step."""
     w_est, norms = [], []
+    D.requires_grad_(True)
     for x_real in x.chunk(args.n_critic):
         z = torch.randn(len(x_real), args.z_dim, device=x.device)
         x_fake = G(z).detach()  # the critic's step must not reach into G
@@ -233,8 +234,12 @@ def train_step(G, D, opt_G, opt_D, x, args):
             clip_weights(D, args.clip)
         w_est.append((real_score.mean() - fake_score.mean()).item())
 
+    # G step, through the updated critic. Its weights are frozen so that no gradient is computed for
+    # them (and it is called outside DDP, which would wait for those gradients).
+    D.requires_grad_(False)
+    D_frozen = common.without_ddp(D)
     z = torch.randn(len(x_real), args.z_dim, device=x.device)
-    loss_G = g_loss(D(G(z)))
+    loss_G = g_loss(D_frozen(G(z)))
     opt_G.zero_grad(set_to_none=True)
     loss_G.backward()
     opt_G.step()

@@ -2,6 +2,7 @@ import os
 import sys
 
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -29,3 +30,25 @@ def run_script(script, *args, cwd=None, timeout=600):
     env = {**os.environ, 'PYTHONUNBUFFERED': '1'}
     return subprocess.run([sys.executable, os.path.join(ROOT, script), *map(str, args)],
                           capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout)
+
+
+def watch_d_steps(opt_D):
+    """Make opt_D keep a copy of the gradients at each of its steps. After a training step, the
+    last copy must still equal D's gradients: the G step, with D frozen, computes none for D."""
+    seen = []
+    step = opt_D.step
+
+    def recording_step(*a, **k):
+        seen.append(d_grads(opt_D))
+        return step(*a, **k)
+    opt_D.step = recording_step
+    return seen
+
+
+def d_grads(opt_D):
+    return [None if p.grad is None else p.grad.clone() for g in opt_D.param_groups for p in g['params']]
+
+
+def same_grads(a, b):
+    return len(a) == len(b) and all((x is None and y is None) or (x is not None and y is not None and torch.equal(x, y))
+                                    for x, y in zip(a, b))

@@ -7,7 +7,7 @@ import torch
 
 import biggan
 import common
-from conftest import run_script
+from conftest import run_script, d_grads, same_grads, watch_d_steps
 
 # The smallest faithful configuration: 32x32 (3 G blocks), attention at 16, z 32 -> 4 chunks of 8.
 TINY = ['--res', '32', '--ch', '4', '--z-dim', '32', '--shared-dim', '16', '--attn-res', '16',
@@ -212,7 +212,9 @@ def test_one_training_step_with_two_d_steps(nets):
     calls = []
     D.register_forward_hook(lambda m, i, o: calls.append(len(i[0])))
     x, y = batch(args)
+    seen = watch_d_steps(opt_D)
     logs = biggan.train_step(G, D, G_ema, opt_G, opt_D, x, y, 1, args)
+    assert same_grads(seen[-1], d_grads(opt_D))       # the G step, D frozen, left D's gradients alone
     assert set(logs) == {'loss_D', 'loss_G', 'D(x)', 'D(G(z))', 'ortho'} and logs['ortho'] > 0
     assert calls == [16, 16, 8]                                 # 2 D steps on reals + fakes, then G's step
     assert all(s['step'].item() == 2 for s in opt_D.state.values())

@@ -8,7 +8,7 @@ import torch.nn as nn
 
 import cgan
 import common
-from conftest import run_script
+from conftest import run_script, d_grads, same_grads, watch_d_steps
 
 
 def tiny_args(cond='projection', res=16, extra=()):
@@ -184,7 +184,9 @@ def test_one_training_step_changes_both_nets(cond):
     g0 = [p.detach().clone() for p in G.parameters()]
     d0 = [p.detach().clone() for p in D.parameters()]
     x, y = data_batch(args)
+    seen = watch_d_steps(opt_D)
     logs = cgan.train_step(G, D, opt_G, opt_D, x, y, args)
+    assert same_grads(seen[-1], d_grads(opt_D))       # the G step, D frozen, left D's gradients alone
     assert set(logs) == {'loss_D', 'loss_G', 'D(x,y)', 'D(G(z,y),y)'}
     assert all(torch.isfinite(torch.tensor(v)) for v in logs.values())
     assert any(not torch.equal(a, b) for a, b in zip(g0, G.parameters()))

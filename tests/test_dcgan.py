@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import common
 import dcgan
-from conftest import run_script
+from conftest import run_script, d_grads, same_grads, watch_d_steps
 
 
 def make_args(*extra, channels=3):
@@ -113,20 +113,20 @@ def test_d_step_leaves_g_grads_empty():
 
 @pytest.mark.parametrize('d_steps', [1, 2])
 def test_g_step_reuses_the_last_fakes_and_leaves_d_grads_alone(d_steps):
-    """G runs once per D step and not again for the G step (the authors' code reuses the last
-    D step's fakes); D is frozen during the G step, so its gradients are those of its own loss."""
+    """G runs once per D step and not again for the G step (it reuses the last D step's fakes,
+    as the PyTorch examples do); D is frozen during the G step, so its gradients are those of its
+    own loss."""
     torch.manual_seed(0)
     args = make_args('--d-steps', str(d_steps))
     G, D = dcgan.build(args)
     opt_G, opt_D = dcgan.make_optimizers(G, D, args)
     calls = []
     G.register_forward_hook(lambda m, i, o: calls.append(torch.is_grad_enabled()))
-    d_grads = []
-    step = opt_D.step
-    opt_D.step = lambda *a, **k: (d_grads.append([p.grad.clone() for p in D.parameters()]), step(*a, **k))[1]
+    seen = watch_d_steps(opt_D)
     dcgan.train_step(G, D, opt_G, opt_D, torch.rand(8 * d_steps, 3, 32, 32) * 2 - 1, args)
     assert calls == [False] * (d_steps - 1) + [True]    # only the reused fakes keep a graph
-    assert all(torch.equal(p.grad, g) for p, g in zip(D.parameters(), d_grads[-1]))
+    assert same_grads(seen[-1], d_grads(opt_D))
+
 
 def test_train_step_changes_both_networks():
     torch.manual_seed(0)

@@ -8,7 +8,7 @@ import torch
 
 import common
 import gan_mlp
-from conftest import run_script
+from conftest import run_script, d_grads, same_grads, watch_d_steps
 
 TINY = ['--dataset', 'shapes', '--shapes-n', '64', '--res', '8', '--g-hidden', '32', '--d-units', '16',
         '--batch-size', '8']
@@ -63,7 +63,9 @@ def test_d_step_leaves_g_without_grads_and_step_changes_both():
     assert all(p.grad is None for p in G.parameters())
     D.zero_grad(set_to_none=True)
 
+    seen = watch_d_steps(opt_D)
     logs = gan_mlp.train_step(G, D, opt_G, opt_D, x, args)
+    assert same_grads(seen[-1], d_grads(opt_D))       # the G step, D frozen, left D's gradients alone
     assert set(logs) == {'loss_D', 'loss_G', 'D(x)', 'D(G(z))'}
     assert all(not torch.equal(a, b) for a, b in zip(before_G, G.parameters()))
     assert any(not torch.equal(a, b) for a, b in zip(before_D, D.parameters()))

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import common
 import progan
-from conftest import run_script
+from conftest import run_script, d_grads, same_grads, watch_d_steps
 
 TINY = ['--fmap-base', '32', '--fmap-max', '8', '--batch-size', '8']
 
@@ -180,7 +180,9 @@ def test_train_step_changes_weights_and_ema_follows():
     assert opt_G.defaults['betas'] == (0.0, 0.99) and opt_G.defaults['lr'] == 1e-3 and opt_G.defaults['eps'] == 1e-8
     g0, d0, e0 = [[p.detach().clone() for p in m.parameters()] for m in (G, D, G_ema)]
     unused0 = [p.detach().clone() for p in G.blocks[2].parameters()]  # the 16x16 block, not trained at level 1
+    seen = watch_d_steps(opt_D)
     logs = progan.train_step(G, D, G_ema, opt_G, opt_D, torch.rand(8, 3, 8, 8) * 2 - 1, 1, 0.5, args)
+    assert same_grads(seen[-1], d_grads(opt_D))       # the G step, D frozen, left D's gradients alone
     assert set(logs) == {'loss_D', 'loss_G', 'W_dist', 'gp', 'drift'} and all(math.isfinite(v) for v in logs.values())
     changed = lambda m, before: any(not torch.equal(p, q) for p, q in zip(m.parameters(), before))  # noqa: E731
     assert changed(G, g0) and changed(D, d0) and changed(G_ema, e0)

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 import stylegan as S
-from conftest import run_script
+from conftest import run_script, d_grads, same_grads, watch_d_steps
 
 TINY = ['--dataset', 'shapes', '--res', '32', '--fmap-base', '256', '--fmap-max', '16',
         '--z-dim', '32', '--w-dim', '32', '--batch-size', '8']
@@ -261,7 +261,9 @@ def test_one_training_step_changes_weights(style):
     g0 = [p.clone() for p in G.parameters()]
     d0 = [p.clone() for p in D.parameters()]
     e0 = [p.clone() for p in G_ema.parameters()]
+    seen = watch_d_steps(opt_D)
     logs = S.train_step(G, D, G_ema, opt_G, opt_D, pl, torch.rand(8, 3, 32, 32) * 2 - 1, 0, 0.9, args)
+    assert same_grads(seen[-1], d_grads(opt_D))       # the G step, D frozen, left D's gradients alone
     assert {'loss_D', 'loss_G', 'r1', 'pl', 'pl_mean'} <= set(logs)
     assert all(math.isfinite(v) for v in logs.values())
     assert all(not torch.equal(a, b) for a, b in zip(d0, D.parameters()))

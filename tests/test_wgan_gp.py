@@ -7,7 +7,7 @@ import torch.nn as nn
 
 import common
 import wgan_gp
-from conftest import run_script
+from conftest import run_script, d_grads, same_grads, watch_d_steps
 
 
 def make_args(*extra, channels=3):
@@ -112,7 +112,9 @@ def test_algorithm_1_defaults_and_step():
     opt_G, opt_D = map(counted, wgan_gp.make_optimizers(G, D, args))
     assert isinstance(opt_D, torch.optim.Adam) and opt_D.defaults['betas'] == (0.0, 0.9)
     before = [p.detach().clone() for p in list(G.parameters()) + list(D.parameters())]
+    seen = watch_d_steps(opt_D)
     logs = wgan_gp.train_step(G, D, opt_G, opt_D, torch.rand(5 * 4, 3, 32, 32) * 2 - 1, args)
+    assert same_grads(seen[-1], d_grads(opt_D))       # the G step, D frozen, left D's gradients alone
     assert (opt_D.calls, opt_G.calls) == (5, 1)        # n_critic critic steps per G step
     after = list(G.parameters()) + list(D.parameters())
     changed = [not torch.equal(a, b) for a, b in zip(before, after)]

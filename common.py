@@ -85,6 +85,8 @@ def base_parser(doc, model, dataset, res, batch_size, epochs, sample_every=500, 
     g.add_argument('--batch-size', type=int, default=batch_size, help='per-process batch size')
     g.add_argument('--epochs', type=int, default=epochs)
     g.add_argument('--steps', type=int, help='stop after this many steps (a cap for quick runs)')
+    g.add_argument('--minutes', type=float,
+                   help='stop after this many minutes of training (a time budget; the last step finishes first)')
     g.add_argument('--seed', type=int, default=0)
     g.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda', 'mps'])
     g.add_argument('--out', help=f'output folder (default runs/{model}; with --generate, where images go)')
@@ -121,6 +123,8 @@ def parse(p, argv=None, valid_res=None):
             raise UserError(f'--{name.replace("_", "-")} must be at least 1')
     if args.steps is not None and args.steps < 1:
         raise UserError('--steps must be at least 1')
+    if args.minutes is not None and args.minutes <= 0:
+        raise UserError('--minutes must be positive')
     if args.generate is not None:
         if args.generate < 1:
             raise UserError('--generate N needs N >= 1')
@@ -870,6 +874,7 @@ class Run:
         self.out = args.out
         self._t0 = time.time()
         self._csv, self.fid = None, None
+        self._deadline = None                              # --minutes: set when the first step begins
 
     # -- start: resume if asked, write config and the real grid, open the logs
     def start(self, nets, data, batches_per_step=1):
@@ -960,12 +965,28 @@ class Run:
     #    Each is [batch_size * batches_per_step, C, H, W]; a step with k D updates splits it in k.
     def batches(self, data):
         args = self.args
-        while self.step_num < self.total:
+        while not self.done():
             self.epoch, start = divmod(self.step_num, self.per_epoch)
             for x, y in epoch_batches(data, args.batch_size * self.k, self.epoch, args.seed, self.device, start=start):
                 yield x, y
-                if self.step_num >= self.total:
+                if self.done():
                     return
+
+    def done(self):
+        """The step cap is reached, or the --minutes budget spent. The budget's clock starts at the
+        first call, just before the first step. Under torchrun rank 0's clock decides for every
+        rank, so that all of them stop after the same step."""
+        if self.step_num >= self.total:
+            return True
+        if not self.args.minutes:
+            return False
+        if self._deadline is None:                        # every rank: the first step always runs
+            self._deadline = time.time() + 60 * self.args.minutes
+            return False
+        late = torch.tensor([float(time.time() >= self._deadline)], device=self.device)
+        if self.world > 1:
+            torch.distributed.broadcast(late, 0)
+        return bool(late.item())
 
     # -- step: count, log, draw the sample grid, write the checkpoint
     def step(self, logs, nets, sample_fn=None, eval_fn=None):

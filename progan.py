@@ -546,7 +546,7 @@ def train(args):
             common.save_grid(sample_fn(), f'{run.out}/samples/{growth.res}x{growth.res}-{growth.name}-{tag}.png')
 
     for x in real_batches(data, growth, args, run):
-        if run.step_num >= run.total:
+        if run.done():
             break
         level, alpha = growth.level, growth.alpha
         logs = train_step(G, D, G_ema, opt_G, opt_D, x, level, alpha, args)

@@ -132,6 +132,16 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_minutes_budget_stops_after_the_step_that_crosses_it(tmp_path):
+    out = tmp_path / 'run'
+    gan_mlp.main(TINY + ['--steps', '50', '--minutes', '1e-6', '--out', str(out), '--data-root', str(tmp_path / 'd')])
+    assert common.load_checkpoint(str(out / 'last.pt'), 'gan_mlp')['step'] == 1    # any step outlasts 60 us
+    assert [int(row['step']) for row in read_csv(out / 'losses.csv')] == [1]
+    assert (out / 'samples' / 'step_0000001.png').exists()                          # the closing grid
+    with pytest.raises(common.UserError, match='--minutes must be positive'):
+        gan_mlp.get_args(['--minutes', '0'])
+
+
 def test_generate_needs_a_gan_mlp_checkpoint(tmp_path):
     common.atomic_save({'model': 'dcgan', 'nets': {}}, tmp_path / 'd.pt')
     with pytest.raises(common.UserError, match='dcgan checkpoint'):

@@ -275,6 +275,10 @@ def test_grow_4_8_16_resume_mid_fade_and_generate(tmp_path):
     b = common.load_checkpoint(str(part / 'last.pt'), 'progan')['nets']['G_ema']
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
 
+    # the growing loop honours a --minutes budget too: one step outlasts 60 microseconds
+    progan.main([*map(str, common_flags), '--out', str(tmp_path / 'brief'), '--minutes', '1e-6'])
+    assert common.load_checkpoint(str(tmp_path / 'brief' / 'last.pt'), 'progan')['step'] == 1
+
     out = tmp_path / 'gen'
     r = run_script('progan.py', '--generate', '6', '--ckpt', full / 'last.pt', '--out', out)
     assert r.returncode == 0, r.stderr

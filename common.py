@@ -1007,7 +1007,10 @@ class Run:
                               [f'{logs[k]:.5g}' if k in logs else '' for k in self._keys])
         self.bar.update(1)
         if self.step_num % 10 == 0 or self.step_num == self.total:
-            self.bar.set_postfix({k: f'{v:.3g}' for k, v in list(logs.items())[:4]}, refresh=False)
+            post = {k: f'{v:.3g}' for k, v in list(logs.items())[:4]}
+            if self._deadline is not None:  # the bar's ETA counts to the step cap; this to the time budget
+                post['budget left'] = f'{max(0.0, self._deadline - time.time()) / 60:.1f} min'
+            self.bar.set_postfix(post, refresh=False)
         if sample_fn is not None and self.step_num % self.args.sample_every == 0:
             self.sample(sample_fn)
         if self.step_num % self.args.ckpt_every == 0:

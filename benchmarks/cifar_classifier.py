@@ -41,8 +41,8 @@ def net(classes=10):
 
 def load_split(path, data_root):
     """A folder with one subfolder per class -> (uint8 [N, 3, 32, 32], labels [N], class names)."""
-    a = argparse.Namespace(data=path, res=32, data_root=data_root, channels=3, dataset=None,
-                            model='cifar_classifier', seed=0, shapes_n=0)
+    p = common.base_parser('', model='cifar_classifier', dataset='shapes', res=32, batch_size=128, epochs=1)
+    a = common.parse(p, ['--data', path, '--data-root', data_root, '--channels', '3'])   # the data flags load_data reads
     d = common.load_data(a, need_labels=True)
     return d.images, d.labels, d.classes
 

@@ -983,10 +983,12 @@ class Run:
         if self._deadline is None:                        # every rank: the first step always runs
             self._deadline = time.time() + 60 * self.args.minutes
             return False
-        late = torch.tensor([float(time.time() >= self._deadline)], device=self.device)
-        if self.world > 1:
-            torch.distributed.broadcast(late, 0)
-        return bool(late.item())
+        late = time.time() >= self._deadline
+        if self.world > 1:                                # a device tensor only where it must travel
+            flag = torch.tensor([float(late)], device=self.device)
+            torch.distributed.broadcast(flag, 0)
+            late = bool(flag.item())
+        return late
 
     # -- step: count, log, draw the sample grid, write the checkpoint
     def step(self, logs, nets, sample_fn=None, eval_fn=None):

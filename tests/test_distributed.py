@@ -12,7 +12,8 @@ from conftest import ROOT
 
 # Each model at a size that takes a few seconds; 2 ranks of batch 4.
 TINY = {
-    'gan_mlp': ['--res', '8', '--g-hidden', '32', '--d-units', '16'],
+    # a --minutes budget that never runs out: rank 0's clock is broadcast after every step
+    'gan_mlp': ['--res', '8', '--g-hidden', '32', '--d-units', '16', '--minutes', '60'],
     'dcgan': ['--res', '32', '--ngf', '8', '--ndf', '8'],
     'cgan': ['--res', '16', '--ngf', '8', '--ndf', '8'],
     'wgan_gp': ['--res', '32', '--ngf', '8', '--ndf', '8', '--n-critic', '2'],

@@ -413,20 +413,22 @@ SHAPE_CLASSES = ('circle', 'square', 'triangle', 'diamond', 'ring', 'cross')
 def make_shapes(n, res, seed=0):
     """n images uint8 [n, 3, res, res] of one filled shape each, and its class [n].
 
+    Every shape sits at the centre at one size on the same dark grey, so that a sample's only
+    variations are its class (the silhouette) and its colour (any hue, vivid): small enough a
+    distribution for an MLP GAN to draw recognisable shapes within a few hundred steps. (With
+    +-10% jitter in position and size and tinted backgrounds, gan_mlp needed about 1000.)
     Each shape is an inside-test on a pixel grid, vectorised over the whole set; the same seed
     always gives the same images.
     """
     g = torch.Generator().manual_seed(seed)
     labels = torch.randint(len(SHAPE_CLASSES), (n,), generator=g)
-    size = 0.55 + 0.2 * torch.rand(n, generator=g)                     # half-extent, in [-1, 1] units
-    cx, cy = [(torch.rand(n, generator=g) * 2 - 1) * 0.1 for _ in range(2)]    # near the centre
+    size = 0.7                                                             # half-extent, in [-1, 1] units
     fg = _hsv_to_rgb(torch.rand(n, generator=g), 0.55 + 0.45 * torch.rand(n, generator=g),
-                     0.7 + 0.3 * torch.rand(n, generator=g))
-    bg = _hsv_to_rgb(torch.rand(n, generator=g), 0.3 * torch.rand(n, generator=g), 0.04 + 0.08 * torch.rand(n, generator=g))
+                     0.7 + 0.3 * torch.rand(n, generator=g))               # [n, 3] in [0, 1]
+    bg = torch.full((n, 3), 0.06)
     t = (torch.arange(res) + 0.5) / res * 2 - 1
     yy, xx = torch.meshgrid(t, t, indexing='ij')
-    x = (xx - cx[:, None, None]) / size[:, None, None]                     # [n, res, res]: the shape spans [-1, 1]
-    y = (yy - cy[:, None, None]) / size[:, None, None]
+    x, y = (xx / size).expand(n, res, res), (yy / size).expand(n, res, res)   # [n, res, res]: the shape spans [-1, 1]
     m = torch.zeros(n, res, res, dtype=torch.bool)
     inside = {                                                             # one filled region per class
         'circle': lambda x, y: x ** 2 + y ** 2 <= 1,

@@ -16,7 +16,7 @@ G is z(100) -> 1200 ReLU -> 1200 ReLU -> 784; D is two maxout layers of 240 unit
 dropout, then a sigmoid unit; SGD with momentum 0.5 -> 0.7, lr 0.1 decayed by 1.000004 per step.
 
 Usage:
-    python gan_mlp.py --dataset shapes --steps 1000            # about two minutes on a CPU, no download
+    python gan_mlp.py --dataset shapes --steps 300             # about a minute on a CPU, no download
     python gan_mlp.py                                          # MNIST, downloaded into ./data
     python gan_mlp.py --loss minimax                           # the saturating G loss of eq. 1
     python gan_mlp.py --feature-matching --minibatch-disc   # tricks of Salimans et al. 2016 (below)

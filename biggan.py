@@ -360,17 +360,13 @@ def ortho_reg(params, beta):
     return total
 
 
-def unwrap(net):
-    return getattr(net, 'module', net)  # the network inside a DDP wrapper
-
-
 @torch.no_grad()
 def ema_update(G_ema, G, step, args):
     """G_ema <- decay G_ema + (1 - decay) G over the whole state dict: weights and buffers (BN running
     statistics, spectral norm's power-iteration vectors). Until --ema-start the decay is 0, a plain
     copy, so the average does not carry G's random start. `step` counts G updates from 1."""
     decay = 0.0 if step < args.ema_start else args.ema_decay
-    src = unwrap(G).state_dict()
+    src = common.unwrap(G).state_dict()              # G without its DDP / --amp / --compile wrappers
     for k, v in G_ema.state_dict().items():
         if v.dtype.is_floating_point:
             v.mul_(decay).add_(src[k], alpha=1 - decay)
@@ -429,7 +425,7 @@ def train_step(G, D, G_ema, opt_G, opt_D, x, y, step, args):
         (loss_G / args.accum).backward()
     reg = 0.0
     if args.ortho > 0:
-        reg = ortho_reg(ortho_params(unwrap(G)), args.ortho)
+        reg = ortho_reg(ortho_params(common.unwrap(G)), args.ortho)
         reg.backward()
         reg = reg.item()
     opt_G.step()

@@ -767,7 +767,7 @@ def atomic_save(obj, path):
             os.remove(tmp)
 
 
-def _unwrap(m):
+def unwrap(m):
     """The network itself, inside the DDP / autocast / torch.compile wrappers of Run.wrap."""
     while isinstance(m, torch.nn.Module) and (hasattr(m, 'module') or hasattr(m, '_orig_mod')):
         m = m.module if hasattr(m, 'module') else m._orig_mod
@@ -797,7 +797,7 @@ class Autocast(torch.nn.Module):
 
 def state_of(nets):
     """{'G': module, 'opt_G': optimizer, ...} -> {'G': state_dict, ...}."""
-    return {k: _unwrap(v).state_dict() for k, v in nets.items()}
+    return {k: unwrap(v).state_dict() for k, v in nets.items()}
 
 
 def rng_state():
@@ -833,7 +833,7 @@ def load_checkpoint(path, model):
 
 def load_nets(nets, ckpt):
     for k, v in nets.items():
-        _unwrap(v).load_state_dict(ckpt['nets'][k])
+        unwrap(v).load_state_dict(ckpt['nets'][k])
 
 
 def args_from_checkpoint(ckpt, args):
@@ -949,7 +949,7 @@ class Run:
     def wrap(self, module, find_unused_parameters=False):
         """The network as training calls it: channels_last on CUDA, --compile, --amp, and
         DistributedDataParallel under torchrun (gradients averaged across ranks). Checkpoints
-        always hold the bare network's weights (see _unwrap), so they load anywhere.
+        always hold the bare network's weights (see unwrap), so they load anywhere.
         find_unused_parameters: for networks where some layers sit out a step (ProGAN's growing)."""
         if self.device.type == 'cuda':
             module = module.to(memory_format=torch.channels_last)

@@ -593,7 +593,7 @@ def train_step(G, D, G_ema, opt_G, opt_D, pl, x, step, ema_beta, args):
         opt_G.step()
         logs.update(pl=penalty.item(), pl_mean=pl.pl_mean.item())
 
-    ema_update(G_ema, getattr(G, 'module', G), ema_beta)
+    ema_update(G_ema, common.unwrap(G), ema_beta)
     return logs
 
 

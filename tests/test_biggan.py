@@ -283,6 +283,20 @@ def test_ema_copies_g_before_ema_start_and_averages_buffers(nets):
         assert not torch.equal(G_ema.state_dict()[k], src[k])
 
 
+def test_ema_reads_g_through_amp_and_compile_wrappers(nets):
+    """Run.wrap hands train_step G inside Autocast(torch.compile(G)); the EMA must average the bare
+    network's state (compile's wrapper renames every key to _orig_mod.*). torch.compile is lazy:
+    wrapping compiles nothing until a forward."""
+    args, G, D = nets
+    G_ema = copy.deepcopy(G)
+    with torch.no_grad():
+        for p in G.parameters():
+            p.add_(1.0)
+    biggan.ema_update(G_ema, common.Autocast(torch.compile(G), 'cpu'), 1, args)   # before ema_start: a copy
+    for k, v in G.state_dict().items():
+        assert torch.equal(G_ema.state_dict()[k], v), k
+
+
 # ---------------------------------------------------------------- the command line, end to end
 
 def test_train_and_generate_end_to_end(tmp_path):

@@ -33,7 +33,7 @@ import torch, common, {model} as m
 args = m.get_args(sys.argv[1:])
 nets = m.train(args)
 rank = torch.distributed.get_rank()
-params = {{k: {{n: p.detach() for n, p in common._unwrap(v).named_parameters()}}
+params = {{k: {{n: p.detach() for n, p in common.unwrap(v).named_parameters()}}
           for k, v in nets.items() if isinstance(v, torch.nn.Module)}}
 torch.save(params, os.path.join(args.out, f'rank{{rank}}.pt'))
 '''

@@ -101,7 +101,8 @@ def base_parser(doc, model, dataset, res, batch_size, epochs, sample_every=500, 
                    help='the FID Inception weights file (default: fetched once into the torch hub cache)')
     g = p.add_argument_group('speed')
     g.add_argument('--amp', action='store_true',
-                   help='bfloat16 autocast for the networks\' forward passes (for CUDA; losses and penalties stay fp32)')
+                   help='bfloat16 autocast for the networks\' forward passes (CUDA, or a CPU with bf16 units such as '
+                        'AMX or AVX-512 bf16; losses and penalties stay fp32)')
     g.add_argument('--compile', action='store_true', help='torch.compile the networks (slow first steps)')
     g = p.add_argument_group('sampling only')
     g.add_argument('--generate', type=int, metavar='N', help='write N samples from --ckpt and exit')

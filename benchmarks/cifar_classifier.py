@@ -98,7 +98,11 @@ def train(args):
 
 
 def evaluate(args):
-    """Share of the images in DIR/<class>/ that the classifier assigns to <class>."""
+    """Share of the images in DIR/<class>/ that the classifier assigns to <class>. With --data, also
+    each class's variety: common.diversity (mean pairwise RMS pixel distance) of its samples divided
+    by that of the same number of real test images of the class; 1 is as varied as the data, near 0
+    one image repeated. A pixel distance is crude (a shifted copy counts as different) but shows
+    collapse within a class, which class fidelity alone rewards."""
     from PIL import Image
     ckpt = torch.load(args.ckpt, map_location='cpu', weights_only=True)
     classes = ckpt['classes']
@@ -107,7 +111,8 @@ def evaluate(args):
     folders = [c for c in classes if os.path.isdir(os.path.join(args.eval, c))]
     if not folders:
         raise common.UserError(f'{args.eval}: no subfolder named after a class ({", ".join(classes)})')
-    hits, total, per = 0, 0, {}
+    real = load_split(os.path.join(args.data, 'test'), args.data_root) if args.data else None
+    hits, total, per, variety = 0, 0, {}, {}
     for c in folders:
         files = sorted(f for f in os.listdir(os.path.join(args.eval, c)) if f.lower().endswith(common.IMAGE_EXTS))
         imgs = torch.stack([torch.from_numpy(np.asarray(Image.open(os.path.join(args.eval, c, f)).convert('RGB')
@@ -117,15 +122,23 @@ def evaluate(args):
         k = (pred == classes.index(c)).sum().item()
         per[c] = k / len(files)
         hits, total = hits + k, total + len(files)
+        if real is not None:
+            xr = real[0][real[1] == real[2].index(c)][:len(imgs)]
+            variety[c] = common.diversity(to_float(imgs)) / common.diversity(to_float(xr))
     print(f'classifier test accuracy {ckpt["test_accuracy"]:.4f}')
     print('per class: ' + ', '.join(f'{c} {v:.2f}' for c, v in per.items()))
+    if variety:
+        print('variety (samples / real test images, per class): ' +
+              ', '.join(f'{c} {v:.2f}' for c, v in variety.items()) +
+              f'; mean {sum(variety.values()) / len(variety):.2f}')
     print(f'class fidelity: {hits}/{total} = {hits / total:.4f} of samples classified as their conditioning class '
           f'(chance {1 / len(classes):.2f})')
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--data', help='folder with train/ and test/, each with one subfolder per class')
+    p.add_argument('--data', help='folder with train/ and test/, each with one subfolder per class '
+                                  '(with --eval: also report variety against test/)')
     p.add_argument('--data-root', default='./data', help='where the decoded cache lives')
     p.add_argument('--out', default='runs/cifar_classifier.pt', help='where the trained classifier goes')
     p.add_argument('--epochs', type=int, default=2)

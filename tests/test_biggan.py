@@ -331,3 +331,22 @@ def test_train_and_generate_end_to_end(tmp_path):
 
     r = run_script('biggan.py', '--generate', '2', '--ckpt', out / 'last.pt', '--interpolate-class', '0', '9', cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.strip().startswith('error:') and 'Traceback' not in r.stderr
+
+
+def test_sync_batchnorm_conversion_keeps_ema_and_checkpoints_working(nets):
+    """Under torchrun on GPUs train() converts G's BatchNorms to SyncBatchNorm (cross-replica BN);
+    the GPU forward cannot run here, but what the rest of the file relies on can: the converted G
+    has the same state-dict keys, so the EMA (an unconverted copy) averages it and its checkpoint
+    loads into a plain G for sampling."""
+    args, G, _ = nets
+    Gs = torch.nn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(G))
+    assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in Gs.modules())
+    assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in G.modules())
+    with torch.no_grad():
+        for p in Gs.parameters():
+            p.add_(1.0)
+    G_ema = copy.deepcopy(G)
+    biggan.ema_update(G_ema, Gs, 1, args)                       # before ema_start: a copy
+    G.load_state_dict(Gs.state_dict())
+    for k, v in G.state_dict().items():
+        assert torch.equal(G_ema.state_dict()[k], v), k

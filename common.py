@@ -832,9 +832,38 @@ def load_checkpoint(path, model):
     return ckpt
 
 
-def load_nets(nets, ckpt):
+def load_nets(nets, ckpt, path='the checkpoint'):
+    """Load every network and optimizer of a run from its checkpoint. A checkpoint of the same model
+    trained with other shape flags (sizes, --optim, a trick that adds a layer) does not fit: say
+    so in one line rather than with load_state_dict's traceback, or, for an optimizer of another
+    kind, with a KeyError at its first step."""
     for k, v in nets.items():
-        unwrap(v).load_state_dict(ckpt['nets'][k])
+        v = unwrap(v)
+        saved = ckpt['nets'].get(k)
+        problem = None
+        if saved is None:
+            problem = f'it has no {k}'
+        elif isinstance(v, torch.optim.Optimizer):
+            ours, theirs = v.state_dict()['param_groups'], saved['param_groups']
+            if [sorted(g) for g in ours] != [sorted(g) for g in theirs] or \
+                    [len(g['params']) for g in ours] != [len(g['params']) for g in theirs]:
+                problem = f'its {k} is another optimizer or has other parameter groups'
+        if problem is None:
+            try:
+                if isinstance(v, torch.optim.Optimizer):
+                    # Adam's moments and step counts come from the checkpoint, but lr, betas and the
+                    # like from this run's flags, so that e.g. a lower --lr on resume takes effect.
+                    flags = [{n: x for n, x in g.items() if n != 'params'} for g in v.param_groups]
+                    v.load_state_dict(saved)
+                    for g, f in zip(v.param_groups, flags):
+                        g.update(f)
+                else:
+                    v.load_state_dict(saved)
+            except (RuntimeError, KeyError, ValueError) as e:
+                problem = f'its {k} has other shapes ({str(e).strip().splitlines()[-1].strip()[:200]})'
+        if problem:
+            raise UserError(f'{path} does not fit this run: {problem}. Resume with the flags it was trained '
+                            f'with (its args are stored in it and in config.json beside it)')
 
 
 def args_from_checkpoint(ckpt, args):
@@ -878,6 +907,7 @@ class Run:
         self._t0 = time.time()
         self._csv, self.fid = None, None
         self._deadline = None                              # --minutes: set when the first step begins
+        self._last_ckpt = None                             # (path, step) of the newest whole checkpoint
 
     # -- start: resume if asked, write config and the real grid, open the logs
     def start(self, nets, data, batches_per_step=1):
@@ -886,9 +916,10 @@ class Run:
         self.k = batches_per_step
         if args.resume:
             ckpt = load_checkpoint(args.resume, args.model)
-            load_nets(nets, ckpt)
+            load_nets(nets, ckpt, args.resume)
             self.step_num = ckpt['step']
             set_rng_state(ckpt['rng'])
+            self._last_ckpt = (args.resume, self.step_num)
         if self.rank > 0:  # every rank built the same networks from one seed; now each draws its own z
             torch.manual_seed(args.seed * 1000 + self.rank + self.step_num)
         data.workers = args.workers
@@ -1010,6 +1041,9 @@ class Run:
             self._writer.writerow(['step', 'epoch', 'time'] + self._keys)
         self._writer.writerow([self.step_num, self.epoch, f'{time.time() - self._t0:.3f}'] +
                               [f'{logs[k]:.5g}' if k in logs else '' for k in self._keys])
+        bad = [k for k, v in logs.items() if not math.isfinite(v)]
+        if bad:
+            self.diverged(bad, logs)
         self.bar.update(1)
         if self.step_num % 10 == 0 or self.step_num == self.total:
             post = {k: f'{v:.3g}' for k, v in list(logs.items())[:4]}
@@ -1020,6 +1054,18 @@ class Run:
             self.sample(sample_fn)
         if self.step_num % self.args.ckpt_every == 0:
             self.save(nets)
+
+    def diverged(self, bad, logs):
+        """A loss became NaN or infinite: every later step would only carry it on, and a checkpoint
+        written now would hold broken weights. Stop with what to do instead of training on."""
+        self.bar.close()
+        self._csv.flush()
+        plot_losses(os.path.join(self.out, 'losses.csv'), os.path.join(self.out, 'losses.png'))
+        kept = f' ({self._last_ckpt[0]} holds step {self._last_ckpt[1]})' if self._last_ckpt else ''
+        raise UserError(f'training diverged at step {self.step_num}: ' +
+                        ', '.join(f'{k} = {logs[k]}' for k in bad) +
+                        f'. Nothing more is saved{kept}. Start again with lower learning rates or another '
+                        '--seed; see Troubleshooting in the README')
 
     def sample(self, sample_fn):
         """sample_fn() -> float [N, C, H, W] in [-1, 1] (from fixed noise), or (images, nrow)."""
@@ -1038,6 +1084,8 @@ class Run:
                 'args': {k: v for k, v in vars(self.args).items()},
                 'nets': state_of(nets), 'rng': rng_state(), **(extra or {})}
         atomic_save(ckpt, os.path.join(self.out, name))
+        if name == 'last.pt':
+            self._last_ckpt = (os.path.join(self.out, name), self.step_num)
 
     def finish(self, nets, sample_fn=None):
         if not self.main:

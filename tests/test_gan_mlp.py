@@ -183,3 +183,42 @@ def test_fid_without_weights_warns_once_and_keeps_training(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count('Inception weight file not found') == 1 and 'Training goes on without FID' in err
     assert common.load_checkpoint(str(out / 'last.pt'), 'gan_mlp')['step'] == 3
+
+
+def test_divergence_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path):
+    """SGD at lr 1e4 sends the losses to inf/NaN within a few steps. Training must stop there with
+    one line (exit 2), not run on and overwrite last.pt with broken weights. The run resumes a
+    sane checkpoint with that --lr: the flag's lr, not the checkpoint's, is the one used."""
+    out = tmp_path / 'run'
+    sgd = [*TINY, '--optim', 'sgd', '--out', out, '--data-root', tmp_path / 'data']
+    r = run_script('gan_mlp.py', *sgd, '--steps', '2', '--lr', '0.01')
+    assert r.returncode == 0, r.stderr
+    r = run_script('gan_mlp.py', *sgd, '--steps', '200', '--lr', '1e4', '--ckpt-every', '1', '--resume', out / 'last.pt')
+    assert r.returncode == 2 and 'Traceback' not in r.stderr, r.stderr
+    assert 'training diverged at step' in r.stderr and 'lower learning rates' in r.stderr
+    step = int(r.stderr.split('training diverged at step ')[1].split(':')[0])
+    assert 2 < step < 200
+    ckpt = common.load_checkpoint(str(out / 'last.pt'), 'gan_mlp')
+    assert ckpt['step'] == step - 1
+    assert all(torch.isfinite(v).all() for v in ckpt['nets']['G'].values())
+
+
+def test_resume_with_flags_that_do_not_fit_says_so(tmp_path):
+    out = tmp_path / 'run'
+    base = [*TINY, '--out', out, '--data-root', tmp_path / 'data']
+    assert run_script('gan_mlp.py', *base, '--steps', '2').returncode == 0
+    for flags, part in [(['--optim', 'sgd'], 'opt_G is another optimizer'), (['--g-hidden', '40'], 'G has other shapes'),
+                        (['--minibatch-disc'], 'D has other shapes')]:
+        r = run_script('gan_mlp.py', *base, *flags, '--steps', '4', '--resume', out / 'last.pt')
+        assert r.returncode == 2 and 'Traceback' not in r.stderr, r.stderr
+        assert 'does not fit this run' in r.stderr and part in r.stderr, r.stderr
+
+
+def test_resume_takes_the_learning_rate_from_the_flags(tmp_path):
+    out = tmp_path / 'run'
+    base = [*TINY, '--out', out, '--data-root', tmp_path / 'data']
+    assert run_script('gan_mlp.py', *base, '--steps', '2', '--lr', '1e-3').returncode == 0
+    assert run_script('gan_mlp.py', *base, '--steps', '3', '--lr', '2e-4', '--resume', out / 'last.pt').returncode == 0
+    ckpt = common.load_checkpoint(str(out / 'last.pt'), 'gan_mlp')
+    assert [g['lr'] for g in ckpt['nets']['opt_G']['param_groups']] == [2e-4]
+    assert ckpt['nets']['opt_G']['state'][0]['step'] == 3            # Adam's state carried on from step 2

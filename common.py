@@ -418,7 +418,7 @@ def make_shapes(n, res, seed=0):
     variations are its class (the silhouette) and its colour (any hue, vivid): small enough a
     distribution for an MLP GAN to draw recognisable shapes within a few hundred steps. (With
     +-10% jitter in position and size and tinted backgrounds, gan_mlp needed about 1000.)
-    Each shape is an inside-test on a pixel grid, vectorised over the whole set; the same seed
+    Each class's silhouette is an inside-test on the pixel grid, computed once; the same seed
     always gives the same images.
     """
     g = torch.Generator().manual_seed(seed)
@@ -426,11 +426,10 @@ def make_shapes(n, res, seed=0):
     size = 0.7                                                             # half-extent, in [-1, 1] units
     fg = _hsv_to_rgb(torch.rand(n, generator=g), 0.55 + 0.45 * torch.rand(n, generator=g),
                      0.7 + 0.3 * torch.rand(n, generator=g))               # [n, 3] in [0, 1]
-    bg = torch.full((n, 3), 0.06)
+    bg = 0.06                                                              # every background: one dark grey
     t = (torch.arange(res) + 0.5) / res * 2 - 1
     yy, xx = torch.meshgrid(t, t, indexing='ij')
-    x, y = (xx / size).expand(n, res, res), (yy / size).expand(n, res, res)   # [n, res, res]: the shape spans [-1, 1]
-    m = torch.zeros(n, res, res, dtype=torch.bool)
+    x, y = xx / size, yy / size                                            # [res, res]: the shape spans [-1, 1]
     inside = {                                                             # one filled region per class
         'circle': lambda x, y: x ** 2 + y ** 2 <= 1,
         'square': lambda x, y: (x.abs() <= 0.85) & (y.abs() <= 0.85),
@@ -439,13 +438,11 @@ def make_shapes(n, res, seed=0):
         'ring': lambda x, y: (x ** 2 + y ** 2 <= 1) & (x ** 2 + y ** 2 >= 0.3),
         'cross': lambda x, y: ((x.abs() <= 0.3) & (y.abs() <= 1)) | ((y.abs() <= 0.3) & (x.abs() <= 1)),
     }
-    for c, name in enumerate(SHAPE_CLASSES):
-        sel = labels == c
-        m[sel] = inside[name](x[sel], y[sel])
-    m = m.unsqueeze(1).float()                                             # [n, 1, res, res]
+    masks = torch.stack([inside[name](x, y) for name in SHAPE_CLASSES]).float()   # [classes, res, res]
     out = torch.empty(n, 3, res, res, dtype=torch.uint8)
     for i in range(0, n, 2048):  # blend in chunks to keep the float copy small
-        img = m[i:i + 2048] * fg[i:i + 2048, :, None, None] + (1 - m[i:i + 2048]) * bg[i:i + 2048, :, None, None]
+        m = masks[labels[i:i + 2048], None]                                # [chunk, 1, res, res]
+        img = m * fg[i:i + 2048, :, None, None] + (1 - m) * bg
         out[i:i + 2048] = (img * 255).round().to(torch.uint8)
     return out, labels
 
@@ -838,32 +835,33 @@ def load_nets(nets, ckpt, path='the checkpoint'):
     so in one line rather than with load_state_dict's traceback, or, for an optimizer of another
     kind, with a KeyError at its first step."""
     for k, v in nets.items():
-        v = unwrap(v)
-        saved = ckpt['nets'].get(k)
-        problem = None
+        v, saved = unwrap(v), ckpt['nets'].get(k)
         if saved is None:
             problem = f'it has no {k}'
         elif isinstance(v, torch.optim.Optimizer):
-            ours, theirs = v.state_dict()['param_groups'], saved['param_groups']
-            if [sorted(g) for g in ours] != [sorted(g) for g in theirs] or \
-                    [len(g['params']) for g in ours] != [len(g['params']) for g in theirs]:
-                problem = f'its {k} is another optimizer or has other parameter groups'
-        if problem is None:
+            problem = _load_optimizer(v, saved, k)
+        else:
             try:
-                if isinstance(v, torch.optim.Optimizer):
-                    # Adam's moments and step counts come from the checkpoint, but lr, betas and the
-                    # like from this run's flags, so that e.g. a lower --lr on resume takes effect.
-                    flags = [{n: x for n, x in g.items() if n != 'params'} for g in v.param_groups]
-                    v.load_state_dict(saved)
-                    for g, f in zip(v.param_groups, flags):
-                        g.update(f)
-                else:
-                    v.load_state_dict(saved)
+                v.load_state_dict(saved)
+                problem = None
             except (RuntimeError, KeyError, ValueError) as e:
                 problem = f'its {k} has other shapes ({str(e).strip().splitlines()[-1].strip()[:200]})'
         if problem:
             raise UserError(f'{path} does not fit this run: {problem}. Resume with the flags it was trained '
                             f'with (its args are stored in it and in config.json beside it)')
+
+
+def _load_optimizer(opt, saved, name):
+    """Adam's moments and step counts come from the checkpoint, but lr, betas and the like from this
+    run's flags, so that e.g. a lower --lr on resume takes effect. -> None, or what does not fit."""
+    ours, theirs = opt.state_dict()['param_groups'], saved['param_groups']
+    if [(sorted(g), len(g['params'])) for g in ours] != [(sorted(g), len(g['params'])) for g in theirs]:
+        return f'its {name} is another optimizer or has other parameter groups'
+    flags = [{n: x for n, x in g.items() if n != 'params'} for g in opt.param_groups]
+    opt.load_state_dict(saved)
+    for g, f in zip(opt.param_groups, flags):
+        g.update(f)
+    return None
 
 
 def args_from_checkpoint(ckpt, args):

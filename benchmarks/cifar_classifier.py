@@ -111,7 +111,8 @@ def evaluate(args):
     folders = [c for c in classes if os.path.isdir(os.path.join(args.eval, c))]
     if not folders:
         raise common.UserError(f'{args.eval}: no subfolder named after a class ({", ".join(classes)})')
-    real = load_split(os.path.join(args.data, 'test'), args.data_root) if args.data else None
+    if args.data:
+        x_real, y_real, real_classes = load_split(os.path.join(args.data, 'test'), args.data_root)
     hits, total, per, variety = 0, 0, {}, {}
     for c in folders:
         files = sorted(f for f in os.listdir(os.path.join(args.eval, c)) if f.lower().endswith(common.IMAGE_EXTS))
@@ -122,9 +123,9 @@ def evaluate(args):
         k = (pred == classes.index(c)).sum().item()
         per[c] = k / len(files)
         hits, total = hits + k, total + len(files)
-        if real is not None:
-            xr = real[0][real[1] == real[2].index(c)][:len(imgs)]
-            variety[c] = common.diversity(to_float(imgs)) / common.diversity(to_float(xr))
+        if args.data:
+            real = x_real[y_real == real_classes.index(c)][:len(imgs)]     # as many real images of class c
+            variety[c] = common.diversity(to_float(imgs)) / common.diversity(to_float(real))
     print(f'classifier test accuracy {ckpt["test_accuracy"]:.4f}')
     print('per class: ' + ', '.join(f'{c} {v:.2f}' for c, v in per.items()))
     if variety:

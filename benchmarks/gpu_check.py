@@ -1,6 +1,6 @@
 """Every GPU path of the collection in one command: each model trains, checkpoints and is timed.
 
-    python benchmarks/gpu_check.py                        # on a CUDA GPU: every model, about 8 minutes
+    python benchmarks/gpu_check.py                        # on a CUDA GPU: every model, within --budget-minutes 8
     python benchmarks/gpu_check.py --models dcgan,stylegan --modes fp32,amp
     python benchmarks/gpu_check.py --device cpu           # tiny sizes: checks the logic, times nothing useful
 
@@ -14,7 +14,7 @@ resolution and batch size):
                 the CPU), and biggan, which turns its BatchNorms into SyncBatchNorm under torchrun on
                 a GPU. At N = 1 (the default: one GPU) no process group is made, so neither DDP nor
                 SyncBatchNorm is active; the table's world column says which ran.
-After each run: samples/ holds real.png and a sample grid, and last.pt loads with map_location='cpu'
+After each run it checks that samples/ holds real.png and a sample grid, and last.pt loads with map_location='cpu'
 into networks built on the CPU (strictly, so no DDP or torch.compile prefixes in the names).
 Then the model files' dcgan against the canonical recipe (benchmarks/throughput.py: ImageFolder +
 DataLoader + the PyTorch examples' loop) at the examples' ngf = ndf = 64 and dcgan.py's batch, and

@@ -45,19 +45,33 @@ def run_model(model, args, out):
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         return None, r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f'exit {r.returncode}'
+    return measure(out, r.stdout, args.warmup), None
+
+
+def measure(out, stdout, warmup):
+    """Speed and memory of a finished run, from its losses.csv and config.json in `out` and its stdout.
+    A step's images are the batch size times the processes (the "world N" of its first line).
+    dt, ips:  median step time over the steps after `warmup`, and images per step / dt
+    ips_mean: images per step / the mean step time of every step after `warmup` (rare steps, such as
+              lazy regularisers, counted at their share)."""
     with open(os.path.join(out, 'losses.csv')) as f:
         t = [float(row['time']) for row in csv.DictReader(f)]
-    dt = statistics.median(b - a for a, b in zip(t[args.warmup:], t[args.warmup + 1:]))
+    dt = statistics.median(b - a for a, b in zip(t[warmup:], t[warmup + 1:]))
     with open(os.path.join(out, 'config.json')) as f:
         import json
         cfg = json.load(f)
-    peak = re.search(r'peak memory ([\d.]+) GB', r.stdout)
-    return {'batch': cfg['batch_size'], 'res': cfg['res'], 'dt': dt, 'ips': cfg['batch_size'] / dt,
-            'peak': float(peak.group(1)) if peak else float('nan')}, None
+    world = re.search(r'world (\d+)', stdout)
+    batch = cfg['batch_size'] * (int(world.group(1)) if world else 1)
+    peak = re.search(r'peak memory ([\d.]+) GB', stdout)
+    return {'batch': batch, 'res': cfg['res'], 'dt': dt, 'ips': batch / dt,
+            'ips_mean': batch * (len(t) - warmup) / (t[-1] - t[warmup - 1]) if warmup >= 1 else float('nan'),
+            'world': int(world.group(1)) if world else 1,
+            'peak': float(peak.group(1)) if peak else float('nan')}
 
 
-def canonical_dcgan(args, res, batch):
-    """The PyTorch examples' DCGAN loop, on dcgan.py's networks, fed by ImageFolder + DataLoader."""
+def canonical_dcgan(args, res, batch, net_flags=()):
+    """The PyTorch examples' DCGAN loop, on dcgan.py's networks (its defaults, or `net_flags` such as
+    ['--ngf', '64', '--ndf', '64']), fed by ImageFolder + DataLoader."""
     import torch
     import torch.nn as nn
     import torchvision.datasets as dset
@@ -65,10 +79,11 @@ def canonical_dcgan(args, res, batch):
     import dcgan
 
     device = torch.device('cuda' if args.device in ('auto', 'cuda') and torch.cuda.is_available() else 'cpu')
+    torch.backends.cudnn.benchmark = True   # the examples' main.py sets it too
     dataset = dset.ImageFolder(root=args.data, transform=T.Compose([
         T.Resize(res), T.CenterCrop(res), T.ToTensor(), T.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))]))
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=2, drop_last=True)
-    dargs = dcgan.get_args(['--res', str(res), '--batch-size', str(batch)])
+    dargs = dcgan.get_args(['--res', str(res), '--batch-size', str(batch), *net_flags])
     dargs.channels = 3
     netG, netD = dcgan.build(dargs)
     netG, netD = netG.to(device), netD.to(device)

@@ -384,7 +384,8 @@ class Generator(nn.Module):
         w = self.mapping(z)                                                 # [B, w_dim]
         if w_avg_beta is not None:
             with torch.no_grad():
-                self.w_avg.copy_(w.detach().mean(0).lerp(self.w_avg, w_avg_beta))
+                # float(): under --amp the mapping's w is bf16 while w_avg stays fp32
+                self.w_avg.copy_(w.detach().float().mean(0).lerp(self.w_avg, w_avg_beta))
         ws = w[:, None].repeat(1, self.num_ws, 1)                           # [B, num_ws, w_dim]
         if mixing_prob > 0:
             ws2 = self.mapping(torch.randn_like(z))[:, None].expand_as(ws)

@@ -158,6 +158,17 @@ def test_w_avg_tracked_as_ema():
     assert torch.equal(G.w_avg, before)
 
 
+def test_w_avg_update_under_bf16_autocast():
+    # --amp runs the mapping network in bf16; the fp32 w_avg must still take the batch mean
+    _, G, _ = tiny_nets()
+    z = torch.randn(8, 32)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        w = G.mapping(z).float().mean(0)
+        G(z, w_avg_beta=0.995)
+    assert G.w_avg.dtype == torch.float32
+    torch.testing.assert_close(G.w_avg, 0.005 * w.detach(), atol=1e-6, rtol=1e-5)
+
+
 def test_r1_equals_half_gamma_grad_norm_squared():
     a = torch.randn(3, 4, 4)
 

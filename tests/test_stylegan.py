@@ -77,7 +77,7 @@ def test_grouped_conv_equals_per_sample_loop():
 
 def test_mapping_lrmul_scales():
     torch.manual_seed(0)
-    fc = S.EqualLinear(512, 512, lrmul=0.01)
+    fc = S.EqualizedLinear(512, 512, lrmul=0.01)
     assert abs(fc.weight.std().item() - 100) < 1                 # stored: std 1 / lrmul
     effective = fc.weight * fc.scale
     assert abs(effective.std().item() - 1 / math.sqrt(512)) < 1e-3

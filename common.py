@@ -69,7 +69,8 @@ DATASETS = ['mnist', 'fashion-mnist', 'cifar10', 'flowers102', 'lfw', 'shapes']
 def base_parser(doc, model, dataset, res, batch_size, epochs, sample_every=500, ckpt_every=2000, conditional=False):
     """The flags every model file shares; the defaults given here are the model's own.
     conditional: the model draws a class it is given (--class K)."""
-    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # allow_abbrev=False: a flag is only ever its full spelling (else --class would pass for --classifier)
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     g = p.add_argument_group('data')
     g.add_argument('--dataset', default=dataset, choices=DATASETS,
                    help=f'a dataset downloaded on first use, or the built-in "shapes" (default {dataset})')

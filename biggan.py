@@ -26,8 +26,9 @@ Usage:
     torchrun --nproc_per_node 8 biggan.py --data DIR --res 128            # cross-replica BatchNorm
     python biggan.py --generate 1000 --ckpt runs/biggan/last.pt           # class-balanced, one folder per class
     python biggan.py --generate 64 --ckpt runs/biggan/last.pt --class 3 --truncation 0.5
-    python biggan.py --generate 10 --ckpt runs/biggan/last.pt --truncation-sweep
-    python biggan.py --generate 8 --ckpt runs/biggan/last.pt --interpolate-class 1 7
+    python biggan.py --truncation-sweep --ckpt runs/biggan/last.pt        # a column per class, a row per threshold
+    python biggan.py --interpolate-class 1 7 --ckpt runs/biggan/last.pt   # z fixed per row, class 1 -> class 7
+    python biggan.py --interpolate --ckpt runs/biggan/last.pt             # walks in z, row r drawing class r
 
 Deviations from the paper:
     - Self-attention sits once in G and once in D, after the first block at --attn-res (the paper
@@ -64,7 +65,8 @@ Z_DIM = {32: 128, 64: 120, 128: 120, 256: 140}               # split evenly into
 
 
 def get_args(argv=None):
-    p = common.base_parser(__doc__, model='biggan', dataset='cifar10', res=32, batch_size=50, epochs=500)
+    p = common.base_parser(__doc__, model='biggan', dataset='cifar10', res=32, batch_size=50, epochs=500,
+                           conditional=True)
     g = p.add_argument_group('Brock et al. 2019')
     g.add_argument('--ch', type=int, default=64, help='channel multiplier of G and D (the paper uses 96 at 128x128)')
     g.add_argument('--z-dim', type=int, help='noise dimension (default 128 at 32, 120 at 64 and 128, 140 at 256)')
@@ -85,13 +87,15 @@ def get_args(argv=None):
     g.add_argument('--accum', type=int, default=1, help='micro-batches whose gradients are summed per D or G step')
     g.add_argument('--sn-eps', type=float, default=1e-6, help="spectral norm's epsilon")
     g.add_argument('--bn-eps', type=float, default=1e-5)
-    g = p.add_argument_group('BigGAN sampling (with --generate)')
-    g.add_argument('--truncation', type=float, metavar='T', help='resample every z component with |z| > T')
+    g = p.add_argument_group('BigGAN sampling (all read --ckpt and write PNGs to --out)')
+    g.add_argument('--truncation', type=float, metavar='T',
+                   help='resample every z component with |z| > T (for --generate, --interpolate, --interpolate-class)')
     g.add_argument('--truncation-sweep', type=float, nargs='*', metavar='T',
-                   help='one grid, a row per threshold (default 2 1.5 1 0.75 0.5 0.25), a column per sample')
+                   help='truncation_sweep.png: a row per threshold (default 2 1.5 1 0.75 0.5 0.25), a column per '
+                        'sample (one per class, or 10 of --class K)')
     g.add_argument('--interpolate-class', type=int, nargs=2, metavar=('A', 'B'),
-                   help='one grid, a row per z, from class A to class B with z fixed')
-    g.add_argument('--interp-steps', type=int, help='columns of --interpolate-class (default 8)')
+                   help=f'interpolate_class.png: {common.INTERP_ROWS} rows, each one z going from class A to class B')
+    common.add_interpolate_args(p, steps=8)
     args = common.parse(p, argv, valid_res=sorted(G_ARCH))
     for k, v in RECIPES[args.recipe].items():
         if getattr(args, k) is None:
@@ -114,21 +118,15 @@ def get_args(argv=None):
         raise common.UserError('--truncation must be positive')
     if args.truncation_sweep is not None and any(t <= 0 for t in args.truncation_sweep):
         raise common.UserError('--truncation-sweep thresholds must be positive')
-    if args.generate is None and (args.truncation is not None or args.truncation_sweep is not None
-                                  or args.interpolate_class is not None):
-        raise common.UserError('--truncation, --truncation-sweep and --interpolate-class are for sampling: '
-                               'add --generate N --ckpt PATH')
-    if args.truncation_sweep is not None and args.interpolate_class is not None:
-        raise common.UserError('give --truncation-sweep or --interpolate-class, not both')
-    if args.truncation_sweep is not None and args.truncation is not None:
-        raise common.UserError('--truncation-sweep draws its own thresholds: leave out --truncation')
-    if args.interpolate_class is not None and args.cls is not None:
-        raise common.UserError('--interpolate-class names its two classes: leave out --class')
-    if args.interp_steps is not None and args.interpolate_class is None:
-        raise common.UserError('--interp-steps goes with --interpolate-class A B')
-    args.interp_steps = 8 if args.interp_steps is None else args.interp_steps
-    if args.interp_steps < 2:
-        raise common.UserError('--interp-steps must be at least 2')
+    # a sampling flag that no mode asked for would be ignored: refuse it instead
+    if args.truncation is not None and not (args.generate or args.interpolate or args.interpolate_class):
+        raise common.UserError('--truncation applies to --generate, --interpolate and --interpolate-class'
+                               + (' (--truncation-sweep draws its own thresholds)' if args.truncation_sweep is not None
+                                  else '; add one of them and --ckpt PATH'))
+    if args.cls is not None and not (args.generate or args.interpolate or args.truncation_sweep is not None):
+        raise common.UserError('--class applies to --generate, --interpolate and --truncation-sweep'
+                               + (' (--interpolate-class names its two classes)' if args.interpolate_class else
+                                  '; add one of them and --ckpt PATH'))
     return args
 
 
@@ -501,14 +499,13 @@ def train(args):
 def generate(args):
     ckpt = common.load_checkpoint(args.ckpt, 'biggan')
     targs = common.args_from_checkpoint(ckpt, args)
-    common.check_class(args.cls, targs)
+    for k in [args.cls] + list(args.interpolate_class or []):
+        common.check_class(k, targs)
     n_classes = len(targs.classes)
     device = common.get_device(args.device)
     G = Generator(targs)
     G.load_state_dict(ckpt['nets']['G_ema'])
     G.to(device).eval()
-    gen = torch.Generator().manual_seed(args.seed)
-    n = args.generate
 
     def draw(z, y=None, emb=None):
         out = []
@@ -517,10 +514,24 @@ def generate(args):
                               None if emb is None else emb[i:i + 256].to(device)))
         return torch.cat(out)
 
+    # Each mode draws from its own generator seeded with --seed, so its picture is the same whether
+    # it runs alone or with the others.
+    if args.generate:
+        # Class-balanced (or all --class K) samples, written class-major into one folder per class;
+        # grid.png has a row of up to 10 samples per class.
+        n = args.generate
+        y = torch.full((n,), args.cls) if args.cls is not None else torch.arange(n) * n_classes // n
+        z = truncated_z(n, targs.z_dim, args.truncation, torch.Generator().manual_seed(args.seed))
+        common.write_samples(draw(z, y), args.out, y.tolist(), targs.classes)
+        print(f'wrote {n} images into {args.out}/<class>/ and grid.png'
+              + (' (a row per class)' if args.cls is None else '')
+              + (f', truncation {args.truncation}' if args.truncation is not None else ''))
+
     if args.truncation_sweep is not None:
         # Columns: one sample each (its own z and class); rows: ever tighter truncation of that z.
         ts = args.truncation_sweep or [2.0, 1.5, 1.0, 0.75, 0.5, 0.25]
-        y = torch.full((n,), args.cls) if args.cls is not None else torch.arange(n) % n_classes
+        n = 10 if args.cls is not None else min(10, n_classes)
+        y = torch.full((n,), args.cls) if args.cls is not None else torch.arange(n)
         rows = []
         for t in ts:
             # the same seed per column and row: a tighter threshold resamples only the components
@@ -532,39 +543,35 @@ def generate(args):
         common.save_grid(torch.cat(rows), path, nrow=n)
         print(f'wrote {path}: rows are thresholds {", ".join(map(str, ts))} (top to bottom), '
               f'columns classes {", ".join(targs.classes[k] for k in y.tolist())}')
-        return
 
     if args.interpolate_class is not None:
         a, b = args.interpolate_class
-        common.check_class(a, targs)
-        common.check_class(b, targs)
+        n = common.INTERP_ROWS
         t = torch.linspace(0, 1, args.interp_steps)
         with torch.no_grad():
             e = G.shared.weight.detach().cpu()
             emb = ((1 - t)[:, None] * e[a] + t[:, None] * e[b]).repeat(n, 1)    # [n * steps, shared_dim]
+        gen = torch.Generator().manual_seed(args.seed)
         z = truncated_z(n, targs.z_dim, args.truncation, gen).repeat_interleave(args.interp_steps, 0)
-        path = f'{args.out}/interpolation.png'
+        path = f'{args.out}/interpolate_class.png'
         common.save_grid(draw(z, emb=emb), path, nrow=args.interp_steps)
         print(f'wrote {path}: {n} rows (one z each), {targs.classes[a]} -> {targs.classes[b]} left to right')
-        return
 
-    # Class-balanced (or all --class K) samples, written class-major into one folder per class.
-    y = torch.full((n,), args.cls) if args.cls is not None else torch.arange(n) * n_classes // n
-    z = truncated_z(n, targs.z_dim, args.truncation, gen)
-    x = draw(z, y)
-    common.write_samples(x, args.out, y.tolist(), targs.classes)
-    if args.cls is None:  # grid.png: up to 10 samples of each class, a row per class
-        per = max(1, min(10, n // n_classes))
-        pick = torch.cat([torch.nonzero(y == k).flatten()[:per] for k in y.unique()])[:256]
-        common.save_grid(x[pick], f'{args.out}/grid.png', nrow=per)
-    print(f'wrote {n} images into {args.out}/<class>/ and grid.png'
-          + (' (a row per class)' if args.cls is None else '')
-          + (f', truncation {args.truncation}' if args.truncation is not None else ''))
+    if args.interpolate:
+        # Walks in z with the class fixed per row (--class K, or row r drawing class r). With
+        # --truncation the walk's end points are truncated; the points between them lie inside too.
+        rows, steps = common.INTERP_ROWS, args.interp_steps
+        z = truncated_z(rows + 1, targs.z_dim, args.truncation, torch.Generator().manual_seed(args.seed))
+        y = torch.full((rows,), args.cls) if args.cls is not None else torch.arange(rows) % n_classes
+        path = f'{args.out}/interpolate.png'
+        common.save_grid(draw(common.latent_walk(z, steps), y.repeat_interleave(steps)), path, nrow=steps)
+        print(f'wrote {path}: {rows} walks in z of {steps} steps, classes '
+              + ', '.join(targs.classes[k] for k in y.tolist()))
 
 
 def main(argv=None):
     args = get_args(argv)
-    if args.generate:
+    if args.sampling:
         generate(args)
     else:
         train(args)

@@ -36,6 +36,7 @@ Usage:
     python cgan.py --data DIR                                  # a folder with one subfolder per class
     python cgan.py --generate 1000 --ckpt runs/cgan/last.pt    # 100 per class, one folder each
     python cgan.py --generate 64 --class 3 --ckpt runs/cgan/last.pt
+    python cgan.py --interpolate --ckpt runs/cgan/last.pt      # walks in z, row r drawing class r
 
 Deviations from the papers:
     - Both schemes use the DCGAN convolutional backbone, not Mirza & Osindero's MLP with maxout and
@@ -44,7 +45,7 @@ Deviations from the papers:
       SN on every layer, ReLU + sum pooling for phi, a linear psi and the SN class embedding.
     - The optimiser is DCGAN's (Adam 2e-4, betas (0.5, 0.999), one D step per G step) for both
       schemes. Miyato & Koyama's CIFAR-10 ResNet recipe is Adam 2e-4, betas (0, 0.9), 5 D steps:
-      `--betas 0 0.9 --n-dis 5`.
+      `--betas 0 0.9 --n-dis 5` (`--n-dis` is this file's name for --d-steps).
     - y is a learned embedding in concat mode, where Mirza & Osindero feed a one-hot vector to a
       hidden layer; an embedding is exactly a one-hot vector times a weight matrix.
     - z ~ N(0, I) (the DCGAN reference code) where Mirza & Osindero draw it uniformly.
@@ -68,7 +69,7 @@ VALID_RES = [16, 32, 64, 128]
 
 
 def get_args(argv=None):
-    p = common.base_parser(__doc__, model='cgan', dataset='mnist', res=32, batch_size=64, epochs=25)
+    p = common.base_parser(__doc__, model='cgan', dataset='mnist', res=32, batch_size=64, epochs=25, conditional=True)
     g = p.add_argument_group('Mirza & Osindero 2014 / Miyato & Koyama 2018, on the DCGAN backbone')
     g.add_argument('--cond', default='projection', choices=['projection', 'concat'],
                    help='projection: conditional BN in G, projection D with SN (Miyato & Koyama, the default); '
@@ -82,9 +83,11 @@ def get_args(argv=None):
     g.add_argument('--loss', choices=['hinge', 'bce'],
                    help='hinge (Miyato & Koyama; the default with projection) or the non-saturating '
                         'BCE of eq. 2 (Mirza & Osindero; the default with concat)')
-    g.add_argument('--n-dis', type=int, default=1, help='D steps per G step, each on a fresh real batch')
+    g.add_argument('--d-steps', '--n-dis', dest='n_dis', type=int, default=1, metavar='K',
+                   help='D steps per G step, each on a fresh real batch (Miyato & Koyama\'s n_dis)')
     g.add_argument('--lr', type=float, default=2e-4, help='Adam learning rate, G and D')
     g.add_argument('--betas', type=float, nargs=2, default=[0.5, 0.999], metavar=('B1', 'B2'), help='Adam betas')
+    common.add_interpolate_args(p, steps=10)
     args = common.parse(p, argv, valid_res=VALID_RES)
     if args.cond == 'projection' and args.embed_dim is not None:
         raise common.UserError('--embed-dim applies to --cond concat only (projection embeds y in D\'s feature '
@@ -95,7 +98,8 @@ def get_args(argv=None):
         args.loss = 'hinge' if args.cond == 'projection' else 'bce'
     for name in ['z_dim', 'ngf', 'ndf', 'embed_dim', 'n_dis']:
         if getattr(args, name) < 1:
-            raise common.UserError(f'--{name.replace("_", "-")} must be at least 1')
+            flag = '--d-steps (--n-dis)' if name == 'n_dis' else f'--{name.replace("_", "-")}'
+            raise common.UserError(f'{flag} must be at least 1')
     return args
 
 
@@ -103,16 +107,17 @@ def get_args(argv=None):
 # Networks
 # ----------------------------------------------------------------------------------------------
 
-def dcgan_init(m):
-    """DCGAN Sec. 4: every weight from N(0, 0.02); BN gains from N(1, 0.02) as in the reference code."""
-    if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-        nn.init.normal_(m.weight, 0.0, 0.02)
-    elif isinstance(m, nn.BatchNorm2d) and m.affine:
-        nn.init.normal_(m.weight, 1.0, 0.02)
-        nn.init.zeros_(m.bias)
+def init_weights(net, std=0.02):
+    """DCGAN Sec. 4: every conv weight from N(0, std); BN gains from N(1, std) as in the reference code."""
+    for m in net.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.normal_(m.weight, 0.0, std)
+        elif isinstance(m, nn.BatchNorm2d) and m.affine:
+            nn.init.normal_(m.weight, 1.0, std)
+            nn.init.zeros_(m.bias)
 
 
-class CondBatchNorm2d(nn.Module):
+class ConditionalBatchNorm(nn.Module):
     """Categorical conditional BatchNorm: BN without its own affine, then a gain and a bias chosen
     by the class, h [B, C, H, W], y [B] -> gamma_y * BN(h) + beta_y.
 
@@ -140,7 +145,7 @@ class Generator(nn.Module):
     channels, the last one to the image channels with tanh and no BN. ReLU after every BN.
 
     concat:     the input is [z, embed(y)], [B, z_dim + embed_dim, 1, 1]; every BN is plain BN.
-    projection: the input is z alone; every BN is class-conditional (CondBatchNorm2d).
+    projection: the input is z alone; every BN is class-conditional (ConditionalBatchNorm).
     """
 
     def __init__(self, z_dim, ngf, channels, res, num_classes, cond, embed_dim):
@@ -160,10 +165,10 @@ class Generator(nn.Module):
         # One BN per hidden layer; none after the output conv (DCGAN Sec. 3: BN on G's output makes
         # samples oscillate and lose the data's colour statistics).
         if cond == 'projection':
-            self.norms = nn.ModuleList([CondBatchNorm2d(c, num_classes) for c in chans[:-1]])
+            self.norms = nn.ModuleList([ConditionalBatchNorm(c, num_classes) for c in chans[:-1]])
         else:
             self.norms = nn.ModuleList([nn.BatchNorm2d(c) for c in chans[:-1]])
-        self.apply(dcgan_init)
+        init_weights(self)
 
     def forward(self, z, y):
         h = z
@@ -203,7 +208,7 @@ class Discriminator(nn.Module):
                                    bias=cond == 'projection' or i == 0))
             norms.append(nn.BatchNorm2d(chans[i]) if cond == 'concat' and i > 0 else nn.Identity())
         self.convs, self.norms = nn.ModuleList(convs), nn.ModuleList(norms)
-        self.apply(dcgan_init)
+        init_weights(self)
         if cond == 'concat':
             self.embed = nn.Embedding(num_classes, embed_dim)
             self.out = nn.Conv2d(chans[-1], 1, 4, 1, 0)                   # 4x4 -> 1x1 logit
@@ -388,22 +393,30 @@ def generate(args):
     G.load_state_dict(ckpt['nets']['G'])
     G.to(device)
     num_classes = len(targs.classes)
-    # --class K: all of class K; otherwise classes in turn 0, 1, ..., so N = 100 * classes gives
-    # 100 of each and the grid (one column per class) reads like the training grid turned sideways.
-    if args.cls is not None:
-        y = torch.full((args.generate,), args.cls, dtype=torch.long)
-    else:
-        y = torch.arange(args.generate) % num_classes
-    z = torch.randn(args.generate, targs.z_dim, generator=torch.Generator().manual_seed(args.seed))
-    x = torch.cat([sample(G, zb.to(device), yb.to(device)) for zb, yb in zip(z.split(256), y.split(256))])
-    common.write_samples(x, args.out, y, targs.classes, nrow=None if args.cls is not None else num_classes)
-    which = f'class {targs.classes[args.cls]}' if args.cls is not None else f'{num_classes} classes'
-    print(f'wrote {args.generate} images of {which} into class folders of {args.out}, and grid.png')
+    draw = lambda z, y: torch.cat([sample(G, zb.to(device), yb.to(device)) for zb, yb in zip(z.split(256), y.split(256))])
+    if args.generate:
+        # --class K: all of class K; otherwise class-balanced, class after class, so N = 100 * classes
+        # gives 100 of each; grid.png has a row per class, like the training grid.
+        n = args.generate
+        y = torch.full((n,), args.cls, dtype=torch.long) if args.cls is not None else torch.arange(n) * num_classes // n
+        z = torch.randn(n, targs.z_dim, generator=torch.Generator().manual_seed(args.seed))
+        common.write_samples(draw(z, y), args.out, y, targs.classes)
+        which = f'class {targs.classes[args.cls]}' if args.cls is not None else f'{num_classes} classes'
+        print(f'wrote {n} images of {which} into class folders of {args.out}, and grid.png')
+    if args.interpolate:
+        # each row a walk in z with its class fixed: --class K, or row r drawing class r
+        rows, steps = common.INTERP_ROWS, args.interp_steps
+        z = torch.randn(rows + 1, targs.z_dim, generator=torch.Generator().manual_seed(args.seed))
+        y = (torch.full((rows,), args.cls) if args.cls is not None else torch.arange(rows) % num_classes)
+        path = f'{args.out}/interpolate.png'
+        common.save_grid(draw(common.latent_walk(z, steps), y.repeat_interleave(steps)), path, steps)
+        print(f'wrote {path}: {rows} walks in z of {steps} steps, classes '
+              + ', '.join(targs.classes[k] for k in y.tolist()))
 
 
 def main(argv=None):
     args = get_args(argv)
-    if args.generate:
+    if args.sampling:
         generate(args)
     else:
         train(args)

@@ -66,9 +66,11 @@ def cli(main):
 DATASETS = ['mnist', 'fashion-mnist', 'cifar10', 'flowers102', 'lfw', 'shapes']
 
 
-def base_parser(doc, model, dataset, res, batch_size, epochs, sample_every=500, ckpt_every=2000):
-    """The flags every model file shares; the defaults given here are the model's own."""
-    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+def base_parser(doc, model, dataset, res, batch_size, epochs, sample_every=500, ckpt_every=2000, conditional=False):
+    """The flags every model file shares; the defaults given here are the model's own.
+    conditional: the model draws a class it is given (--class K)."""
+    # allow_abbrev=False: a flag is only ever its full spelling (else --class would pass for --classifier)
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     g = p.add_argument_group('data')
     g.add_argument('--dataset', default=dataset, choices=DATASETS,
                    help=f'a dataset downloaded on first use, or the built-in "shapes" (default {dataset})')
@@ -107,7 +109,8 @@ def base_parser(doc, model, dataset, res, batch_size, epochs, sample_every=500, 
     g = p.add_argument_group('sampling only')
     g.add_argument('--generate', type=int, metavar='N', help='write N samples from --ckpt and exit')
     g.add_argument('--ckpt', metavar='PATH', help='checkpoint to sample from')
-    g.add_argument('--class', dest='cls', type=int, metavar='K', help='conditional models: sample class K only')
+    if conditional:
+        g.add_argument('--class', dest='cls', type=int, metavar='K', help='sample class K only')
     p.set_defaults(model=model)
     return p
 
@@ -126,14 +129,46 @@ def parse(p, argv=None, valid_res=None):
         raise UserError('--steps must be at least 1')
     if args.minutes is not None and args.minutes <= 0:
         raise UserError('--minutes must be positive')
-    if args.generate is not None:
-        if args.generate < 1:
-            raise UserError('--generate N needs N >= 1')
-        if not args.ckpt:
-            raise UserError('--generate needs --ckpt PATH (a checkpoint written by training, e.g. runs/<model>/last.pt)')
+    if args.generate is not None and args.generate < 1:
+        raise UserError('--generate N needs N >= 1')
+    modes = [m for m in SAMPLING_MODES if getattr(args, m, None) not in (None, False)]
+    args.sampling = bool(modes)
+    if modes and not args.ckpt:
+        raise UserError(f'--{modes[0].replace("_", "-")} needs --ckpt PATH (a checkpoint written by training, '
+                        f'e.g. runs/{args.model}/last.pt)')
+    if hasattr(args, 'interp_steps'):
+        walks = [m for m in ('interpolate', 'interpolate_class') if hasattr(args, m)]
+        if args.interp_steps is not None and not any(getattr(args, m) not in (None, False) for m in walks):
+            raise UserError('--interp-steps goes with ' + ' or '.join(f'--{m.replace("_", "-")}' for m in walks))
+        args.interp_steps = p.interp_steps if args.interp_steps is None else args.interp_steps
+        if args.interp_steps < 2:
+            raise UserError('--interp-steps must be at least 2')
     if args.out is None:
-        args.out = os.path.join('runs', args.model) if args.generate is None else os.path.join('runs', args.model, 'generated')
+        args.out = os.path.join('runs', args.model, 'generated') if args.sampling else os.path.join('runs', args.model)
     return args
+
+
+# The sampling modes a model file may have; each reads --ckpt and writes into --out
+# (default runs/<model>/generated). Any number of them can be asked for in one command.
+SAMPLING_MODES = ('generate', 'interpolate', 'interpolate_class', 'truncation_sweep', 'style_mix')
+INTERP_ROWS = 8         # rows of an --interpolate grid
+
+
+def add_interpolate_args(p, steps):
+    """--interpolate and --interp-steps, for model files that draw latent walks."""
+    g = p.add_argument_group('latent walks (sampling only)')
+    g.add_argument('--interpolate', action='store_true',
+                   help=f'from --ckpt, write interpolate.png: {INTERP_ROWS} rows, each a straight walk in latent '
+                        'space from one random point to the next (a row starts where the one above ended)')
+    g.add_argument('--interp-steps', type=int, metavar='S', help=f'images per row of a walk (default {steps})')
+    p.interp_steps = steps
+    return g
+
+
+def latent_walk(points, steps):
+    """points [R + 1, D] -> [R * steps, D]: row r goes in a straight line from points[r] to points[r + 1]."""
+    t = torch.linspace(0, 1, steps, device=points.device)[None, :, None]          # [1, steps, 1]
+    return (points[:-1, None] * (1 - t) + points[1:, None] * t).flatten(0, 1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -189,7 +224,7 @@ def dist_info():
 # Data: every source ends as one uint8 tensor [N, C, res, res] plus optional labels [N]
 # ----------------------------------------------------------------------------------------------
 
-IMAGE_EXTS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.webp', '.tif', '.tiff', '.ppm', '.pgm')
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.webp', '.tif', '.tiff', '.ppm', '.pgm')
 
 
 class Data:
@@ -342,9 +377,9 @@ def _list_folder(path):
     if not os.path.isdir(path):
         raise UserError(f'--data {path}: not a folder (give a folder of images)')
     files = sorted(f for f in glob.glob(os.path.join(path, '**', '*'), recursive=True)
-                   if f.lower().endswith(IMAGE_EXTS) and os.path.isfile(f))
+                   if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(f))
     if not files:
-        raise UserError(f'--data {path}: no images found (looked for {", ".join(IMAGE_EXTS)}, in subfolders too)')
+        raise UserError(f'--data {path}: no images found (looked for {", ".join(IMAGE_EXTENSIONS)}, in subfolders too)')
     tops = [os.path.relpath(f, path).split(os.sep)[0] for f in files]
     labelled = all(os.sep in os.path.relpath(f, path) for f in files)
     classes = sorted(set(tops)) if labelled and len(set(tops)) > 1 else None
@@ -553,31 +588,41 @@ def _stream_batches(data, batch_size, epoch, seed, device, start):
 # ----------------------------------------------------------------------------------------------
 
 def to_uint8(x):
-    """float [N, C, H, W] in [-1, 1] -> uint8 [N, C, H, W] on the CPU."""
-    return ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    """float [N, C, H, W] in [-1, 1] -> uint8 [N, C, H, W] on the CPU (uint8 passes through).
+
+    The project's one rule for 8-bit pixels, torchvision.utils.save_image's: floor((x + 1) / 2 * 255
+    + 0.5), clamped to [0, 255]. metrics.to_uint8 applies the same rule, so FID measured during
+    training equals FID of the PNG files written here."""
+    if x.dtype == torch.uint8:
+        return x.cpu()
+    return (x.detach().float().cpu().clamp(-1, 1) + 1).div(2).mul(255).add(0.5).clamp(0, 255).to(torch.uint8)
 
 
 def make_grid(x, nrow=None, pad=2):
-    """float [N, C, H, W] in [-1, 1] (or uint8) -> uint8 HxWxC numpy image of an nrow-wide grid."""
-    x = x if x.dtype == torch.uint8 else to_uint8(x)
-    n, c, h, w = x.shape
-    nrow = nrow or max(1, int(math.ceil(math.sqrt(n))))
-    rows = int(math.ceil(n / nrow))
-    grid = torch.full((c, rows * (h + pad) + pad, nrow * (w + pad) + pad), 255, dtype=torch.uint8)
-    for i in range(n):
-        r, k = divmod(i, nrow)
-        grid[:, pad + r * (h + pad):pad + r * (h + pad) + h, pad + k * (w + pad):pad + k * (w + pad) + w] = x[i]
-    g = grid.permute(1, 2, 0).numpy()
-    return g[:, :, 0] if c == 1 else g
+    """float [N, C, H, W] in [-1, 1] (or uint8) -> uint8 HxWxC numpy image of an nrow-wide grid
+    (HxW for one channel), white between the cells: torchvision.utils.make_grid, which would
+    turn a one-channel grid into three."""
+    from torchvision.utils import make_grid as tv_make_grid
+    x = to_uint8(x)
+    nrow = nrow or max(1, int(math.ceil(math.sqrt(len(x)))))
+    g = tv_make_grid(x, nrow=nrow, padding=pad, pad_value=255).permute(1, 2, 0).numpy()
+    return g[:, :, 0] if x.shape[1] == 1 else g
 
 
 def save_image(arr, path):
-    """Save an HxW or HxWxC uint8 numpy image, or a [C, H, W] tensor in [-1, 1], as PNG."""
+    """Save an HxW or HxWxC uint8 numpy image, or a [C, H, W] tensor in [-1, 1], as PNG. Written to a
+    temp file and renamed, so a kill mid-write never leaves a half-written `path`."""
     from PIL import Image
     if torch.is_tensor(arr):
         arr = make_grid(arr[None], nrow=1, pad=0)
     os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-    Image.fromarray(arr).save(path)
+    tmp = f'{path}.tmp{os.getpid()}'
+    try:
+        Image.fromarray(arr).save(tmp, format='PNG')
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def save_grid(x, path, nrow=None):
@@ -596,11 +641,17 @@ def write_gif(frame_paths, path, max_frames=100, max_side=768, ms_per_frame=200)
         frame_paths = [frame_paths[i] for i in sorted(set(idx.tolist()))]
     frames = []
     for f in frame_paths:
-        im = Image.open(f).convert('RGB')
+        try:
+            with Image.open(f) as im:
+                im = im.convert('RGB')
+        except (OSError, ValueError, SyntaxError):  # a grid cut short by a kill: leave that frame out
+            continue
         if max(im.size) > max_side:
             s = max_side / max(im.size)
             im = im.resize((round(im.width * s), round(im.height * s)), Image.BILINEAR)
         frames.append(im)
+    if not frames:
+        return
     durations = [ms_per_frame] * (len(frames) - 1) + [2000]
     # PIL folds a frame identical to the one before it into a longer frame; grids of a
     # training run differ from step to step, so in practice there is one frame per grid.
@@ -611,14 +662,22 @@ def write_gif(frame_paths, path, max_frames=100, max_side=768, ms_per_frame=200)
 
 
 def write_samples(x, out, labels=None, classes=None, nrow=None):
-    """Write each image of x as its own PNG in `out` (or `out/<class>/` when labels are given),
-    and all of them as `out/grid.png`."""
+    """Write each image of x as its own PNG in `out`, or in `out/<class name>/` when labels are
+    given, and `out/grid.png`: the first 256 images, or with labels a row of up to 10 samples per
+    class (at most 10 classes)."""
     os.makedirs(out, exist_ok=True)
     x = to_uint8(x)
     for i in range(len(x)):
         folder = out if labels is None else os.path.join(out, str(classes[labels[i]] if classes else int(labels[i])))
         save_image(make_grid(x[i:i + 1], nrow=1, pad=0), os.path.join(folder, f'{i:06d}.png'))
-    save_grid(x[:256], os.path.join(out, 'grid.png'), nrow)
+    if labels is None:
+        save_grid(x[:256], os.path.join(out, 'grid.png'), nrow)
+        return
+    labels = torch.as_tensor(labels).cpu()
+    kinds = labels.unique()[:10]
+    per = max(1, min(10, min(int((labels == k).sum()) for k in kinds)))
+    pick = torch.cat([torch.nonzero(labels == k).flatten()[:per] for k in kinds])
+    save_grid(x[pick], os.path.join(out, 'grid.png'), per)
 
 
 def plot_losses(csv_path, png_path):
@@ -944,6 +1003,15 @@ class Run:
         self.bar = tqdm(total=self.total, initial=self.step_num, dynamic_ncols=True, desc=args.model, unit='step',
                         mininterval=0.5 if sys.stderr.isatty() else 30)  # a log file gets a line every 30 s
 
+    def set_length(self, steps):
+        """Plan the run to end after `steps` steps in all (never past --steps), for a model whose
+        own schedule, not epochs of fixed batches, decides how long training is (ProGAN's growing).
+        Call it after start(); the progress bar follows."""
+        self.total = min(steps, self.args.steps) if self.args.steps else steps
+        if self.main:
+            self.bar.total = self.total
+            self.bar.refresh()
+
     def _fid_tracker(self, data):
         """Real-image Inception statistics, computed once. Without the weights (offline, no file)
         this says so once and training goes on without FID."""
@@ -1023,9 +1091,12 @@ class Run:
         return late
 
     # -- step: count, log, draw the sample grid, write the checkpoint
-    def step(self, logs, nets, sample_fn=None, eval_fn=None):
-        """logs: {name: number}; sample_fn() -> the fixed-noise grid; eval_fn(n) -> n fresh samples in [-1, 1]."""
+    def step(self, logs, nets, sample_fn=None, eval_fn=None, epoch=None):
+        """logs: {name: number}; sample_fn() -> the fixed-noise grid; eval_fn(n) -> n fresh samples in [-1, 1];
+        epoch: passes over the data so far, for a loop that draws its own batches (else batches() counts)."""
         self.step_num += 1
+        if epoch is not None:
+            self.epoch = epoch
         if not self.main:
             return
         logs = {k: float(v) for k, v in logs.items()}

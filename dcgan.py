@@ -20,12 +20,13 @@ Training (Sec. 4): weights N(0, 0.02), Adam lr 2e-4 with beta1 0.5, minibatch 12
 
 Usage:
     python dcgan.py --dataset shapes --res 32 --ngf 32 --ndf 32 --steps 300    # minutes on a CPU
-    python dcgan.py --dataset cifar10 --res 32                                # the paper's setting, on CIFAR-10
-    python dcgan.py --data DIR                                                # a folder of images at 64x64
+    python dcgan.py --data DIR                                                # the paper's setting: 64x64 images
+    python dcgan.py --dataset cifar10 --res 32                                # CIFAR-10 at its own size
     python dcgan.py --label-smoothing 0.9                                     # one-sided label smoothing
     python dcgan.py --loss hinge --spectral-norm                              # a loss variant and a trick (below)
     python dcgan.py --generate 64 --ckpt runs/dcgan/last.pt
     python dcgan.py --interpolate --ckpt runs/dcgan/last.pt                   # latent walks, as in Fig. 4
+    python dcgan.py --interpolate --interp-steps 6 --ckpt runs/dcgan/last.pt  # 8 rows of 6 steps
 
 Deviations from the paper:
     - z ~ N(0, I), as in the PyTorch reference implementation; the paper draws z from a uniform
@@ -38,6 +39,11 @@ Deviations from the paper:
     - Adam's beta2 is 0.999 (PyTorch's default); the paper only gives beta1.
     - G's update reuses the fakes of the last D step, as the PyTorch examples' DCGAN does, which
       saves one G forward per step; the authors' Theano code draws a fresh z for every update.
+    - The data. The paper trains at 64x64 on LSUN bedrooms, a faces dataset and Imagenet-1k
+      (Sec. 4), and uses CIFAR-10 only to test D's features as a classifier (Sec. 5.1); `--data DIR`
+      at the default --res 64 is that setting. The default run is CIFAR-10 because it downloads
+      by itself: at --res 64 its 32x32 images are upsampled (bilinear) to 64x64, so G learns
+      blurry 64x64 images; `--res 32` trains at CIFAR-10's own size with one block fewer.
 
 Training techniques from later papers, each off by default (the paper's recipe is the default):
     --loss lsgan | hinge | wasserstein   least squares (Mao et al. 2017), hinge (Lim & Ye 2017,
@@ -47,13 +53,13 @@ Training techniques from later papers, each off by default (the paper's recipe i
     --feature-matching                   G matches D's mean features (Salimans et al. 2016, Sec. 3.1)
     --minibatch-disc                     minibatch discrimination in D (Salimans et al. 2016, Sec. 3.2)
     --instance-noise SIGMA               noise on D's inputs, annealed to 0 (Sonderby et al. 2016)
-    --spectral-norm                      spectral normalisation of D's weights (Miyato et al. 2018)
+    --spectral-norm                      spectral normalisation of D's weights (Miyato et al. 2018);
+                                         D then has no BatchNorm and its convs get biases
     --d-steps K                          K D updates per G update
 Diagnostics: progress.gif animates the fixed-noise grids, and losses.csv logs a
 mode-collapse figure (`diversity`, and class shares with --classifier); see common.CollapseMonitor.
 """
 import math
-import sys
 
 import torch
 import torch.nn as nn
@@ -94,19 +100,13 @@ def get_args(argv=None):
     t.add_argument('--instance-noise', type=float, default=0.0, metavar='SIGMA',
                    help="std of Gaussian noise added to D's inputs, annealed linearly to 0 by the last step (0: off)")
     t.add_argument('--spectral-norm', action='store_true',
-                   help="spectral normalisation on every D weight (D's BatchNorm is then removed)")
+                   help="spectral normalisation on every D weight (D's BatchNorm is then removed, and its convs "
+                        'get biases)')
     t.add_argument('--d-steps', type=int, default=1, metavar='K',
                    help='D updates per G update, each on a fresh real batch')
     common.add_monitor_args(p)
-    g.add_argument('--interpolate', action='store_true',
-                   help='sampling only: draw latent walks between random z (Fig. 4) from --ckpt; '
-                        '--generate N sets the number of rows (default 8)')
+    common.add_interpolate_args(p, steps=10)          # Fig. 4 shows walks of 10 images
     args = common.parse(p, argv, valid_res=[32, 64, 128])
-    if args.interpolate and args.generate is None:
-        # --interpolate is a sampling mode of its own: it implies --generate 8 (rows), with the
-        # checks and the default output folder that --generate brings.
-        args = common.parse(p, list(sys.argv[1:] if argv is None else argv) + ['--generate', '8'],
-                            valid_res=[32, 64, 128])
     if not 0 < args.label_smoothing <= 1:
         raise common.UserError('--label-smoothing is the real target and must lie in (0, 1]; 0.9 is usual, 1 is off')
     if args.loss == 'wasserstein' and not args.spectral_norm:
@@ -181,22 +181,24 @@ class Discriminator(nn.Module):
     Widths at res 64: ndf at 32x32, ndf*2 at 16x16, ndf*4 at 8x8, ndf*8 at 4x4, then one logit.
     The input layer is Conv -> LeakyReLU, with no BatchNorm (Sec. 3); the others Conv -> BN -> LeakyReLU.
     The 4x4 map is what --feature-matching matches; it is returned on request.
-    batchnorm=False drops the BatchNorms (for --spectral-norm); mbd=(B, C) adds minibatch
-    discrimination on the flattened 4x4 map, its B features joining the output unit's input.
+    batchnorm=False drops the BatchNorms (for --spectral-norm) and gives every conv a bias, which the
+    BatchNorm's shift (beta) provided before; mbd=(B, C) adds minibatch discrimination on the
+    flattened 4x4 map, its B features joining the output unit's input.
     """
 
     def __init__(self, ndf, channels, res, leak=0.2, batchnorm=True, mbd=None):
         super().__init__()
         n = n_blocks(res)
         widths = [ndf * 2 ** i for i in range(n)]                    # e.g. [1, 2, 4, 8] * ndf at res 64
-        layers = [nn.Conv2d(channels, widths[0], 4, 2, 1, bias=False), nn.LeakyReLU(leak, True)]
+        bias = not batchnorm                                         # the paper's convs have none
+        layers = [nn.Conv2d(channels, widths[0], 4, 2, 1, bias=bias), nn.LeakyReLU(leak, True)]
         for c_in, c_out in zip(widths[:-1], widths[1:]):
             # strided conv halves the size in place of pooling (Sec. 3)
-            layers += [nn.Conv2d(c_in, c_out, 4, 2, 1, bias=False)] + [nn.BatchNorm2d(c_out)] * batchnorm + \
+            layers += [nn.Conv2d(c_in, c_out, 4, 2, 1, bias=bias)] + [nn.BatchNorm2d(c_out)] * batchnorm + \
                       [nn.LeakyReLU(leak, True)]
         self.features = nn.Sequential(*layers)
         # flatten the 4x4 map and take one linear unit: a 4x4 valid conv, [B, ndf*2^(n-1), 4, 4] -> [B, 1, 1, 1]
-        self.out = nn.Conv2d(widths[-1], 1, 4, 1, 0, bias=False)
+        self.out = nn.Conv2d(widths[-1], 1, 4, 1, 0, bias=bias)
         if mbd:
             # The output unit sees [flattened map, o(x)]: out(h) + mbd_out(o) is that one linear unit.
             self.mbd = MinibatchDiscrimination(widths[-1] * 16, *mbd)
@@ -234,11 +236,14 @@ class MinibatchDiscrimination(nn.Module):
 
 
 def init_weights(net, std=0.02):
-    """Sec. 4: every weight ~ N(0, std). BatchNorm's scale gamma ~ N(1, std) and shift beta = 0, so
-    it starts close to the identity (the PyTorch reference does the same)."""
+    """Sec. 4: every weight ~ N(0, std), biases (the --spectral-norm D's) 0. BatchNorm's scale
+    gamma ~ N(1, std) and shift beta = 0, so it starts close to the identity (the PyTorch reference
+    does the same)."""
     for m in net.modules():
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
             nn.init.normal_(m.weight, 0.0, std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.normal_(m.weight, 1.0, std)
             nn.init.zeros_(m.bias)
@@ -445,24 +450,21 @@ def generate(args):
     G, _ = build(targs)
     G.load_state_dict(ckpt['nets']['G'])
     G.to(device)
-    gen = torch.Generator().manual_seed(args.seed)
+    if args.generate:
+        z = torch.randn(args.generate, targs.z_dim, generator=torch.Generator().manual_seed(args.seed)).to(device)
+        x = torch.cat([sample(G, zb) for zb in z.split(256)])
+        common.write_samples(x, args.out)
+        print(f'wrote {args.generate} images and grid.png to {args.out}')
     if args.interpolate:
-        steps = 10
-        z = torch.randn(args.generate + 1, targs.z_dim, generator=gen).to(device)
-        x = interpolate(G, z, steps)
-        path = f'{args.out}/interpolation.png'
-        common.save_grid(x, path, nrow=steps)
-        print(f'wrote {args.generate} latent walks of {steps} steps to {path}')
-        return
-    z = torch.randn(args.generate, targs.z_dim, generator=gen).to(device)
-    x = torch.cat([sample(G, zb) for zb in z.split(256)])
-    common.write_samples(x, args.out)
-    print(f'wrote {args.generate} images and grid.png to {args.out}')
+        z = torch.randn(common.INTERP_ROWS + 1, targs.z_dim, generator=torch.Generator().manual_seed(args.seed))
+        path = f'{args.out}/interpolate.png'
+        common.save_grid(interpolate(G, z.to(device), args.interp_steps), path, nrow=args.interp_steps)
+        print(f'wrote {path}: {common.INTERP_ROWS} latent walks of {args.interp_steps} steps')
 
 
 def main(argv=None):
     args = get_args(argv)
-    if args.generate:
+    if args.sampling:
         generate(args)
     else:
         train(args)

@@ -11,9 +11,10 @@ trained by alternating k steps of gradient ascent on D with one step of descent 
 (Algorithm 1). For a fixed G the best D is D*(x) = p_data(x) / (p_data(x) + p_g(x)) (Prop. 1), and
 with it the game's value is -log 4 + 2·JSD(p_data || p_g), minimised exactly when p_g = p_data.
 
-Networks and optimiser follow the authors' MNIST configuration (goodfeli/adversarial, mnist.yaml):
-G is z(100) -> 1200 ReLU -> 1200 ReLU -> 784; D is two maxout layers of 240 units x 5 pieces with
-dropout, then a sigmoid unit; SGD with momentum 0.5 -> 0.7, lr 0.1 decayed by 1.000004 per step.
+Networks follow the authors' MNIST configuration (goodfeli/adversarial, mnist.yaml): G is
+z(100) -> 1200 ReLU -> 1200 ReLU -> 784; D is two maxout layers of 240 units x 5 pieces with
+dropout, then a sigmoid unit. The authors' optimiser, SGD with momentum 0.5 -> 0.7 and lr 0.1
+decayed by 1.000004 per step, is `--optim sgd`; the default is Adam (see Deviations).
 
 Usage:
     python gan_mlp.py --dataset shapes --steps 300             # about a minute on a CPU, no download
@@ -21,6 +22,7 @@ Usage:
     python gan_mlp.py --loss minimax                           # the saturating G loss of eq. 1
     python gan_mlp.py --feature-matching --minibatch-disc   # tricks of Salimans et al. 2016 (below)
     python gan_mlp.py --generate 64 --ckpt runs/gan_mlp/last.pt
+    python gan_mlp.py --interpolate --ckpt runs/gan_mlp/last.pt   # straight walks between random z
 
 Training techniques from later papers, each off by default (the paper's recipe is the default):
     --label-smoothing 0.9       one-sided label smoothing (Salimans et al. 2016, Sec. 3.4)
@@ -28,7 +30,7 @@ Training techniques from later papers, each off by default (the paper's recipe i
     --minibatch-disc            minibatch discrimination in D (Salimans et al. 2016, Sec. 3.2)
     --instance-noise SIGMA      noise on D's inputs, annealed to 0 (Sonderby et al. 2016)
     --spectral-norm             spectral normalisation of D's weights (Miyato et al. 2018)
-    --k K                       D steps per G step (Algorithm 1) is this file's "--d-steps"
+    --d-steps K (or --k K)      K D steps per G step (Algorithm 1's k; 1 in the paper's experiments)
 dcgan.py also has the loss variants (--loss lsgan | hinge | wasserstein). Diagnostics:
 progress.gif animates the fixed-noise grids, and losses.csv logs a mode-collapse figure
 (`diversity`, and class shares with --classifier); see common.CollapseMonitor.
@@ -41,6 +43,9 @@ Deviations from the paper:
     - Adam (lr 1e-3, betas (0.5, 0.999)) is the default optimiser. The authors' SGD schedule is
       `--optim sgd` (lr 0.1 / 1.000004 per step, momentum 0.5 -> 0.7); on the colour `shapes` data
       it diverged to NaN within 250 steps in our runs.
+    - D's loss is the sum of its two BCE terms, BCE(D(x), 1) + BCE(D(G(z)), 0); the authors' code
+      takes half of it (the mean over a batch of reals and fakes together). Adam is almost blind to
+      a constant factor on the loss; with `--optim sgd` it doubles D's effective learning rate.
     - z ~ N(0, I) (the authors' code default; the paper leaves the noise prior open).
     - Dropout scales at train time (PyTorch's inverted dropout) where pylearn2 rescaled the inputs
       of the next layer; the expected activations are the same.
@@ -67,7 +72,8 @@ def get_args(argv=None):
     g.add_argument('--d-pieces', type=int, default=5, help='linear pieces per maxout unit')
     g.add_argument('--loss', default='nonsaturating', choices=['nonsaturating', 'minimax'],
                    help='G loss: -log D(G(z)) (Sec. 3, the default) or log(1 - D(G(z))) (eq. 1)')
-    g.add_argument('--k', type=int, default=1, help='D steps per G step (Algorithm 1)')
+    g.add_argument('--d-steps', '--k', dest='k', type=int, default=1, metavar='K',
+                   help='D steps per G step, each on a fresh real batch (Algorithm 1\'s k)')
     g.add_argument('--optim', default='adam', choices=['adam', 'sgd'],
                    help='adam: Adam with betas (0.5, 0.999) (see Deviations); sgd: the paper\'s SGD schedule')
     g.add_argument('--lr', type=float, help='learning rate (default 1e-3 for adam, 0.1 for sgd as in the paper)')
@@ -90,11 +96,12 @@ def get_args(argv=None):
                    help="std of Gaussian noise added to D's inputs, annealed linearly to 0 by the last step (0: off)")
     t.add_argument('--spectral-norm', action='store_true', help='spectral normalisation on every D weight')
     common.add_monitor_args(p)
+    common.add_interpolate_args(p, steps=10)
     args = common.parse(p, argv)
     if args.lr is None:
         args.lr = 0.1 if args.optim == 'sgd' else 1e-3
     if args.k < 1:
-        raise common.UserError('--k must be at least 1')
+        raise common.UserError('--d-steps (--k) must be at least 1')
     if not 0 < args.label_smoothing <= 1:
         raise common.UserError('--label-smoothing is the real target and must lie in (0, 1]; 0.9 is usual, 1 is off')
     if args.instance_noise < 0:
@@ -382,15 +389,21 @@ def generate(args):
     G, _ = build(targs)
     G.load_state_dict(ckpt['nets']['G'])
     G.to(device)
-    z = torch.randn(args.generate, targs.z_dim, generator=torch.Generator().manual_seed(args.seed)).to(device)
-    x = torch.cat([sample(G, zb) for zb in z.split(256)])
-    common.write_samples(x, args.out)
-    print(f'wrote {args.generate} images and grid.png to {args.out}')
+    if args.generate:
+        z = torch.randn(args.generate, targs.z_dim, generator=torch.Generator().manual_seed(args.seed)).to(device)
+        x = torch.cat([sample(G, zb) for zb in z.split(256)])
+        common.write_samples(x, args.out)
+        print(f'wrote {args.generate} images and grid.png to {args.out}')
+    if args.interpolate:
+        z = torch.randn(common.INTERP_ROWS + 1, targs.z_dim, generator=torch.Generator().manual_seed(args.seed))
+        path = f'{args.out}/interpolate.png'
+        common.save_grid(sample(G, common.latent_walk(z, args.interp_steps).to(device)), path, args.interp_steps)
+        print(f'wrote {path}: {common.INTERP_ROWS} walks of {args.interp_steps} steps')
 
 
 def main(argv=None):
     args = get_args(argv)
-    if args.generate:
+    if args.sampling:
         generate(args)
     else:
         train(args)

@@ -30,12 +30,14 @@ Usage:
     python progan.py --dataset cifar10 --res 32                      # the paper's schedule and widths
     python progan.py --data DIR --res 256                            # a folder of images, 4x4 -> 256x256
     python progan.py --generate 64 --ckpt runs/progan/last.pt
+    python progan.py --interpolate --ckpt runs/progan/last.pt        # straight walks between random z
 
 Training schedule: 4x4 stabilises, then every doubling up to --res has a fade-in and a stabilising
 phase, each of --kimg-per-phase thousand images. At --res, the last stabilising phase lasts --epochs
 passes over the data (default 16: 800k images of CIFAR-10, one more paper phase). --steps caps the
-total number of steps. Sample grids are named by resolution and phase: samples/16x16-fade-step0001200.png
-while training, samples/16x16-fade-end.png when a phase ends.
+total number of steps. Like every model here, training writes samples/step_*.png (the fixed-noise
+grid at the current resolution, upsampled to --res), progress.gif and losses.png; a grid named by
+resolution and phase, samples/16x16-fade-end.png, marks the end of each phase.
 
 Deviations from the paper:
     - Non-fused layers: G upsamples (nearest) and then convolves, D convolves and then average-pools.
@@ -46,6 +48,11 @@ Deviations from the paper:
     - G's samples are not clipped to [-1, 1] inside the network (neither are the authors');
       they are clipped when written as images.
     - No class conditioning (the paper's CIFAR-10 runs add an AC-GAN term; its other datasets don't).
+    - Minibatch stddev with a batch that is not a multiple of the group size (4): the paper's batch
+      table (14 at 256x256, 6 at 512x512, 3 at 1024x1024) gives such batches, which the authors'
+      code cannot split. Here the images are dealt to B // 4 groups in turn, so a batch of 14 makes
+      groups of 5, 5 and 4, and one of 6 a single group of 6 (a batch below 4 is one group, as in
+      the authors' code). For multiples of 4 the groups are the authors' (and stylegan.py's).
 """
 import copy
 import math
@@ -83,6 +90,7 @@ def get_args(argv=None):
     g.add_argument('--eps-drift', type=float, default=0.001, help="weight of the drift term E[D(x)^2] (Sec. A.1)")
     g.add_argument('--mbstd-group', type=int, default=4, help='group size of the minibatch stddev layer (Sec. 3)')
     g.add_argument('--ema-beta', type=float, default=0.999, help='G EMA decay per step, used for all samples')
+    common.add_interpolate_args(p, steps=10)
     args = common.parse(p, argv, valid_res=RESOLUTIONS)
     args.batch_table = parse_batch_table(args.batch_table)
     if args.kimg_per_phase <= 0:
@@ -163,7 +171,10 @@ def pixel_norm(x, eps=1e-8):
 
 
 def lrelu(x):
-    return F.leaky_relu(x, 0.2)  # leakiness 0.2 in both networks (Sec. A.1)
+    """LeakyReLU 0.2 in both networks (Sec. A.1). He's gain sqrt(2) is in the equalized layers'
+    run-time scale, as in the authors' code; stylegan.py applies it after the activation instead
+    (the StyleGAN2 code's way), which differs only in whether the bias is scaled too."""
+    return F.leaky_relu(x, 0.2)
 
 
 def upsample(x):
@@ -185,13 +196,15 @@ def minibatch_stddev(x, group_size=4):
     x [N, C, H, W] -> [N, C + 1, H, W]. The batch is split into groups of `group_size` consecutive
     images; for each group, the std of every feature and pixel over the group's images is averaged
     to one number, which is given to each of that group's images as a constant extra feature map.
-    When N is not a multiple of the group size the leftover images join the last group (the
-    authors' code requires a multiple). eps 1e-8 inside the sqrt as in the authors' code.
+    Image i joins group i % M, M = N // group_size, as the authors' code's reshape does, so a batch
+    that is a multiple of the group size gives the authors' groups; the images of one that is not
+    (the default batch table's 14, 6) are dealt out the same way and some groups get one or two
+    more (see Deviations). eps 1e-8 inside the sqrt as in the authors' code.
     """
     n = len(x)
     g = min(group_size, n)
     groups = max(1, n // g)
-    gid = (torch.arange(n, device=x.device) // g).clamp(max=groups - 1)     # [N] group of each image
+    gid = torch.arange(n, device=x.device) % groups                         # [N] group of each image
     count = torch.bincount(gid, minlength=groups).to(x.dtype)               # [M] images per group
     flat = x.reshape(n, -1)                                                 # [N, CHW]
     mean = torch.zeros(groups, flat.shape[1], dtype=x.dtype, device=x.device).index_add(0, gid, flat) / count[:, None]
@@ -339,7 +352,7 @@ def g_loss(fake_score):
 # ----------------------------------------------------------------------------------------------
 
 @torch.no_grad()
-def update_ema(G_ema, G, beta):
+def ema_update(G_ema, G, beta):
     """G_ema <- beta * G_ema + (1 - beta) * G, parameter by parameter (Sec. A.1: beta 0.999)."""
     for p_ema, p in zip(G_ema.parameters(), G.parameters()):  # a DDP/--amp wrapper yields the same parameters
         p_ema.lerp_(p, 1 - beta)
@@ -366,10 +379,10 @@ def train_step(G, D, G_ema, opt_G, opt_D, x, level, alpha, args):
     opt_G.zero_grad(set_to_none=True)
     loss_G.backward()
     opt_G.step()
-    update_ema(G_ema, G, args.ema_beta)
+    ema_update(G_ema, G, args.ema_beta)
     # E[D(x)] - E[D(G(z))] is the critic's estimate of the Wasserstein distance
     return {'loss_D': loss_D.item(), 'loss_G': loss_G.item(),
-            'W_dist': (real_score.mean() - fake_score.mean()).item(), 'gp': gp.item(),
+            'W_estimate': (real_score.mean() - fake_score.mean()).item(), 'gp': gp.item(),
             'drift': drift(real_score.detach(), args.eps_drift).item()}
 
 
@@ -526,24 +539,15 @@ def train(args):
     nets = {'G': G, 'D': D, 'G_ema': G_ema, 'opt_G': opt_G, 'opt_D': opt_D, 'growth': growth}
     run.start(nets, data)
     # Run.start counts steps in fixed-size epochs; here the schedule decides how long training is.
-    run.total = run.step_num + steps_left(growth, args, run.world)
-    if args.steps:
-        run.total = min(run.total, args.steps)
-    if run.main:
-        run.bar.total = run.total
-        run.bar.refresh()
+    run.set_length(run.step_num + steps_left(growth, args, run.world))
     fixed_z = torch.randn(64, args.z_dim, generator=torch.Generator().manual_seed(args.seed)).to(run.device)
 
-    def sample_fn():
-        return sample(G_ema, fixed_z, growth.level, growth.alpha)
+    def sample_fn():  # the fixed-noise grid at the current resolution, at --res so that every frame matches
+        return sample(G_ema, fixed_z, growth.level, growth.alpha, args.res)
 
     def eval_fn(n):  # n fresh samples at the final size (FID compares at --res, as the paper does)
         z = torch.randn(n, args.z_dim, device=run.device)
         return torch.cat([sample(G_ema, zb, growth.level, growth.alpha, args.res) for zb in z.split(256)])
-
-    def save_grid(tag):
-        if run.main:
-            common.save_grid(sample_fn(), f'{run.out}/samples/{growth.res}x{growth.res}-{growth.name}-{tag}.png')
 
     for x in real_batches(data, growth, args, run):
         if run.done():
@@ -551,9 +555,7 @@ def train(args):
         level, alpha = growth.level, growth.alpha
         logs = train_step(G, D, G_ema, opt_G, opt_D, x, level, alpha, args)
         logs.update({'res': growth.res, 'alpha': alpha, 'kimg': growth.kimg + len(x) * run.world / 1000})
-        run.epoch = int(logs['kimg'] * 1000) // len(data)  # passes over the data so far
-        if run.main and (run.step_num + 1) % args.sample_every == 0:
-            save_grid(f'step{run.step_num + 1:07d}')
+        epoch = int(logs['kimg'] * 1000) // len(data)  # passes over the data so far
         ended = None
         if growth.advance(len(x) * run.world):
             ended = growth.phases[growth.phase - 1]
@@ -562,14 +564,13 @@ def train(args):
                 common.save_grid(sample(G_ema, fixed_z, ended[0], 1.0), f'{run.out}/samples/{r}x{r}-{ended[1]}-end.png')
             reset_optimizer(opt_G)
             reset_optimizer(opt_D)
-        run.step(logs, nets, eval_fn=eval_fn)
+        run.step(logs, nets, sample_fn, eval_fn, epoch=epoch)
         if ended is not None:
             run.save(nets)  # a checkpoint at every phase boundary
-    if growth.done:
-        save_grid('end')
-    elif run.main:
-        save_grid(f'step{run.step_num:07d}')
-    run.finish(nets)
+    if growth.done and run.main:
+        common.save_grid(sample(G_ema, fixed_z, growth.level, 1.0),
+                         f'{run.out}/samples/{growth.res}x{growth.res}-{growth.name}-end.png')
+    run.finish(nets, sample_fn)
     return nets
 
 
@@ -591,15 +592,21 @@ def generate(args):
     if growth.res < targs.res:
         print(f'note: this checkpoint is still growing ({growth.res}x{growth.res}, {growth.name}, '
               f'alpha {growth.alpha:.2f}); its samples are upsampled to {targs.res}x{targs.res}')
-    z = torch.randn(args.generate, targs.z_dim, generator=torch.Generator().manual_seed(args.seed)).to(device)
-    x = torch.cat([sample(G, zb, growth.level, growth.alpha, targs.res) for zb in z.split(256)])
-    common.write_samples(x, args.out)
-    print(f'wrote {args.generate} images and grid.png to {args.out}')
+    draw = lambda z: torch.cat([sample(G, zb.to(device), growth.level, growth.alpha, targs.res) for zb in z.split(256)])
+    if args.generate:
+        z = torch.randn(args.generate, targs.z_dim, generator=torch.Generator().manual_seed(args.seed))
+        common.write_samples(draw(z), args.out)
+        print(f'wrote {args.generate} images and grid.png to {args.out}')
+    if args.interpolate:
+        z = torch.randn(common.INTERP_ROWS + 1, targs.z_dim, generator=torch.Generator().manual_seed(args.seed))
+        path = f'{args.out}/interpolate.png'
+        common.save_grid(draw(common.latent_walk(z, args.interp_steps)), path, args.interp_steps)
+        print(f'wrote {path}: {common.INTERP_ROWS} walks of {args.interp_steps} steps')
 
 
 def main(argv=None):
     args = get_args(argv)
-    if args.generate:
+    if args.sampling:
         generate(args)
     else:
         train(args)

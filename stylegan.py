@@ -26,7 +26,7 @@ Usage:
     python stylegan.py --augment diffaug --data SMALL_DIR            # small datasets (Zhao et al. 2020)
     python stylegan.py --generate 64 --psi 0.7 --ckpt runs/stylegan/last.pt
     python stylegan.py --style-mix --ckpt runs/stylegan/last.pt      # coarse, middle and fine mixing grids
-    python stylegan.py --interpolate 8 --ckpt runs/stylegan/last.pt  # a walk in W
+    python stylegan.py --interpolate --ckpt runs/stylegan/last.pt    # walks in W, 8 rows of --interp-steps 8
     python stylegan.py --truncation-sweep --ckpt runs/stylegan/last.pt
 
 Deviations from the papers:
@@ -95,23 +95,13 @@ def get_args(argv=None):
                    help='truncate only the first L style layers (StyleGAN used 8; default: all layers)')
     g.add_argument('--style-mix', nargs='*', choices=['coarse', 'middle', 'fine'], metavar='RANGE',
                    help='style-mixing grids for the ranges coarse, middle, fine (default: all three)')
-    g.add_argument('--interpolate', type=int, metavar='STEPS', help='a walk in W through 7 points, STEPS per leg')
     g.add_argument('--truncation-sweep', type=float, nargs='*', metavar='PSI',
                    help=f'one z per row across psi values (default {" ".join(map(str, PAPER_PSIS))})')
-    pre = p.parse_args(argv)
-    modes = pre.style_mix is not None or pre.interpolate is not None or pre.truncation_sweep is not None
+    common.add_interpolate_args(p, steps=8)           # walks in W, truncated by --psi
     args = common.parse(p, argv, valid_res=VALID_RES)
     if args.compile and (args.r1_gamma > 0 or args.pl_weight > 0):
         raise common.UserError('--compile cannot be used with R1 or path-length regularisation: torch.compile has '
                                'no double backward, which both need; drop --compile (or set --r1-gamma 0 --pl-weight 0)')
-    args.sampling = modes or args.generate is not None
-    if modes:
-        if not args.ckpt:
-            raise common.UserError('--style-mix, --interpolate and --truncation-sweep need --ckpt PATH')
-        if pre.out is None:
-            args.out = 'runs/stylegan/generated'
-    if args.interpolate is not None and args.interpolate < 2:
-        raise common.UserError('--interpolate STEPS needs STEPS >= 2')
     if args.trunc_cutoff is not None and args.trunc_cutoff < 0:
         raise common.UserError('--trunc-cutoff must be >= 0')
     for name in ['z_dim', 'w_dim', 'mapping_layers', 'fmap_base', 'fmap_max', 'mbstd_group',
@@ -138,7 +128,11 @@ SQRT2 = math.sqrt(2)
 
 
 def lrelu(x):
-    """LeakyReLU 0.2 with gain sqrt(2), which keeps the activations' second moment at 1."""
+    """LeakyReLU 0.2 with gain sqrt(2), which keeps the activations' second moment at 1. The official
+    StyleGAN2 code applies He's gain after the activation (bias_act), so the equalized layers here
+    scale by 1/sqrt(fan_in) alone; progan.py follows the ProGAN code, which puts the same sqrt(2)
+    into the layers' run-time scale and uses a plain LeakyReLU. The two differ only in whether the
+    bias is scaled by sqrt(2) too."""
     return F.leaky_relu(x, 0.2) * SQRT2
 
 
@@ -152,7 +146,7 @@ def nf(res, args):
     return max(1, min(args.fmap_max, 2 * args.fmap_base // res))
 
 
-class EqualLinear(nn.Module):
+class EqualizedLinear(nn.Module):
     """y = x W^T (lrmul/sqrt(in)) + b lrmul, with W ~ N(0, 1/lrmul^2).
 
     lrmul < 1 (the mapping net's 0.01) slows a layer's learning by lrmul: Adam moves the stored
@@ -171,7 +165,7 @@ class EqualLinear(nn.Module):
         return lrelu(x) if self.act else x
 
 
-class EqualConv2d(nn.Module):
+class EqualizedConv2d(nn.Module):
     """A k x k conv with equalized learning rate; optional bias and LeakyReLU. [B, in, H, W] -> [B, out, H, W]."""
 
     def __init__(self, c_in, c_out, k, bias=True, act=False):
@@ -204,7 +198,7 @@ class MappingNetwork(nn.Module):
     def __init__(self, z_dim, w_dim, layers, lrmul):
         super().__init__()
         dims = [z_dim] + [w_dim] * layers
-        self.fcs = nn.Sequential(*[EqualLinear(a, b, lrmul=lrmul, act=True) for a, b in zip(dims, dims[1:])])
+        self.fcs = nn.Sequential(*[EqualizedLinear(a, b, lrmul=lrmul, act=True) for a, b in zip(dims, dims[1:])])
 
     def forward(self, z):
         return self.fcs(pixel_norm(z))
@@ -254,10 +248,10 @@ class StyledConv(nn.Module):
         self.weight = nn.Parameter(torch.randn(c_out, c_in, 3, 3)) if conv else None
         self.scale = 1 / math.sqrt(c_in * 9)
         if style == 'demod':
-            self.affine = EqualLinear(w_dim, c_in, bias_init=1)
+            self.affine = EqualizedLinear(w_dim, c_in, bias_init=1)
             self.noise_strength = nn.Parameter(torch.zeros([]))
         else:
-            self.affine = EqualLinear(w_dim, 2 * c_out)
+            self.affine = EqualizedLinear(w_dim, 2 * c_out)
             self.noise_strength = nn.Parameter(torch.zeros(c_out))
         self.bias = nn.Parameter(torch.zeros(c_out))
 
@@ -287,12 +281,12 @@ class ToRGB(nn.Module):
         super().__init__()
         self.style = style
         if style == 'demod':
-            self.affine = EqualLinear(w_dim, c_in, bias_init=1)
+            self.affine = EqualizedLinear(w_dim, c_in, bias_init=1)
             self.weight = nn.Parameter(torch.randn(img_ch, c_in, 1, 1))
             self.scale = 1 / math.sqrt(c_in)
             self.bias = nn.Parameter(torch.zeros(img_ch))
         else:
-            self.conv = EqualConv2d(c_in, img_ch, 1)
+            self.conv = EqualizedConv2d(c_in, img_ch, 1)
 
     def forward(self, x, w=None):
         if self.style == 'demod':
@@ -398,13 +392,15 @@ class Generator(nn.Module):
         return (img, ws) if return_ws else img
 
 
-def minibatch_stddev(x, group=4):
+def minibatch_stddev(x, group_size=4):
     """ProGAN Sec. 3: append the std of each feature over a group of samples, averaged to one map.
 
-    x: [B, C, H, W] -> [B, C + 1, H, W]. B must be a multiple of min(group, B).
+    x: [B, C, H, W] -> [B, C + 1, H, W]. B must be a multiple of min(group_size, B) (get_args checks).
+    Sample i joins group i % (B / G), as in the official code's reshape; progan.py's version gives the
+    same numbers, and also takes batches that do not divide.
     """
     b, c, h, w = x.shape
-    g = min(group, b)
+    g = min(group_size, b)
     y = x.float().view(g, -1, c, h, w)                                      # [G, B/G, C, H, W]: sample i in group i % (B/G)
     y = (y.var(0, unbiased=False) + 1e-8).sqrt()                            # [B/G, C, H, W]
     y = y.mean((1, 2, 3)).to(x.dtype)                                       # [B/G]
@@ -421,9 +417,9 @@ class DBlock(nn.Module):
 
     def __init__(self, c_in, c_out):
         super().__init__()
-        self.conv0 = EqualConv2d(c_in, c_in, 3, act=True)
-        self.conv1 = EqualConv2d(c_in, c_out, 3, act=True)
-        self.skip = EqualConv2d(c_in, c_out, 1, bias=False)
+        self.conv0 = EqualizedConv2d(c_in, c_in, 3, act=True)
+        self.conv1 = EqualizedConv2d(c_in, c_out, 3, act=True)
+        self.skip = EqualizedConv2d(c_in, c_out, 1, bias=False)
 
     def forward(self, x):
         t = self.skip(blur_down(x))
@@ -438,16 +434,16 @@ class Discriminator(nn.Module):
     def __init__(self, args):
         super().__init__()
         self.group = args.mbstd_group
-        self.fromrgb = EqualConv2d(args.channels, nf(args.res, args), 1, act=True)
+        self.fromrgb = EqualizedConv2d(args.channels, nf(args.res, args), 1, act=True)
         blocks, r = [], args.res
         while r > 4:
             blocks.append(DBlock(nf(r, args), nf(r // 2, args)))
             r //= 2
         self.blocks = nn.Sequential(*blocks)
         c4 = nf(4, args)
-        self.conv = EqualConv2d(c4 + 1, c4, 3, act=True)
-        self.fc = EqualLinear(c4 * 16, c4, act=True)
-        self.out = EqualLinear(c4, 1)
+        self.conv = EqualizedConv2d(c4 + 1, c4, 3, act=True)
+        self.fc = EqualizedLinear(c4 * 16, c4, act=True)
+        self.out = EqualizedLinear(c4, 1)
 
     def forward(self, x):
         x = self.blocks(self.fromrgb(x))                                    # [B, nf(4), 4, 4]
@@ -716,13 +712,13 @@ def style_mix_grid(G, gen, args, name, n_a=6, n_b=5):
     return torch.cat(rows), n_a + 1
 
 
-def interpolation_grid(G, gen, args, legs=6):
+def interpolation_grid(G, gen, args, legs=common.INTERP_ROWS):
     """A walk in W: linear from w_0 to w_1 in the first row, w_1 to w_2 in the next, and so on."""
     dev = G.w_avg.device
     keys = ws_of(G, torch.randn(legs + 1, G.z_dim, generator=gen).to(dev), args.psi, args.trunc_cutoff)
-    t = torch.linspace(0, 1, args.interpolate, device=dev).view(1, -1, 1, 1)
+    t = torch.linspace(0, 1, args.interp_steps, device=dev).view(1, -1, 1, 1)
     ws = keys[:-1, None].lerp(keys[1:, None], t)                            # [legs, STEPS, num_ws, w_dim]
-    return synth(G, ws.flatten(0, 1)), args.interpolate
+    return synth(G, ws.flatten(0, 1)), args.interp_steps
 
 
 def truncation_grid(G, gen, args, rows=6):
@@ -753,7 +749,7 @@ def generate(args):
             x, nrow = style_mix_grid(G, gen, args, name)
             common.save_grid(x, os.path.join(args.out, f'style_mix_{name}.png'), nrow)
             print(f'wrote {args.out}/style_mix_{name}.png')
-    if args.interpolate is not None:
+    if args.interpolate:
         x, nrow = interpolation_grid(G, gen, args)
         common.save_grid(x, os.path.join(args.out, 'interpolate.png'), nrow)
         print(f'wrote {args.out}/interpolate.png')

@@ -28,6 +28,7 @@ Usage:
     python wgan_gp.py --dataset cifar10                                         # 32x32 CIFAR-10
     python wgan_gp.py --penalty clip                                            # the original WGAN, for comparison
     python wgan_gp.py --generate 64 --ckpt runs/wgan_gp/last.pt
+    python wgan_gp.py --interpolate --ckpt runs/wgan_gp/last.pt                 # straight walks between random z
 
 Deviations from the paper:
     - The networks are DCGAN's with 4x4 kernels (the authors' DCGAN-architecture CIFAR-10 model used
@@ -38,6 +39,8 @@ Deviations from the paper:
     - --penalty clip: the original WGAN's critic used BatchNorm, and its code ran 100 critic steps
       for the first 25 G steps and every 500th; here the clip mode keeps this critic (--norm) and
       n_critic, so that the only difference is the Lipschitz constraint and the optimiser.
+    - Adam's betas are (0, 0.9), as in Algorithm 1. The authors' code used (0.5, 0.9) for this
+      DCGAN-style architecture (gan_cifar.py; the ResNet models kept (0, 0.9)): `--betas 0.5 0.9`.
 """
 import math
 
@@ -66,13 +69,15 @@ def get_args(argv=None):
                    help='gp: the gradient penalty (eq. 3); clip: the original WGAN (Arjovsky et al. 2017): '
                         'weight clipping to [-c, c] and RMSprop')
     g.add_argument('--lambda-gp', type=float, default=10.0, help='gradient penalty weight lambda (Algorithm 1)')
-    g.add_argument('--n-critic', type=int, default=5, help='critic steps per G step (Algorithm 1)')
+    g.add_argument('--d-steps', '--n-critic', dest='n_critic', type=int, default=5, metavar='K',
+                   help='critic steps per G step, each on a fresh real batch (Algorithm 1\'s n_critic)')
     g.add_argument('--clip', type=float, default=0.01, help='--penalty clip: weight clipping range c (WGAN)')
     g.add_argument('--lr', type=float,
                    help='learning rate (default 1e-4 for Adam with --penalty gp, 5e-5 for RMSprop with --penalty clip)')
     g.add_argument('--betas', type=float, nargs=2, default=[0.0, 0.9], metavar=('B1', 'B2'),
                    help='Adam betas for --penalty gp (Algorithm 1)')
     g.add_argument('--init-std', type=float, default=0.02, help='std of the N(0, std) weight init (DCGAN)')
+    common.add_interpolate_args(p, steps=10)
     args = common.parse(p, argv, valid_res=[32, 64, 128])
     if args.lr is None:
         args.lr = 1e-4 if args.penalty == 'gp' else 5e-5
@@ -80,7 +85,7 @@ def get_args(argv=None):
         raise common.UserError('--compile cannot be used with the gradient penalty: torch.compile has no double '
                                'backward, which the penalty needs; drop --compile (or use --penalty clip)')
     if args.n_critic < 1:
-        raise common.UserError('--n-critic must be at least 1')
+        raise common.UserError('--d-steps (--n-critic) must be at least 1')
     if args.lr <= 0 or args.clip <= 0 or args.lambda_gp < 0 or args.init_std <= 0:
         raise common.UserError('--lr, --clip and --init-std must be positive and --lambda-gp not negative')
     if min(args.z_dim, args.ngf, args.ndf) < 1:
@@ -312,15 +317,21 @@ def generate(args):
     G, _ = build(targs)
     G.load_state_dict(ckpt['nets']['G'])
     G.to(device)
-    z = torch.randn(args.generate, targs.z_dim, generator=torch.Generator().manual_seed(args.seed)).to(device)
-    x = torch.cat([sample(G, zb) for zb in z.split(256)])
-    common.write_samples(x, args.out)
-    print(f'wrote {args.generate} images and grid.png to {args.out}')
+    if args.generate:
+        z = torch.randn(args.generate, targs.z_dim, generator=torch.Generator().manual_seed(args.seed)).to(device)
+        x = torch.cat([sample(G, zb) for zb in z.split(256)])
+        common.write_samples(x, args.out)
+        print(f'wrote {args.generate} images and grid.png to {args.out}')
+    if args.interpolate:
+        z = torch.randn(common.INTERP_ROWS + 1, targs.z_dim, generator=torch.Generator().manual_seed(args.seed))
+        path = f'{args.out}/interpolate.png'
+        common.save_grid(sample(G, common.latent_walk(z, args.interp_steps).to(device)), path, args.interp_steps)
+        print(f'wrote {path}: {common.INTERP_ROWS} walks of {args.interp_steps} steps')
 
 
 def main(argv=None):
     args = get_args(argv)
-    if args.generate:
+    if args.sampling:
         generate(args)
     else:
         train(args)

@@ -45,6 +45,6 @@ for T in none 1.5 1.0 0.5; do
     $PY benchmarks/cifar_classifier.py --ckpt "$OUT/classifier.pt" --eval "$OUT/generated_$T" --data "$DATA" --data-root "$ROOT"
 done
 stamp pictures
-$PY biggan.py --generate 10 --ckpt "$OUT/train/last.pt" --out "$OUT" --truncation-sweep
-$PY biggan.py --generate 6 --ckpt "$OUT/train/last.pt" --out "$OUT" --interpolate-class 1 7
+$PY biggan.py --truncation-sweep --ckpt "$OUT/train/last.pt" --out "$OUT"
+$PY biggan.py --interpolate-class 1 7 --ckpt "$OUT/train/last.pt" --out "$OUT"
 stamp done

@@ -115,7 +115,7 @@ def evaluate(args):
         x_real, y_real, real_classes = load_split(os.path.join(args.data, 'test'), args.data_root)
     hits, total, per, variety = 0, 0, {}, {}
     for c in folders:
-        files = sorted(f for f in os.listdir(os.path.join(args.eval, c)) if f.lower().endswith(common.IMAGE_EXTS))
+        files = sorted(f for f in os.listdir(os.path.join(args.eval, c)) if f.lower().endswith(common.IMAGE_EXTENSIONS))
         imgs = torch.stack([torch.from_numpy(np.asarray(Image.open(os.path.join(args.eval, c, f)).convert('RGB')
                                                         .resize((32, 32), Image.BICUBIC)).copy()).permute(2, 0, 1)
                             for f in files])

@@ -99,7 +99,7 @@ def main():
     for res, (step, t, kimg) in sorted(reached.items()):
         print(f'{res}x{res} done at step {step}, {kimg:.0f} kimg, {t / 60:.1f} min')
     last = rows[-50:]
-    print('last 50 steps: W_dist %.3f  gp %.3f' % (np.mean([float(r['W_dist']) for r in last]),
+    print('last 50 steps: W_estimate %.3f  gp %.3f' % (np.mean([float(r['W_estimate']) for r in last]),
                                                   np.mean([float(r['gp']) for r in last])))
 
     # SWD against real digits

@@ -56,16 +56,18 @@ def test_larger_arch_tables(res):
 
 
 def test_bad_flags_are_user_errors():
-    for argv in (['--z-dim', '30'],                          # 30 does not split into 4 chunks
-                 ['--attn-res', '64'],                       # G at 32 has no 64x64 stage
-                 ['--res', '64', '--ch', '2', '--attn-res', '32'],   # 2 channels in D at 32x32: C/8 = 0
-                 ['--truncation', '0.5'],                    # a sampling flag without --generate
-                 ['--generate', '4', '--ckpt', 'x.pt', '--truncation', '0'],
-                 ['--generate', '4', '--ckpt', 'x.pt', '--truncation', '0.5', '--truncation-sweep'],
-                 ['--generate', '4', '--ckpt', 'x.pt', '--interpolate-class', '0', '1', '--class', '2'],
-                 ['--generate', '4', '--ckpt', 'x.pt', '--interp-steps', '5'],
-                 ['--res', '48']):
-        with pytest.raises(common.UserError):
+    for argv, message in (
+            (['--z-dim', '30'], 'must split evenly into 4 chunks'),
+            (['--attn-res', '64'], 'not a resolution G has'),
+            (['--res', '64', '--ch', '2', '--attn-res', '32'], 'fewer than 8 channels'),
+            (['--truncation', '0.5'], '--truncation applies to --generate'),        # no mode would use it
+            (['--generate', '4', '--ckpt', 'x.pt', '--truncation', '0'], '--truncation must be positive'),
+            (['--ckpt', 'x.pt', '--truncation', '0.5', '--truncation-sweep'], 'draws its own thresholds'),
+            (['--ckpt', 'x.pt', '--interpolate-class', '0', '1', '--class', '2'], 'names its two classes'),
+            (['--generate', '4', '--ckpt', 'x.pt', '--interp-steps', '5'], '--interp-steps goes with'),
+            (['--truncation-sweep'], '--truncation-sweep needs --ckpt'),
+            (['--res', '48'], 'cannot build --res 48')):
+        with pytest.raises(common.UserError, match=message):
             biggan.get_args(argv)
 
 
@@ -316,16 +318,23 @@ def test_train_and_generate_end_to_end(tmp_path):
     assert folders == sorted(common.SHAPE_CLASSES)
     assert sum(len(os.listdir(gen / f)) for f in folders) == 12 and (gen / 'grid.png').exists()
 
-    # the other sampling modes, in process
+    # the other sampling modes work with --ckpt alone, as a user types them (into runs/biggan/generated)
+    from PIL import Image
+    made = tmp_path / 'runs' / 'biggan' / 'generated'
+    r = run_script('biggan.py', '--truncation-sweep', '--ckpt', out / 'last.pt', cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert Image.open(made / 'truncation_sweep.png').size == (6 * 34 + 2, 6 * 34 + 2)   # 6 classes x 6 thresholds
+    r = run_script('biggan.py', '--interpolate-class', '1', '2', '--ckpt', out / 'last.pt', cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert Image.open(made / 'interpolate_class.png').size == (8 * 34 + 2, 8 * 34 + 2)  # 8 steps x 8 z
+    # in process: --class, and the modes with their own sizes, all in one command
     biggan.main(['--generate', '3', '--ckpt', str(out / 'last.pt'), '--out', str(tmp_path / 'k'), '--class', '4'])
     assert os.listdir(tmp_path / 'k' / 'ring') and not (tmp_path / 'k' / 'circle').exists()
-    biggan.main(['--generate', '4', '--ckpt', str(out / 'last.pt'), '--out', str(tmp_path / 's'), '--truncation-sweep', '2', '0.5'])
-    biggan.main(['--generate', '2', '--ckpt', str(out / 'last.pt'), '--out', str(tmp_path / 'i'), '--interpolate-class', '0', '5'])
-    from PIL import Image
-    w, h = Image.open(tmp_path / 's' / 'truncation_sweep.png').size
-    assert (w, h) == (4 * 34 + 2, 2 * 34 + 2)                   # 4 samples x 2 thresholds
-    w, h = Image.open(tmp_path / 'i' / 'interpolation.png').size
-    assert (w, h) == (8 * 34 + 2, 2 * 34 + 2)                   # 8 steps x 2 z
+    biggan.main(['--ckpt', str(out / 'last.pt'), '--out', str(tmp_path / 's'), '--truncation-sweep', '2', '0.5',
+                 '--interpolate', '--interp-steps', '3', '--class', '1'])
+    assert Image.open(tmp_path / 's' / 'truncation_sweep.png').size == (10 * 34 + 2, 2 * 34 + 2)  # 10 of class 1
+    assert Image.open(tmp_path / 's' / 'interpolate.png').size == (3 * 34 + 2, 8 * 34 + 2)
+    assert not (tmp_path / 's' / 'grid.png').exists()           # no --generate, no samples
     with pytest.raises(common.UserError, match='out of range'):
         biggan.main(['--generate', '2', '--ckpt', str(out / 'last.pt'), '--out', str(tmp_path / 'x'), '--class', '6'])
 

@@ -69,7 +69,7 @@ def test_label_changes_the_sample():
         if cond == 'projection':
             with torch.no_grad():
                 for m in G.modules():
-                    if isinstance(m, cgan.CondBatchNorm2d):
+                    if isinstance(m, cgan.ConditionalBatchNorm):
                         m.beta.weight.normal_()
         G.eval()
         z = torch.randn(1, 100).repeat(2, 1)
@@ -144,7 +144,7 @@ def test_projection_d_starts_with_glorot_weights_and_zero_biases():
 
 def test_cbn_at_init_is_plain_bn():
     """Gain 1 and bias 0 for every class: CBN reduces to BatchNorm without affine."""
-    cbn = cgan.CondBatchNorm2d(6, 4)
+    cbn = cgan.ConditionalBatchNorm(6, 4)
     h = torch.randn(8, 6, 5, 5) * 3 + 2
     out = cbn(h, torch.randint(4, (8,)))
     assert torch.allclose(out, nn.functional.batch_norm(h, None, None, training=True), atol=1e-5)
@@ -241,7 +241,12 @@ def test_end_to_end_train_and_generate(tmp_path):
     assert r.returncode == 0, r.stderr
     for name in common.SHAPE_CLASSES:
         assert len(list((gen / name).glob('*.png'))) == 2, name
-    assert (gen / 'grid.png').exists()
+    from PIL import Image
+    assert Image.open(gen / 'grid.png').size == (2 * 18 + 2, 6 * 18 + 2)      # a row of 2 per class
+
+    # --interpolate: a row per class, in-process
+    cgan.main(['--interpolate', '--interp-steps', '3', '--ckpt', str(out / 'last.pt'), '--out', str(tmp_path / 'w')])
+    assert Image.open(tmp_path / 'w' / 'interpolate.png').size == (3 * 18 + 2, 8 * 18 + 2)
 
     # --class K, in-process (the subprocess round trip above already covers the command line)
     one = tmp_path / 'one'

@@ -221,10 +221,108 @@ def test_bad_input_is_one_line_without_traceback(tmp_path):
 # ---------------------------------------------------------------- pictures and checkpoints
 
 def test_grid_layout():
-    x = torch.ones(5, 3, 4, 4)
+    # image i is one flat grey, i * 40 (in [-1, 1]: i * 40 / 127.5 - 1, exact in 8 bits)
+    x = torch.arange(5).float().mul(40 / 127.5).sub(1).view(5, 1, 1, 1).expand(5, 3, 4, 4)
     g = common.make_grid(x, nrow=3, pad=1)
     assert g.shape == (2 * 5 + 1, 3 * 5 + 1, 3)
-    assert g[1, 1].tolist() == [255, 255, 255]
+    for i in range(5):                                   # row i // 3, column i % 3, each 4 px + 1 px gap
+        r, c = 1 + 5 * (i // 3), 1 + 5 * (i % 3)
+        assert (g[r:r + 4, c:c + 4] == 40 * i).all(), i
+    assert (g[0] == 255).all() and (g[:, 5] == 255).all() and (g[6:, 11:] == 255).all()  # gaps, empty cell: white
+    gray = common.make_grid(x[:, :1], nrow=3, pad=1)     # one channel stays one channel
+    assert gray.shape == (11, 16) and gray[1, 6] == 40
+
+
+def test_to_uint8_is_torchvision_save_image_rule(tmp_path):
+    import torchvision
+    from PIL import Image
+    import metrics
+    torch.manual_seed(0)
+    # random values, and the ones where rounding half up and half to even differ (k + 0.5 for even k)
+    halves = (torch.arange(0, 255, 2).float() + 0.5) / 255 * 2 - 1
+    x = torch.cat([torch.rand(3 * 16 * 16) * 2.2 - 1.1, halves, halves.nextafter(torch.tensor(2.0))])
+    u = common.to_uint8(x.view(1, 1, 1, -1))
+    torchvision.utils.save_image(x.view(1, 1, -1), tmp_path / 'tv.png', normalize=True, value_range=(-1, 1))
+    tv = torch.from_numpy(np.asarray(Image.open(tmp_path / 'tv.png'))[:, :, 0].copy())
+    assert torch.equal(u.view(-1), tv.view(-1))
+    assert torch.equal(u, metrics.to_uint8(x.view(1, 1, 1, -1)))      # FID sees the pixels the PNGs hold
+    common.save_grid(x.view(1, 1, 1, -1), str(tmp_path / 'ours.png'), nrow=1)
+    ours = np.asarray(Image.open(tmp_path / 'ours.png'))                   # one image: make_grid adds no border
+    assert torch.equal(torch.from_numpy(ours.reshape(-1).copy()), tv.view(-1))
+
+
+def test_images_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    from PIL import Image
+    path = tmp_path / 'samples' / 'step_0000001.png'
+    common.save_grid(torch.zeros(4, 3, 8, 8), str(path))
+    before = path.read_bytes()
+    real_save = Image.Image.save
+
+    def dying_save(self, fp, *a, **k):
+        with open(fp, 'wb') as fh:
+            fh.write(b'\x89PNG half an ima')    # the process is killed mid-write...
+        raise KeyboardInterrupt                  # ...here
+    monkeypatch.setattr(Image.Image, 'save', dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        common.save_grid(torch.ones(4, 3, 8, 8), str(path))
+    monkeypatch.setattr(Image.Image, 'save', real_save)
+    assert path.read_bytes() == before and os.listdir(path.parent) == [path.name]
+
+
+def test_gif_leaves_out_a_frame_it_cannot_read(tmp_path):
+    from PIL import Image
+    frames = []
+    for i in range(3):
+        frames.append(str(tmp_path / f'step_{i}.png'))
+        common.save_grid(torch.full((4, 3, 8, 8), i / 2 - 0.5), frames[-1])
+    with open(frames[1], 'r+b') as f:                    # a grid cut short by a kill before writes were atomic
+        f.truncate(60)
+    common.write_gif(frames, str(tmp_path / 'p.gif'))
+    with Image.open(tmp_path / 'p.gif') as gif:
+        assert gif.n_frames == 2
+    (tmp_path / 'step_0.png').write_bytes(b'')
+    (tmp_path / 'step_2.png').write_bytes(b'not a png')
+    common.write_gif(frames, str(tmp_path / 'none.gif'))          # nothing readable: no GIF, no error
+    assert not (tmp_path / 'none.gif').exists()
+
+
+def test_labelled_samples_go_to_class_folders_with_a_row_per_class(tmp_path):
+    from PIL import Image
+    y = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2])
+    x = (y.float() / 2 * 2 - 1).view(8, 1, 1, 1).expand(8, 1, 4, 4)   # class k: grey level k / 2
+    common.write_samples(x, str(tmp_path), y, ['cat', 'dog', 'eel'])
+    assert sorted(os.listdir(tmp_path)) == ['cat', 'dog', 'eel', 'grid.png']
+    assert sorted(os.listdir(tmp_path / 'eel')) == ['000006.png', '000007.png']
+    g = np.asarray(Image.open(tmp_path / 'grid.png'))
+    assert g.shape == (3 * 6 + 2, 2 * 6 + 2)              # 3 classes x 2 (the fewest of any class)
+    assert [int(g[2 + 6 * k, 2]) for k in range(3)] == [0, 128, 255]
+
+
+def test_set_length_plans_the_run(tmp_path):
+    args = make_args(out=str(tmp_path / 'run'), steps=7)
+    run = common.Run(args)
+    run.start({}, common.load_data(args))
+    run.set_length(50)
+    assert run.total == 7 and run.bar.total == 7         # never past --steps
+    args.steps = None
+    run.set_length(50)
+    assert run.total == 50 and run.bar.total == 50
+    run.bar.close()
+
+
+def test_sampling_modes_need_a_checkpoint_and_default_to_generated():
+    p = common.base_parser('', model='test', dataset='shapes', res=16, batch_size=8, epochs=1)
+    common.add_interpolate_args(p, steps=5)
+    with pytest.raises(common.UserError, match='--interpolate needs --ckpt'):
+        common.parse(p, ['--interpolate'])
+    with pytest.raises(common.UserError, match='--interp-steps goes with --interpolate'):
+        common.parse(p, ['--generate', '2', '--ckpt', 'x.pt', '--interp-steps', '4'])
+    a = common.parse(p, ['--interpolate', '--ckpt', 'x.pt'])
+    assert a.sampling and a.interp_steps == 5 and a.out == os.path.join('runs', 'test', 'generated')
+    b = common.parse(p, [])
+    assert not b.sampling and b.out == os.path.join('runs', 'test')
+    with pytest.raises(SystemExit):                       # an unconditional model has no --class
+        common.parse(p, ['--class', '1'])
 
 
 def test_interrupted_save_keeps_previous_checkpoint(tmp_path, monkeypatch):

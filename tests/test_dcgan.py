@@ -40,6 +40,21 @@ def test_shapes_and_range_at_each_res(res):
     assert sum(isinstance(m, nn.Conv2d) for m in D.modules()) == n + 1
 
 
+def test_spectral_norm_d_has_conv_biases_and_the_paper_d_has_none():
+    torch.manual_seed(0)
+    _, D = dcgan.build(make_args())
+    assert all(m.bias is None for m in D.modules() if isinstance(m, nn.Conv2d))      # BatchNorm's beta shifts
+    _, D_sn = dcgan.build(make_args('--spectral-norm'))
+    convs = [m for m in D_sn.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 4 and not any(isinstance(m, nn.BatchNorm2d) for m in D_sn.modules())
+    assert all(m.bias is not None and torch.equal(m.bias, torch.zeros_like(m.bias)) for m in convs)
+    # the biases learn: one D step moves every one of them
+    opt = torch.optim.Adam(D_sn.parameters(), 1e-2)
+    dcgan.d_loss(D_sn(torch.rand(8, 3, 32, 32) * 2 - 1), D_sn(torch.rand(8, 3, 32, 32) * 2 - 1)).backward()
+    opt.step()
+    assert all(m.bias.abs().min() > 0 for m in convs)
+
+
 def test_unsupported_res_is_a_clear_error():
     with pytest.raises(common.UserError, match='--res 48'):
         dcgan.get_args(['--res', '48'])
@@ -183,7 +198,9 @@ def test_train_generate_interpolate_end_to_end(tmp_path):
     assert r.returncode == 0, r.stderr
     assert len([f for f in os.listdir(tmp_path / 'gen') if f.endswith('.png')]) == 7   # 6 samples + grid.png
 
-    dcgan.main(['--interpolate', '--generate', '3', '--ckpt', str(out / 'last.pt'), '--out', str(tmp_path / 'walk')])
+    dcgan.main(['--interpolate', '--ckpt', str(out / 'last.pt'), '--out', str(tmp_path / 'walk')])
+    dcgan.main(['--interpolate', '--interp-steps', '4', '--ckpt', str(out / 'last.pt'), '--out', str(tmp_path / 'w4')])
     from PIL import Image
-    w, h = Image.open(tmp_path / 'walk' / 'interpolation.png').size
-    assert (w, h) == (2 + 10 * 34, 2 + 3 * 34)           # 10 steps by 3 rows of 32 px, 2 px gaps
+    assert Image.open(tmp_path / 'walk' / 'interpolate.png').size == (2 + 10 * 34, 2 + 8 * 34)  # 8 rows of 10 steps
+    assert Image.open(tmp_path / 'w4' / 'interpolate.png').size == (2 + 4 * 34, 2 + 8 * 34)
+    assert os.listdir(tmp_path / 'walk') == ['interpolate.png']                              # no samples asked for

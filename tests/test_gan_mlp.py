@@ -49,7 +49,7 @@ def test_minimax_loss_saturates_and_nonsaturating_does_not():
 
 
 def test_d_step_leaves_g_without_grads_and_step_changes_both():
-    args = tiny_args('--k', '2')
+    args = tiny_args('--d-steps', '2')
     torch.manual_seed(0)
     G, D = gan_mlp.build(args)
     opt_G, opt_D = gan_mlp.make_optimizers(G, D, args)
@@ -57,14 +57,13 @@ def test_d_step_leaves_g_without_grads_and_step_changes_both():
     before_D = [p.clone() for p in D.parameters()]
     x = torch.rand(16, 3, 8, 8) * 2 - 1          # k=2 minibatches of 8
 
-    # one D update alone: G's grads stay empty because D sees detached fakes
-    z = torch.randn(8, args.z_dim)
-    gan_mlp.d_loss(D(x[:8]), D(G(z).detach())).backward()
-    assert all(p.grad is None for p in G.parameters())
-    D.zero_grad(set_to_none=True)
-
+    # train_step's D updates must not reach into G: at each of them G has no gradient yet
+    g_grads_at_d_steps = []
+    d_step = opt_D.step
+    opt_D.step = lambda *a, **k: (g_grads_at_d_steps.append([p.grad for p in G.parameters()]), d_step(*a, **k))[1]
     seen = watch_d_steps(opt_D)
     logs = gan_mlp.train_step(G, D, opt_G, opt_D, x, args)
+    assert len(g_grads_at_d_steps) == 2 and all(g is None for grads in g_grads_at_d_steps for g in grads)
     assert same_grads(seen[-1], d_grads(opt_D))       # the G step, D frozen, left D's gradients alone
     assert set(logs) == {'loss_D', 'loss_G', 'D(x)', 'D(G(z))'}
     assert all(not torch.equal(a, b) for a, b in zip(before_G, G.parameters()))

@@ -132,23 +132,36 @@ def test_minibatch_stddev_identical_group_and_uneven_batch():
     assert y.shape == (4, 9, 4, 4)
     assert torch.allclose(y[:, 8], torch.full((4, 4, 4), 1e-4))          # sqrt(0 + 1e-8)
     assert torch.equal(y[:, :8], same)
-    # two groups: one of copies, one of varied images -> the feature tells them apart
-    mixed = torch.cat([same, torch.randn(4, 8, 4, 4)])
+    # two groups, images dealt in turn (image i in group i % 2, the authors' reshape): the even
+    # images are copies, the odd ones varied -> the feature tells the two groups apart
+    mixed = torch.stack([v for k in range(4) for v in (same[0], torch.randn(8, 4, 4))])
     f = progan.minibatch_stddev(mixed, 4)[:, 8, 0, 0]
-    assert torch.allclose(f[:4], torch.full((4,), 1e-4)) and (f[4:] > 0.5).all()
-    assert torch.allclose(f[4:], f[4])                                    # one value per group
-    # a batch of 6 is not a multiple of 4: the last 2 images join the last group
+    assert torch.allclose(f[0::2], torch.full((4,), 1e-4)) and (f[1::2] > 0.5).all()
+    assert torch.allclose(f[1::2], f[1])                                  # one value per group
+    # a batch of 6 is not a multiple of 4: one group of all 6
     x6 = torch.cat([same, torch.randn(2, 8, 4, 4)])
     f6 = progan.minibatch_stddev(x6, 4)[:, 8, 0, 0]
     ref = torch.sqrt(x6.var(0, unbiased=False) + 1e-8).mean()
     assert torch.allclose(f6, ref.expand(6), atol=1e-6)
-    # the group-of-4 result matches the direct formula
-    x8 = torch.randn(8, 8, 4, 4)
-    f8 = progan.minibatch_stddev(x8, 4)[:, 8, 0, 0]
-    for g in range(2):
-        ref = torch.sqrt(x8[4 * g:4 * g + 4].var(0, unbiased=False) + 1e-8).mean()
-        assert torch.allclose(f8[4 * g:4 * g + 4], ref.expand(4), atol=1e-6)
+    # 14 (the paper's batch at 256x256): groups {0, 3, 6, 9, 12}, {1, 4, ..., 13}, {2, 5, 8, 11}
+    x14 = torch.randn(14, 8, 4, 4)
+    f14 = progan.minibatch_stddev(x14, 4)[:, 8, 0, 0]
+    for g in range(3):
+        ref = torch.sqrt(x14[g::3].var(0, unbiased=False) + 1e-8).mean()
+        assert torch.allclose(f14[g::3], ref.expand(len(x14[g::3])), atol=1e-6)
     assert progan.minibatch_stddev(torch.randn(3, 8, 4, 4), 4).shape == (3, 9, 4, 4)  # smaller than a group
+
+
+def test_minibatch_stddev_and_lrelu_are_stylegans_where_both_mean_the_same():
+    import stylegan
+    x = torch.randn(8, 5, 4, 4)
+    assert torch.allclose(progan.minibatch_stddev(x, 4), stylegan.minibatch_stddev(x, 4), atol=1e-6)
+    # the gains differ by the papers' own placement: ProGAN's in the layer scale, StyleGAN2's after the activation
+    assert torch.allclose(stylegan.lrelu(x), progan.lrelu(x) * 2 ** 0.5)
+    conv_p = progan.EqualizedConv2d(5, 3, 3)
+    conv_s = stylegan.EqualizedConv2d(5, 3, 3)
+    conv_s.weight.data.copy_(conv_p.weight)
+    assert torch.allclose(progan.lrelu(conv_p(x)), stylegan.lrelu(conv_s(x)), atol=1e-5)   # zero biases: the same
 
 
 # ---------------------------------------------------------------- loss
@@ -183,7 +196,7 @@ def test_train_step_changes_weights_and_ema_follows():
     seen = watch_d_steps(opt_D)
     logs = progan.train_step(G, D, G_ema, opt_G, opt_D, torch.rand(8, 3, 8, 8) * 2 - 1, 1, 0.5, args)
     assert same_grads(seen[-1], d_grads(opt_D))       # the G step, D frozen, left D's gradients alone
-    assert set(logs) == {'loss_D', 'loss_G', 'W_dist', 'gp', 'drift'} and all(math.isfinite(v) for v in logs.values())
+    assert set(logs) == {'loss_D', 'loss_G', 'W_estimate', 'gp', 'drift'} and all(math.isfinite(v) for v in logs.values())
     changed = lambda m, before: any(not torch.equal(p, q) for p, q in zip(m.parameters(), before))  # noqa: E731
     assert changed(G, g0) and changed(D, d0) and changed(G_ema, e0)
     # EMA: beta * old + (1 - beta) * new
@@ -245,10 +258,16 @@ def test_grow_4_8_16_resume_mid_fade_and_generate(tmp_path):
     full, part = tmp_path / 'full', tmp_path / 'part'
     r = run_script('progan.py', *common_flags, '--out', full)
     assert r.returncode == 0, r.stderr
-    for name in ['losses.csv', 'losses.png', 'last.pt', 'samples/real.png', 'samples/4x4-stabilise-end.png',
+    for name in ['losses.csv', 'losses.png', 'last.pt', 'progress.gif', 'samples/real.png', 'samples/4x4-stabilise-end.png',
                  'samples/8x8-fade-end.png', 'samples/8x8-stabilise-end.png', 'samples/16x16-fade-end.png',
-                 'samples/16x16-stabilise-end.png', 'samples/8x8-fade-step0000005.png']:
+                 'samples/16x16-stabilise-end.png']:
         assert (full / name).exists(), name
+    from PIL import Image
+    steps = sorted(p.name for p in (full / 'samples').glob('step_*.png'))        # every 5 steps, and the last
+    assert steps == [f'step_{s:07d}.png' for s in (5, 10, 15, 20, 24)]
+    assert {Image.open(full / 'samples' / s).size for s in steps} == {(8 * 18 + 2,) * 2}   # all at --res 16
+    with Image.open(full / 'progress.gif') as gif:
+        assert gif.n_frames == 5
     log = read_log(full / 'losses.csv')
     assert len(log) == 24
     assert [int(float(x['res'])) for x in log] == [4] * 4 + [8] * 8 + [16] * 12

@@ -77,7 +77,7 @@ def test_grouped_conv_equals_per_sample_loop():
 
 def test_mapping_lrmul_scales():
     torch.manual_seed(0)
-    fc = S.EqualLinear(512, 512, lrmul=0.01)
+    fc = S.EqualizedLinear(512, 512, lrmul=0.01)
     assert abs(fc.weight.std().item() - 100) < 1                 # stored: std 1 / lrmul
     effective = fc.weight * fc.scale
     assert abs(effective.std().item() - 1 / math.sqrt(512)) < 1e-3
@@ -290,8 +290,10 @@ def test_bad_flags_are_one_line_errors():
         S.get_args(['--res', '48'])
     with pytest.raises(common.UserError, match='multiple of --mbstd-group'):
         S.get_args(['--batch-size', '6'])
-    with pytest.raises(common.UserError, match='need --ckpt'):
+    with pytest.raises(common.UserError, match='--style-mix needs --ckpt'):
         S.get_args(['--style-mix'])
+    with pytest.raises(common.UserError, match='--interp-steps must be at least 2'):
+        S.get_args(['--interpolate', '--interp-steps', '1', '--ckpt', 'x.pt'])
 
 
 def test_end_to_end_train_and_sample(tmp_path):
@@ -304,15 +306,22 @@ def test_end_to_end_train_and_sample(tmp_path):
         assert (out / f).exists(), f
     with open(out / 'losses.csv') as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 4 and rows[0]['r1'] != 'nan' and rows[0]['pl'] != 'nan'
+    # the lazy regularisers fire at step indices 0 and 2 (rows 1 and 3): a finite value there, an empty cell between
+    assert len(rows) == 4 and [bool(r['r1']) for r in rows] == [bool(r['pl']) for r in rows] == [True, False] * 2
+    assert all(math.isfinite(float(r[k])) for r in rows[::2] for k in ('r1', 'pl'))
+    # --interpolate with --ckpt alone, as a user types it: 8 walks of 8 steps into runs/stylegan/generated
+    r = run_script('stylegan.py', '--interpolate', '--ckpt', out / 'last.pt', cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    from PIL import Image
+    assert Image.open(tmp_path / 'runs' / 'stylegan' / 'generated' / 'interpolate.png').size == (8 * 34 + 2,) * 2
     gen = tmp_path / 'gen'
-    # sampling in-process (a second interpreter start would double the test's time)
+    # the other modes together, in process (another interpreter start would add to the test's time)
     S.main(['--generate', '5', '--psi', '0.7', '--ckpt', str(out / 'last.pt'), '--style-mix', 'coarse',
-            '--interpolate', '3', '--truncation-sweep', '--out', str(gen)])
+            '--interpolate', '--interp-steps', '3', '--truncation-sweep', '--out', str(gen)])
     names = set(os.listdir(gen))
     assert {'grid.png', '000004.png', 'style_mix_coarse.png', 'interpolate.png', 'truncation_sweep.png'} <= names
-    from PIL import Image
     assert Image.open(gen / 'truncation_sweep.png').size[0] == 6 * 34 + 2        # six psi columns
+    assert Image.open(gen / 'interpolate.png').size == (3 * 34 + 2, 8 * 34 + 2)  # 8 rows of 3 steps
     import common
     with pytest.raises(common.UserError, match='no such file'):
         S.main(['--generate', '2', '--ckpt', str(tmp_path / 'missing.pt')])

@@ -160,6 +160,8 @@ def test_train_and_generate_end_to_end(tmp_path):
 def test_bad_flags_are_clear_errors():
     with pytest.raises(common.UserError, match='n-critic'):
         wgan_gp.get_args(['--n-critic', '0'])
+    with pytest.raises(common.UserError, match='--d-steps'):
+        wgan_gp.get_args(['--d-steps', '0'])
     with pytest.raises(common.UserError, match='double backward'):
         wgan_gp.get_args(['--compile'])
     wgan_gp.get_args(['--compile', '--penalty', 'clip'])          # clipping needs no double backward

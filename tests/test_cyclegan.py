@@ -239,6 +239,13 @@ def test_pair_data_epoch_and_preview():
     crops = cyclegan.random_crop_flip(x, 32, flip=False)
     assert crops.shape == (2, 1, 32, 32)
     assert any(torch.equal(crops[0], x[0, :, t:t + 32, l:l + 32]) for t in range(5) for l in range(5))
+    x = torch.rand(40, 1, 36, 36)
+    crops = cyclegan.random_crop_flip(x, 32)                       # the paper's mirror flip, half the time
+    mirrored = [not any(torch.equal(c, x[i, :, t:t + 32, l:l + 32]) for t in range(5) for l in range(5))
+                for i, c in enumerate(crops)]
+    assert 10 <= sum(mirrored) <= 30
+    assert all(any(torch.equal(c.flip(-1), x[i, :, t:t + 32, l:l + 32]) for t in range(5) for l in range(5))
+               for i, c in enumerate(crops) if mirrored[i])
 
 
 # ---------------------------------------------------------------- end to end, as a user runs it

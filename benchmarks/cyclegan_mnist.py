@@ -8,9 +8,11 @@ prints, for each direction:
     - content kept: the share of translations that a digit classifier trained on the *target*
       domain reads as the input's digit (the label is never shown to cyclegan.py);
     - domain reached: the Frechet distance between translations and the real held-out images of the
-      target domain, on that classifier's 128-d penultimate features (the FID formula of
-      metrics.frechet_distance, on features of a small domain-specific CNN rather than Inception,
-      so the figures are only comparable with each other; see the reference rows printed with them).
+      target domain (the FID formula, metrics.fid_from_features), on the 128-d penultimate features
+      of a small CNN trained on both domains to tell the digit *and* the domain (so its features
+      carry both), not on Inception: the figures compare only with each other and with the
+      reference rows printed beside them. The same CNN's domain head also gives the share of
+      translations it takes for target-domain images.
 
 Each figure comes with two reference points: the same measure for the untranslated inputs (what a
 translator that does nothing scores) and for real target-domain images (train vs test: the floor).
@@ -19,8 +21,8 @@ translator that does nothing scores) and for real target-domain images (train vs
     python benchmarks/cyclegan_mnist.py --data /tmp/gan-data/mnist2mnistm
 
 Training is skipped when OUT/last.pt already exists, so a second call only measures again. The two
-classifiers (a LeNet-sized CNN per domain, 3 epochs on trainA or trainB with their labels, seed 0) are
-trained here every time, in well under a minute. Extra arguments after -- go to cyclegan.py.
+classifiers (a LeNet-sized CNN per domain, 5 epochs on trainA or trainB with their labels, seed 0)
+and the joint digit-and-domain CNN are trained here every time, in a minute or two. Extra arguments after -- go to cyclegan.py.
 """
 import argparse
 import os
@@ -45,15 +47,16 @@ TRAIN_FLAGS = ['--res', '32', '--channels', '3', '--ngf', '32', '--ndf', '32', '
 
 
 class Classifier(nn.Module):
-    """x [B, 3, 32, 32] in [-1, 1] -> logits [B, 10]; features() -> the 128-d penultimate layer."""
+    """x [B, 3, 32, 32] in [-1, 1] -> logits [B, n_out]; features() -> the 128-d penultimate layer.
+    n_out 10: the digit; 12: the digit (0..9) and the domain (10: A, 11: B) as two softmax heads."""
 
-    def __init__(self):
+    def __init__(self, n_out=10):
         super().__init__()
         self.body = nn.Sequential(
             nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),       # 16x16
             nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),      # 8x8
             nn.Flatten(), nn.Dropout(0.3), nn.Linear(64 * 8 * 8, 128), nn.ReLU())
-        self.head = nn.Linear(128, 10)
+        self.head = nn.Linear(128, n_out)
 
     def features(self, x):
         return self.body(x)
@@ -72,17 +75,21 @@ def load_split(path, data_root):
     return d.images.float() / 127.5 - 1, d.labels
 
 
-def train_classifier(x, y, epochs=3, seed=0):
+def train_classifier(x, y, epochs=5, seed=0, domain=None):
+    """A digit classifier on (x, y); with domain [N] (0: A, 1: B), a joint digit-and-domain one."""
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model = Classifier()
+    model = Classifier(10 if domain is None else 12)
     opt = torch.optim.Adam(model.parameters(), 1e-3)
     for _ in range(epochs):
         model.train()
         for idx in torch.randperm(len(x), generator=g).split(64):
             # small shifts: translated digits may sit a pixel or two off
             xb = torch.roll(x[idx], shifts=tuple(torch.randint(-2, 3, (2,), generator=g).tolist()), dims=(2, 3))
-            loss = F.cross_entropy(model(xb), y[idx])
+            out = model(xb)
+            loss = F.cross_entropy(out[:, :10], y[idx])
+            if domain is not None:
+                loss = loss + F.cross_entropy(out[:, 10:], domain[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -91,10 +98,11 @@ def train_classifier(x, y, epochs=3, seed=0):
 
 @torch.no_grad()
 def read(model, x):
-    """-> (predicted digits [N], features [N, 128] as numpy)."""
+    """-> (predicted digits [N], features [N, 128] as numpy, predicted domain [N] or None)."""
     logits = torch.cat([model(b) for b in x.split(250)])
     feats = torch.cat([model.features(b) for b in x.split(250)])
-    return logits.argmax(1), feats.numpy()
+    domain = logits[:, 10:].argmax(1) if logits.shape[1] == 12 else None
+    return logits[:, :10].argmax(1), feats.numpy(), domain
 
 
 def main():
@@ -128,25 +136,37 @@ def main():
     clf, acc = {}, {}
     for dom in 'AB':
         clf[dom] = train_classifier(*split['train' + dom])
-        pred, _ = read(clf[dom], split['test' + dom][0])
+        pred, _, _ = read(clf[dom], split['test' + dom][0])
         acc[dom] = (pred == split['test' + dom][1]).float().mean().item()
+    xa, ya = split['trainA']
+    xb, yb = split['trainB']
+    joint = train_classifier(torch.cat([xa, xb]), torch.cat([ya, yb]),
+                             domain=torch.cat([torch.zeros(len(xa)), torch.ones(len(xb))]).long())
+    _, _, dom_a = read(joint, split['testA'][0])
+    _, _, dom_b = read(joint, split['testB'][0])
+    dom_acc = torch.cat([dom_a == 0, dom_b == 1]).float().mean().item()
 
     print(f'\n{ckpt_path}: step {ckpt["step"]}, epoch {ckpt["epoch"]}')
-    print(f'classifiers: trained on trainA / trainB, test accuracy {acc["A"]:.1%} (A, MNIST) / '
-          f'{acc["B"]:.1%} (B, MNIST-M-style)')
+    print(f'digit classifiers: trained on trainA / trainB, test accuracy {acc["A"]:.1%} (A, MNIST) / '
+          f'{acc["B"]:.1%} (B, MNIST-M-style); the joint CNN tells the domain of {dom_acc:.1%} of testA + testB')
     for name, fwd, src, dst in (('A -> B (G)', G, 'A', 'B'), ('B -> A (F)', F_, 'B', 'A')):
         x, labels = split['test' + src]
         fake = cyclegan.translate(fwd, x)
-        c = clf[dst]
-        pred_fake, f_fake = read(c, fake)
-        pred_in, f_in = read(c, x)
-        _, f_real = read(c, split['test' + dst][0])
-        _, f_train = read(c, split['train' + dst][0][:len(x)])
+        pred_fake, _, _ = read(clf[dst], fake)
+        pred_in, _, _ = read(clf[dst], x)
+        _, f_fake, dom_fake = read(joint, fake)
+        _, f_in, dom_in = read(joint, x)
+        _, f_real, _ = read(joint, split['test' + dst][0])
+        train_x = split['train' + dst][0]                  # files come sorted by class: draw at random
+        _, f_train, _ = read(joint, train_x[torch.randperm(len(train_x), generator=torch.Generator().manual_seed(0))[:len(x)]])
+        target = 1 if dst == 'B' else 0
         kept = (pred_fake == labels).float().mean().item()
-        print(f'\n{name}: {len(x)} held-out {src} digits, read by the {dst} classifier')
-        print(f'  content kept (read as the input digit): translations {kept:.1%} | untranslated inputs '
-              f'{(pred_in == labels).float().mean().item():.1%} | real {dst} test images {acc[dst]:.1%}')
-        print(f'  Frechet distance to real test{dst} (classifier features): translations '
+        print(f'\n{name}: {len(x)} held-out {src} digits')
+        print(f'  content kept (the {dst} digit classifier reads the input digit): translations {kept:.1%} | '
+              f'untranslated inputs {(pred_in == labels).float().mean().item():.1%} | real {dst} test images {acc[dst]:.1%}')
+        print(f'  domain reached (the joint CNN says {dst}): translations {(dom_fake == target).float().mean().item():.1%} | '
+              f'untranslated inputs {(dom_in == target).float().mean().item():.1%}')
+        print(f'  Frechet distance to real test{dst} (joint CNN features): translations '
               f'{metrics.fid_from_features(f_fake, f_real):.2f} | untranslated inputs '
               f'{metrics.fid_from_features(f_in, f_real):.2f} | real train{dst} {metrics.fid_from_features(f_train, f_real):.2f}')
 

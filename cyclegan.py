@@ -30,11 +30,12 @@ rather than on the newest only; Adam lr 2e-4, betas (0.5, 0.999), batch size 1; 
 each image resized to 286x286 (--load-size), a random 256x256 crop (--res), a random mirror flip.
 
 Usage:
-    python cyclegan.py --res 32 --ngf 16 --ndf 16 --steps 300                 # built-in shapes: filled <-> outlines
+    python cyclegan.py --res 32 --ngf 16 --ndf 16 --steps 300      # built-in pair: filled <-> outlined shapes
     python cyclegan.py --data-a DIR_A --data-b DIR_B --res 128                 # any two folders of images
     python cyclegan.py --data datasets/horse2zebra                             # trainA/ trainB/ (testA/ testB/)
     python benchmarks/prepare_data.py --mnist M/raw --cifar C.tar --mnistm --out /tmp/gan-data
-    python cyclegan.py --data /tmp/gan-data/mnist2mnistm --res 32 --channels 3 --steps 6000
+    python cyclegan.py --data /tmp/gan-data/mnist2mnistm --res 32 --channels 3 --ngf 32 --ndf 32 \
+                       --batch-size 4 --epochs 2 --decay-epochs 1                   # MNIST <-> MNIST-M-style
     python cyclegan.py --generate 16 --ckpt runs/cyclegan/last.pt --direction a2b    # from the training data
     python cyclegan.py --input DIR --ckpt runs/cyclegan/last.pt --direction b2a      # a whole folder
 
@@ -45,19 +46,20 @@ Deviations from the paper:
       the paper's eq. 3 alone.
     - The lr falls per step rather than per epoch: constant for --epochs minus --decay-epochs, then
       linear, reaching 0 at the end of the last epoch; the authors' code lowers it once per epoch and
-      ends at lr/101. Short runs shrink both counts (e.g. --epochs 2 --decay-epochs 1). --steps and --minutes only stop a run early; they do not move the schedule.
+      ends at lr/101. Short runs shrink both counts (e.g. --epochs 2 --decay-epochs 1); --steps
+      and --minutes only stop a run early, they do not move the schedule.
     - Convolutions directly followed by instance norm have no bias: the norm subtracts the mean
       per channel, so such a bias (the authors' code keeps it) has exactly zero gradient.
     - Images are resized with their aspect ratio kept and centre-cropped to --load-size (common.py's
       loader); the authors' code squashes them to a square. The same on square datasets.
-    - An epoch is max(|A|, |B|) steps, A images in a fresh random order each epoch (cycling when A is
-      the smaller domain) and each paired with a B image drawn at random, as the authors' unaligned
-      loader does.
+    - Not in the paper, taken from the authors' unaligned loader: an epoch is max(|A|, |B|) steps, A
+      images in a fresh random order each epoch (cycling when A is the smaller domain), each paired
+      with a B image drawn at random.
+    - One --lambda-cycle for both cycles; the authors' code has lambda_A and lambda_B (both 10).
     - At --res 32 and 64 the 70x70 PatchGAN sees the whole image (its field is larger than the image,
       with the zero padding of its convolutions); its output map is 2x2 at 32, 6x6 at 64.
 """
 import argparse
-import math
 import os
 import sys
 
@@ -141,132 +143,6 @@ def get_args(argv=None):
     if args.generate is None and ('--direction' in given):
         raise common.UserError('--direction is for translating with a checkpoint: add --generate N or --input DIR')
     return args
-
-
-# ----------------------------------------------------------------------------------------------
-# Data: two unpaired domains
-# ----------------------------------------------------------------------------------------------
-
-def domain_dirs(args, split='train'):
-    """(dir_a, dir_b) from --data-a/--data-b, or the official layout below --data; None for the
-    built-in shapes. split 'test' falls back to the train folders when testA/testB are missing."""
-    if args.data_a or args.data_b:
-        return args.data_a, args.data_b
-    if args.data:
-        if not os.path.isdir(args.data):
-            raise common.UserError(f'--data {args.data}: no such folder')
-        for s in ([split, 'train'] if split == 'test' else [split]):
-            a, b = os.path.join(args.data, s + 'A'), os.path.join(args.data, s + 'B')
-            if os.path.isdir(a) and os.path.isdir(b):
-                return a, b
-        raise common.UserError(f'--data {args.data} has no trainA/ and trainB/ (the CycleGAN datasets\' layout); '
-                               'or give the two folders with --data-a and --data-b')
-    if args.dataset != 'shapes':
-        raise common.UserError(f'--dataset {args.dataset} is one domain; cyclegan needs two: --data-a DIR --data-b DIR, '
-                               '--data DIR with trainA/ and trainB/, or the built-in pair --dataset shapes')
-    return None
-
-
-def load_domain(args, path, flag, res):
-    """One domain's images: uint8 [N, C, res, res] through common.load_data (decoded once, cached,
-    short side resized, centre crop). Its messages name --data; here they name the flag used."""
-    a = argparse.Namespace(**{**vars(args), 'data': path, 'res': res})
-    try:
-        data = common.load_data(a)
-    except common.UserError as e:
-        msg = str(e)
-        raise common.UserError(f'{flag} {msg[len("--data "):]}' if msg.startswith('--data ') else msg) from None
-    if data.stream is not None:
-        raise common.UserError(f'{flag} {path}: too large to hold in memory at {res}x{res}; raise --max-memory-gb')
-    return data.images
-
-
-def outlines(images, bg):
-    """Filled shapes -> their outlines: the shape's pixels that have a background pixel within t
-    pixels (t = res / 16), the rest background. uint8 [N, 3, H, W] -> uint8 [N, 3, H, W]."""
-    t = max(1, images.shape[-1] // 16)
-    fg = (images.int() - bg).abs().amax(1, keepdim=True) > 8                   # [N, 1, H, W]
-    eroded = -F.max_pool2d(-fg.float(), 2 * t + 1, 1, t)                       # 1 where the whole window is shape
-    edge = fg & (eroded < 0.5)
-    return torch.where(edge, images, torch.full_like(images, bg))
-
-
-def shapes_pair(n, res, seed):
-    """The built-in pair: A, the built-in shapes filled; B, shapes drawn as outlines of the same
-    colours. The two come from different seeds, so no A image has its B counterpart (unpaired).
-    Translating keeps the class and the colour, and changes only fill <-> outline: checkable by eye."""
-    a, _ = common.make_shapes(n, res, seed=seed)
-    b, _ = common.make_shapes(n, res, seed=seed + 1)
-    bg = int(b[0, 0, 0, 0])                                                     # the shared dark background
-    return a, outlines(b, bg)
-
-
-def load_domains(args, res, split='train'):
-    """-> (images_a, images_b), uint8 [N_a, C_a, res, res] and [N_b, C_b, res, res]; records each
-    domain's channels on args (channels_a, channels_b) for rebuilding the networks later."""
-    dirs = domain_dirs(args, split)
-    if dirs is None:
-        a, b = shapes_pair(args.shapes_n, res, args.seed)
-        if args.channels == 1:
-            a, b = to_channels(a, 1), to_channels(b, 1)
-    else:
-        a = load_domain(args, dirs[0], '--data-a' if args.data_a else '--data', res)
-        b = load_domain(args, dirs[1], '--data-b' if args.data_b else '--data', res)
-    args.channels_a, args.channels_b = a.shape[1], b.shape[1]
-    return a, b
-
-
-def to_channels(x, c):
-    """uint8 [N, C, H, W] -> [N, c, H, W]: gray repeated to RGB, or RGB to luma (ITU-R 601)."""
-    if x.shape[1] == c:
-        return x
-    if c == 3:
-        return x.expand(-1, 3, -1, -1).contiguous()
-    w = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
-    return (x.float() * w).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
-
-
-def center_crop(x, res):
-    top = (x.shape[-2] - res) // 2
-    left = (x.shape[-1] - res) // 2
-    return x[..., top:top + res, left:left + res]
-
-
-def random_crop_flip(x, res, flip=True):
-    """The authors' augmentation on a batch at --load-size: one random res x res crop and one coin
-    flip for a mirror image, per image. x: [B, C, L, L] -> [B, C, res, res]. Draws from torch's
-    global generator, whose state every checkpoint keeps (exact resume)."""
-    n, _, h, w = x.shape
-    tops = torch.randint(h - res + 1, (n,)).tolist()
-    lefts = torch.randint(w - res + 1, (n,)).tolist()
-    flips = (torch.rand(n) < 0.5).tolist() if flip else [False] * n
-    out = [x[i, :, t:t + res, l:l + res] for i, (t, l) in enumerate(zip(tops, lefts))]
-    return torch.stack([o.flip(-1) if f else o for o, f in zip(out, flips)])
-
-
-class PairData(common.Data):
-    """Two unpaired domains as one dataset for common.Run: `images` holds domain A, repeated to
-    max(|A|, |B|) so that an epoch lasts as long as the larger domain (the authors' unaligned
-    loader); `b` holds domain B, from which each step draws its own random images (draw_b)."""
-
-    def __init__(self, a, b, res, name):
-        n = max(len(a), len(b))
-        super().__init__(a[torch.arange(n) % len(a)], None, None, name)
-        self.b, self.n_a, self.res = b, len(a), res
-
-    def preview(self, n=64):
-        """n fixed images, the first half from A, the rest from B, centre-cropped to res, with the
-        channels of the domain with more of them (for one grid)."""
-        g = torch.Generator().manual_seed(0)
-        a = self.images[:self.n_a].cpu()[torch.randperm(self.n_a, generator=g)[:n // 2]]
-        b = self.b.cpu()[torch.randperm(len(self.b), generator=g)[:n - len(a)]]
-        c = max(a.shape[1], b.shape[1])
-        return torch.cat([to_channels(center_crop(a, self.res), c), to_channels(center_crop(b, self.res), c)])
-
-    def draw_b(self, n, device):
-        """n B images at random (with replacement, as the authors' loader), float in [-1, 1]."""
-        idx = torch.randint(len(self.b), (n,))
-        return self.b[idx.to(self.b.device)].to(device).float().div_(127.5).sub_(1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -483,6 +359,131 @@ def train_step(nets, x, y, args):
 # ----------------------------------------------------------------------------------------------
 # Training loop
 # ----------------------------------------------------------------------------------------------
+
+# The two unpaired domains: loading, the built-in pair, the random crop and flip of Sec. 4
+
+def domain_dirs(args, split='train'):
+    """(dir_a, dir_b) from --data-a/--data-b, or the official layout below --data; None for the
+    built-in shapes. split 'test' falls back to the train folders when testA/testB are missing."""
+    if args.data_a or args.data_b:
+        return args.data_a, args.data_b
+    if args.data:
+        if not os.path.isdir(args.data):
+            raise common.UserError(f'--data {args.data}: no such folder')
+        for s in ([split, 'train'] if split == 'test' else [split]):
+            a, b = os.path.join(args.data, s + 'A'), os.path.join(args.data, s + 'B')
+            if os.path.isdir(a) and os.path.isdir(b):
+                return a, b
+        raise common.UserError(f'--data {args.data} has no trainA/ and trainB/ (the CycleGAN datasets\' layout); '
+                               'or give the two folders with --data-a and --data-b')
+    if args.dataset != 'shapes':
+        raise common.UserError(f'--dataset {args.dataset} is one domain; cyclegan needs two: --data-a DIR '
+                               '--data-b DIR, --data DIR with trainA/ and trainB/, or the built-in pair '
+                               '--dataset shapes')
+    return None
+
+
+def load_domain(args, path, flag, res):
+    """One domain's images: uint8 [N, C, res, res] through common.load_data (decoded once, cached,
+    short side resized, centre crop). Its messages name --data; here they name the flag used."""
+    a = argparse.Namespace(**{**vars(args), 'data': path, 'res': res})
+    try:
+        data = common.load_data(a)
+    except common.UserError as e:
+        msg = str(e)
+        raise common.UserError(f'{flag} {msg[len("--data "):]}' if msg.startswith('--data ') else msg) from None
+    if data.stream is not None:
+        raise common.UserError(f'{flag} {path}: too large to hold in memory at {res}x{res}; raise --max-memory-gb')
+    return data.images
+
+
+def outlines(images, bg):
+    """Filled shapes -> their outlines: the shape's pixels that have a background pixel within t
+    pixels (t = res / 16), the rest background. uint8 [N, 3, H, W] -> uint8 [N, 3, H, W]."""
+    t = max(1, images.shape[-1] // 16)
+    fg = (images.int() - bg).abs().amax(1, keepdim=True) > 8                   # [N, 1, H, W]
+    eroded = -F.max_pool2d(-fg.float(), 2 * t + 1, 1, t)                       # 1 where the whole window is shape
+    edge = fg & (eroded < 0.5)
+    return torch.where(edge, images, torch.full_like(images, bg))
+
+
+def shapes_pair(n, res, seed):
+    """The built-in pair: A, the built-in shapes filled; B, shapes drawn as outlines of the same
+    colours. The two come from different seeds, so no A image has its B counterpart (unpaired).
+    Translating keeps the class and the colour, and changes only fill <-> outline: checkable by eye."""
+    a, _ = common.make_shapes(n, res, seed=seed)
+    b, _ = common.make_shapes(n, res, seed=seed + 1)
+    bg = int(b[0, 0, 0, 0])                                                     # the shared dark background
+    return a, outlines(b, bg)
+
+
+def load_domains(args, res, split='train'):
+    """-> (images_a, images_b), uint8 [N_a, C_a, res, res] and [N_b, C_b, res, res]; records each
+    domain's channels on args (channels_a, channels_b) for rebuilding the networks later."""
+    dirs = domain_dirs(args, split)
+    if dirs is None:
+        a, b = shapes_pair(args.shapes_n, res, args.seed)
+        if args.channels == 1:
+            a, b = to_channels(a, 1), to_channels(b, 1)
+    else:
+        a = load_domain(args, dirs[0], '--data-a' if args.data_a else '--data', res)
+        b = load_domain(args, dirs[1], '--data-b' if args.data_b else '--data', res)
+    args.channels_a, args.channels_b = a.shape[1], b.shape[1]
+    return a, b
+
+
+def to_channels(x, c):
+    """uint8 [N, C, H, W] -> [N, c, H, W]: gray repeated to RGB, or RGB to luma (ITU-R 601)."""
+    if x.shape[1] == c:
+        return x
+    if c == 3:
+        return x.expand(-1, 3, -1, -1).contiguous()
+    w = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    return (x.float() * w).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+
+
+def center_crop(x, res):
+    top = (x.shape[-2] - res) // 2
+    left = (x.shape[-1] - res) // 2
+    return x[..., top:top + res, left:left + res]
+
+
+def random_crop_flip(x, res, flip=True):
+    """The authors' augmentation on a batch at --load-size: one random res x res crop and one coin
+    flip for a mirror image, per image. x: [B, C, L, L] -> [B, C, res, res]. Draws from torch's
+    global generator, whose state every checkpoint keeps (exact resume)."""
+    n, _, h, w = x.shape
+    tops = torch.randint(h - res + 1, (n,)).tolist()
+    lefts = torch.randint(w - res + 1, (n,)).tolist()
+    flips = (torch.rand(n) < 0.5).tolist() if flip else [False] * n
+    out = [x[i, :, t:t + res, l:l + res] for i, (t, l) in enumerate(zip(tops, lefts))]
+    return torch.stack([o.flip(-1) if f else o for o, f in zip(out, flips)])
+
+
+class PairData(common.Data):
+    """Two unpaired domains as one dataset for common.Run: `images` holds domain A, repeated to
+    max(|A|, |B|) so that an epoch lasts as long as the larger domain (the authors' unaligned
+    loader); `b` holds domain B, from which each step draws its own random images (draw_b)."""
+
+    def __init__(self, a, b, res, name):
+        n = max(len(a), len(b))
+        super().__init__(a[torch.arange(n) % len(a)], None, None, name)
+        self.b, self.n_a, self.res = b, len(a), res
+
+    def preview(self, n=64):
+        """n fixed images, the first half from A, the rest from B, centre-cropped to res, with the
+        channels of the domain with more of them (for one grid)."""
+        g = torch.Generator().manual_seed(0)
+        a = self.images[:self.n_a].cpu()[torch.randperm(self.n_a, generator=g)[:n // 2]]
+        b = self.b.cpu()[torch.randperm(len(self.b), generator=g)[:n - len(a)]]
+        c = max(a.shape[1], b.shape[1])
+        return torch.cat([to_channels(center_crop(a, self.res), c), to_channels(center_crop(b, self.res), c)])
+
+    def draw_b(self, n, device):
+        """n B images at random (with replacement, as the authors' loader), float in [-1, 1]."""
+        idx = torch.randint(len(self.b), (n,))
+        return self.b[idx.to(self.b.device)].to(device).float().div_(127.5).sub_(1)
+
 
 def check_channels(args):
     if args.lambda_identity > 0 and args.channels_a != args.channels_b:

@@ -22,7 +22,8 @@ translator that does nothing scores) and for real target-domain images (train vs
 
 Training is skipped when OUT/last.pt already exists, so a second call only measures again. The two
 classifiers (a LeNet-sized CNN per domain, 5 epochs on trainA or trainB with their labels, seed 0)
-and the joint digit-and-domain CNN are trained here every time, in a minute or two. Extra arguments after -- go to cyclegan.py.
+and the joint digit-and-domain CNN are trained here every time, in a minute or two. Extra arguments
+after -- go to cyclegan.py.
 """
 import argparse
 import os
@@ -43,7 +44,8 @@ import cyclegan  # noqa: E402
 import metrics  # noqa: E402
 
 TRAIN_FLAGS = ['--res', '32', '--channels', '3', '--ngf', '32', '--ndf', '32', '--batch-size', '4',
-               '--epochs', '2', '--decay-epochs', '1', '--sample-every', '250', '--ckpt-every', '500', '--device', 'cpu']
+               '--epochs', '2', '--decay-epochs', '1', '--sample-every', '250', '--ckpt-every', '500',
+               '--device', 'cpu']
 
 
 class Classifier(nn.Module):
@@ -158,17 +160,21 @@ def main():
         _, f_in, dom_in = read(joint, x)
         _, f_real, _ = read(joint, split['test' + dst][0])
         train_x = split['train' + dst][0]                  # files come sorted by class: draw at random
-        _, f_train, _ = read(joint, train_x[torch.randperm(len(train_x), generator=torch.Generator().manual_seed(0))[:len(x)]])
+        pick = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(0))[:len(x)]
+        _, f_train, _ = read(joint, train_x[pick])
         target = 1 if dst == 'B' else 0
         kept = (pred_fake == labels).float().mean().item()
         print(f'\n{name}: {len(x)} held-out {src} digits')
         print(f'  content kept (the {dst} digit classifier reads the input digit): translations {kept:.1%} | '
-              f'untranslated inputs {(pred_in == labels).float().mean().item():.1%} | real {dst} test images {acc[dst]:.1%}')
-        print(f'  domain reached (the joint CNN says {dst}): translations {(dom_fake == target).float().mean().item():.1%} | '
+              f'untranslated inputs {(pred_in == labels).float().mean().item():.1%} | '
+              f'real {dst} test images {acc[dst]:.1%}')
+        print(f'  domain reached (the joint CNN says {dst}): '
+              f'translations {(dom_fake == target).float().mean().item():.1%} | '
               f'untranslated inputs {(dom_in == target).float().mean().item():.1%}')
         print(f'  Frechet distance to real test{dst} (joint CNN features): translations '
               f'{metrics.fid_from_features(f_fake, f_real):.2f} | untranslated inputs '
-              f'{metrics.fid_from_features(f_in, f_real):.2f} | real train{dst} {metrics.fid_from_features(f_train, f_real):.2f}')
+              f'{metrics.fid_from_features(f_in, f_real):.2f} | '
+              f'real train{dst} {metrics.fid_from_features(f_train, f_real):.2f}')
 
 
 if __name__ == '__main__':

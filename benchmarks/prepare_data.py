@@ -123,7 +123,8 @@ def main():
     p.add_argument('--mnist', help='folder with the MNIST IDX files (t10k-images-idx3-ubyte[.gz], ...)')
     p.add_argument('--cifar', help='tar of CIFAR-10 JPEGs in train/<class>/ and test/<class>/')
     p.add_argument('--mnistm', action='store_true',
-                   help='also write OUT/mnist2mnistm/ (needs --mnist and --cifar): MNIST <-> MNIST-M-style, for cyclegan.py')
+                   help='also write OUT/mnist2mnistm/ (needs --mnist and --cifar): MNIST <-> MNIST-M-style, '
+                        'for cyclegan.py')
     p.add_argument('--out', default='/tmp/gan-data')
     a = p.parse_args()
     if a.mnistm and not (a.mnist and a.cifar):

@@ -94,8 +94,9 @@ def test_patchgan_is_70x70_and_scores_a_map(res, out):
     assert receptive_field(D) == 70
     assert D(torch.randn(1, 3, res, res)).shape == (1, 1, out, out)
     d = leaves(D)
-    assert isinstance(d[0], nn.Conv2d) and isinstance(d[1], nn.LeakyReLU) and d[1].negative_slope == 0.2  # no norm on C64
-    assert [m.out_channels for m in d if isinstance(m, nn.Conv2d)] == [2, 4, 8, 16, 1]                   # C64-...-C512, 1
+    # no norm on C64
+    assert isinstance(d[0], nn.Conv2d) and isinstance(d[1], nn.LeakyReLU) and d[1].negative_slope == 0.2
+    assert [m.out_channels for m in d if isinstance(m, nn.Conv2d)] == [2, 4, 8, 16, 1]     # C64-...-C512, 1
     assert sum(isinstance(m, nn.InstanceNorm2d) for m in d) == 3
     assert not isinstance(d[-1], (nn.Sigmoid, nn.Tanh))      # LSGAN: raw scores
 
@@ -266,7 +267,8 @@ def test_train_generate_both_directions_end_to_end(tmp_path, capsys):
     # 16 images at batch 2 = 8 steps an epoch; 2 epochs, the last one decaying
     assert lr == pytest.approx([2e-4] * 8)
     cyclegan.main(['--steps', '10', '--resume', str(out / 'last.pt'), '--shapes-n', '16', *TINY, '--batch-size', '2',
-                   '--epochs', '2', '--decay-epochs', '1', '--sample-every', '4', '--out', str(out), '--data-root', str(root)])
+                   '--epochs', '2', '--decay-epochs', '1', '--sample-every', '4', '--out', str(out),
+                   '--data-root', str(root)])
     lr = [float(r.split(',')[-1]) for r in (out / 'losses.csv').read_text().splitlines()[1:]]
     assert lr == pytest.approx([2e-4] * 8 + [2e-4, 2e-4 * 7 / 8])
 
@@ -352,4 +354,5 @@ def test_bad_input_is_one_error_line(tmp_path, image_folder):
     cyclegan.main(root + ['--data-a', str(gray), '--data-b', str(image_folder), '--lambda-identity', '0'])
     # and as a user sees it: one line, exit status 2
     r = run_script('cyclegan.py', '--data-a', tmp_path / 'nope', '--data-b', image_folder, *root)
-    assert r.returncode == 2 and r.stderr.strip().splitlines() == [f'error: --data-a {tmp_path / "nope"}: no such folder']
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [f'error: --data-a {tmp_path / "nope"}: no such folder']

@@ -107,7 +107,8 @@ def get_args(argv=None):
     s.add_argument('--direction', choices=['a2b', 'b2a'], default='a2b',
                    help='with --generate / --input: translate A -> B with G, or B -> A with F')
     s.add_argument('--input', metavar='DIR',
-                   help='translate the images of this folder (all of them, or the first --generate N)')
+                   help='translate the images of this folder (all of them, or the first --generate N); without '
+                        'it, --generate N draws N images of the source domain at random (by --seed)')
     given = {a.split('=')[0] for a in argv if a.startswith('--')}
     if '--input' in given and '--generate' not in given:
         argv = argv + ['--generate', str(2 ** 31 - 1)]        # a whole folder: every image in it
@@ -601,7 +602,10 @@ def generate(args):
                                        f'--data-{src.lower()} DIR or --input DIR')
             x = load_domain(sargs, path, f'--data-{src.lower()}' if args.data_a or args.data_b else '--data', targs.res)
             where = path
-    x = x[:args.generate]
+    if args.input:
+        x = x[:args.generate]                                          # a folder: its first N files, in order
+    else:                                                              # a domain: N of its images, at random
+        x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(args.seed))[:args.generate]]
     if x.shape[1] != c_in:
         x = to_channels(x, c_in)
     x = x.float().div(127.5).sub(1).to(device)

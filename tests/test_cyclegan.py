@@ -356,3 +356,56 @@ def test_bad_input_is_one_error_line(tmp_path, image_folder):
     r = run_script('cyclegan.py', '--data-a', tmp_path / 'nope', '--data-b', image_folder, *root)
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [f'error: --data-a {tmp_path / "nope"}: no such folder']
+
+
+# ---------------------------------------------------------------- the MNIST <-> MNIST-M-style pair
+
+def test_prepare_data_writes_a_disjoint_mnistm_pair(tmp_path):
+    """prepare_data.py --mnistm on a tiny fake MNIST (IDX) and CIFAR-10 (tar of JPEGs): the two
+    domains share no digit image, B is |patch - digit| over a crop of a photo, labels are kept."""
+    import io
+    import struct
+    import sys
+    import tarfile
+    from PIL import Image
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmarks'))
+    import prepare_data
+    rng = np.random.default_rng(0)
+    raw = tmp_path / 'raw'
+    raw.mkdir()
+    n = 40
+    digits = np.zeros((n, 28, 28), np.uint8)
+    for i in range(n):
+        digits[i, 4 + i % 10:14 + i % 10, 10:18] = 255                # each digit image unique
+        digits[i, 0, i % 28] = digits[i, 1, i // 28] = 255
+    (raw / 't10k-images-idx3-ubyte').write_bytes(struct.pack('>HBB', 0, 8, 3) + struct.pack('>III', n, 28, 28) +
+                                                 digits.tobytes())
+    (raw / 't10k-labels-idx1-ubyte').write_bytes(struct.pack('>HBB', 0, 8, 1) + struct.pack('>I', n) +
+                                                 (np.arange(n) % 10).astype(np.uint8).tobytes())
+    tar = tmp_path / 'cifar.tar'
+    with tarfile.open(tar, 'w') as t:
+        for split in ('train', 'test'):
+            for i in range(20):
+                buf = io.BytesIO()
+                Image.fromarray(np.full((32, 32, 3), (i * 10, 100, 200 - i * 5), np.uint8)).save(buf, 'PNG')
+                info = tarfile.TarInfo(f'{split}/cat/{i:04d}.png')
+                info.size = len(buf.getvalue())
+                t.addfile(info, io.BytesIO(buf.getvalue()))
+    out = tmp_path / 'pair'
+    prepare_data.make_mnist2mnistm(str(raw), str(tar), str(out))
+    files = {d: sorted((out / d).glob('*/*.png')) for d in ('trainA', 'testA', 'trainB', 'testB')}
+    assert [len(files[d]) for d in ('trainA', 'testA', 'trainB', 'testB')] == [18, 2, 18, 2]
+    ids = {d: {f.stem for f in fs} for d, fs in files.items()}
+    a_ids, b_ids = ids['trainA'] | ids['testA'], ids['trainB'] | ids['testB']
+    assert len(a_ids) == len(b_ids) == 20 and not a_ids & b_ids      # disjoint digit images
+    for f in files['trainA'][:3] + files['trainB'][:3]:
+        i = int(f.stem)
+        assert int(f.parent.name) == i % 10                            # the label is the folder
+        img = np.asarray(Image.open(f))
+        if 'trainA' in str(f):
+            assert np.array_equal(img, digits[i])
+        else:
+            assert img.shape == (28, 28, 3)
+            stroke, back = img[digits[i] == 255], img[digits[i] == 0]
+            # |patch - 255| on the stroke, the patch itself elsewhere: each pixel pair sums to 255
+            assert np.all(back[:, 1] == 100) and np.all(stroke[:, 1] == 155)

@@ -55,6 +55,8 @@ Deviations from the paper:
     - Not in the paper, taken from the authors' unaligned loader: an epoch is max(|A|, |B|) steps, A
       images in a fresh random order each epoch (cycling when A is the smaller domain), each paired
       with a B image drawn at random.
+    - C512 in the PatchGAN has stride 1, as in the authors' code and pix2pix: that is what makes the
+      field 70x70. Appendix 7.2 calls every Ck stride 2, which would give 94x94 and a smaller map.
     - One --lambda-cycle for both cycles; the authors' code has lambda_A and lambda_B (both 10).
     - At --res 32 and 64 the 70x70 PatchGAN sees the whole image (its field is larger than the image,
       with the zero padding of its convolutions); its output map is 2x2 at 32, 6x6 at 64.
@@ -110,13 +112,16 @@ def get_args(argv=None):
                    help='translate the images of this folder (all of them, or the first --generate N); without '
                         'it, --generate N draws N images of the source domain at random (by --seed)')
     given = {a.split('=')[0] for a in argv if a.startswith('--')}
+    if '--input' in given and '--ckpt' not in given:
+        raise common.UserError('--input DIR translates with a trained model: add --ckpt PATH '
+                               '(e.g. runs/cyclegan/last.pt)')
     if '--input' in given and '--generate' not in given:
         argv = argv + ['--generate', str(2 ** 31 - 1)]        # a whole folder: every image in it
     args = common.parse(p, argv)
     if args.res < 32 or args.res % 4:
         raise common.UserError(f'cyclegan cannot build --res {args.res}: it must be a multiple of 4 (two stride-2 '
-                               'layers down and two up) and at least 32 (the PatchGAN has three stride-2 layers '
-                               'and two 4x4 ones)')
+                               'layers down and two up) and at least 32 (where the PatchGAN\'s three stride-2 and '
+                               'two 4x4 layers leave a 2x2 map)')
     args.load_size = args.load_size or round(args.res * 286 / 256)
     if args.load_size < args.res:
         raise common.UserError(f'--load-size {args.load_size} is smaller than --res {args.res}: the random crop '
@@ -237,7 +242,7 @@ def init_weights(net, std=0.02):
 
 def d_loss(real_score, fake_score):
     """LSGAN for D (Sec. 4, after Mao et al. 2017): E (D(y) - 1)^2 + E D(G(x))^2, averaged over
-    every patch score, and halved "to slow down the rate at which D learns relative to G"."""
+    every patch score, and halved (Sec. 4) so that D learns more slowly relative to G."""
     return 0.5 * (((real_score - 1) ** 2).mean() + (fake_score ** 2).mean())
 
 
@@ -279,6 +284,8 @@ class ImagePool:
     def query(self, images):
         if self.size == 0:
             return images
+        if self.images and self.images[0].device != images.device:     # restored from a checkpoint on the CPU
+            self.images = [img.to(images.device) for img in self.images]
         out = []
         for img in images.detach():
             if len(self.images) < self.size:
@@ -298,8 +305,7 @@ class ImagePool:
     def load_state_dict(self, state):
         if len(state['images']) > self.size:
             raise ValueError(f'the checkpoint holds {len(state["images"])} pooled images, more than --pool-size')
-        device = self.images[0].device if self.images else None
-        self.images = [img.to(device) if device else img for img in state['images']]
+        self.images = list(state['images'])
 
 
 def lr_factor(step, total, decay_share):

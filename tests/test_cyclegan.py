@@ -165,6 +165,7 @@ def test_image_pool_fills_then_swaps_half_the_time():
     fresh = cyclegan.ImagePool(50)
     fresh.load_state_dict(state)
     assert torch.equal(torch.stack(fresh.images), torch.stack(pool.images))
+    assert fresh.query(torch.zeros(3, 1, 1, 1, dtype=torch.float64)).shape == (3, 1, 1, 1)
 
 
 def test_lr_constant_then_linear_to_zero_at_the_last_epoch():
@@ -345,6 +346,7 @@ def test_bad_input_is_one_error_line(tmp_path, image_folder):
         (['--direction', 'b2a'], '--direction is for translating'),
         (['--res', '30'], 'multiple of 4'),
         (['--eval-every', '5'], 'no --eval-every'),
+        (['--input', str(image_folder)], '--input DIR translates with a trained model: add --ckpt'),
     ]
     for flags, msg in cases:
         with pytest.raises(common.UserError, match=msg):

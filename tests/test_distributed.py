@@ -24,7 +24,11 @@ TINY = {
     'stylegan': ['--res', '32', '--fmap-base', '64', '--fmap-max', '16', '--z-dim', '16', '--w-dim', '16',
                  '--mapping-layers', '2', '--r1-every', '2', '--pl-every', '2', '--pl-weight', '2'],
     'biggan': ['--res', '32', '--ch', '4', '--z-dim', '32', '--shared-dim', '16', '--attn-res', '16', '--ema-start', '2'],
+    # --dataset shapes is its built-in pair (filled <-> outlined); G and F run twice before one backward
+    'cyclegan': ['--res', '32', '--ngf', '4', '--ndf', '4', '--n-blocks', '1', '--pool-size', '3'],
 }
+# the networks each model must hold (default: G and D)
+NETS = {'cyclegan': {'G', 'F', 'D_X', 'D_Y'}}
 
 RANK_SCRIPT = '''
 import os, sys
@@ -53,7 +57,7 @@ def test_torchrun_two_ranks_stay_identical_and_checkpoint_loads_alone(model, tmp
     assert r.returncode == 0, r.stderr[-3000:]
     a = torch.load(out / 'rank0.pt', weights_only=True)
     b = torch.load(out / 'rank1.pt', weights_only=True)
-    assert {'G', 'D'} <= set(a)
+    assert NETS.get(model, {'G', 'D'}) <= set(a)
     for net in a:
         for k in a[net]:
             assert torch.equal(a[net][k], b[net][k]), f'{net}.{k} differs between ranks'

@@ -1,0 +1,647 @@
+"""Unpaired Image-to-Image Translation using Cycle-Consistent Adversarial Networks, CycleGAN
+(Zhu, Park, Isola & Efros, 2017).
+
+    https://arxiv.org/abs/1703.10593
+
+The idea: learn to translate images from a domain X (horses, summer, MNIST digits) to a domain Y
+(zebras, winter, digits over photo patches) from two unpaired collections, with no (x, y) pairs.
+Two generators, G: X -> Y and F: Y -> X, each play a GAN game against a discriminator on its
+output domain (D_Y judges G(x), D_X judges F(y)). An adversarial loss alone only makes G(x) look
+like *some* y; any mapping that permutes the images would do. The paper adds cycle consistency
+(Sec. 3.2, eq. 2): translating there and back must give the input again,
+
+    L_cyc(G, F) = E_x ||F(G(x)) - x||_1 + E_y ||G(F(y)) - y||_1,
+
+so G must keep enough of x for F to rebuild it. The full objective (eq. 3) is
+L_GAN(G, D_Y) + L_GAN(F, D_X) + lambda * L_cyc, lambda = 10. Sec. 5.2 adds an identity loss
+lambda_id * (E_y ||G(y) - y||_1 + E_x ||F(x) - x||_1), lambda_id = 0.5 * lambda, which keeps the
+colours of an input that is already in the target domain.
+
+Networks (Sec. 4 and Appendix 7.2):
+    G, F: Johnson et al.'s ResNet generator, c7s1-64, d128, d256, R256 x 9 (x 6 at 128x128 and
+          below), u128, u64, c7s1-3: reflection padding, instance norm, ReLU, a tanh output.
+    D_X, D_Y: the 70x70 PatchGAN of pix2pix (Isola et al. 2017), C64-C128-C256-C512 then one
+          output per patch; no norm on C64, LeakyReLU 0.2. Each output sees a 70x70 patch, so D
+          judges texture and local style, has few weights, and runs on any image size.
+Training (Sec. 4): least-squares GAN losses (Mao et al. 2017) instead of the log loss; D's
+objective halved; D trained on a history of the last 50 generated images (Shrivastava et al. 2017)
+rather than on the newest only; Adam lr 2e-4, betas (0.5, 0.999), batch size 1; lr constant for
+100 epochs then linearly to 0 over the next 100; weights N(0, 0.02). Data (the authors' code):
+each image resized to 286x286 (--load-size), a random 256x256 crop (--res), a random mirror flip.
+
+Usage:
+    python cyclegan.py --res 32 --ngf 16 --ndf 16 --steps 300      # built-in pair: filled <-> outlined shapes
+    python cyclegan.py --data-a DIR_A --data-b DIR_B --res 128                 # any two folders of images
+    python cyclegan.py --data datasets/horse2zebra                             # trainA/ trainB/ (testA/ testB/)
+    python benchmarks/prepare_data.py --mnist M/raw --cifar C.tar --mnistm --out /tmp/gan-data
+    python cyclegan.py --data /tmp/gan-data/mnist2mnistm --res 32 --channels 3 --ngf 32 --ndf 32 \
+                       --batch-size 4 --epochs 2 --decay-epochs 1                   # MNIST <-> MNIST-M-style
+    python cyclegan.py --generate 16 --ckpt runs/cyclegan/last.pt --direction a2b    # from the training data
+    python cyclegan.py --input DIR --ckpt runs/cyclegan/last.pt --direction b2a      # a whole folder
+
+Deviations from the paper:
+    - --lambda-identity 0.5 (relative to lambda, as in the authors' code, where it is the default for
+      every dataset): on by default, while the paper uses it only for painting -> photo (Sec. 5.2).
+      It needs both domains to have the same channels (G must accept a y); --lambda-identity 0 is
+      the paper's eq. 3 alone.
+    - The lr falls per step rather than per epoch: constant for --epochs minus --decay-epochs, then
+      linear, reaching 0 at the end of the last epoch; the authors' code lowers it once per epoch and
+      ends at lr/101. Short runs shrink both counts (e.g. --epochs 2 --decay-epochs 1); --steps
+      and --minutes only stop a run early, they do not move the schedule.
+    - Convolutions directly followed by instance norm have no bias: the norm subtracts the mean
+      per channel, so such a bias (the authors' code keeps it) has exactly zero gradient.
+    - Images are resized with their aspect ratio kept and centre-cropped to --load-size (common.py's
+      loader); the authors' code squashes them to a square. The same on square datasets.
+    - Not in the paper, taken from the authors' unaligned loader: an epoch is max(|A|, |B|) steps, A
+      images in a fresh random order each epoch (cycling when A is the smaller domain), each paired
+      with a B image drawn at random.
+    - C512 in the PatchGAN has stride 1, as in the authors' code and pix2pix: that is what makes the
+      field 70x70. Appendix 7.2 calls every Ck stride 2, which would give 94x94 and a smaller map.
+    - One --lambda-cycle for both cycles; the authors' code has lambda_A and lambda_B (both 10).
+    - At --res 32 and 64 the 70x70 PatchGAN sees the whole image (its field is larger than the image,
+      with the zero padding of its convolutions); its output map is 2x2 at 32, 6x6 at 64.
+"""
+import argparse
+import os
+import sys
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import common
+
+
+# ----------------------------------------------------------------------------------------------
+# Arguments
+# ----------------------------------------------------------------------------------------------
+
+def get_args(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = common.base_parser(__doc__, model='cyclegan', dataset='shapes', res=256, batch_size=1, epochs=200,
+                           sample_every=500, ckpt_every=2000)
+    d = p.add_argument_group('two domains (or --data DIR with trainA/ trainB/, or the built-in --dataset shapes)')
+    d.add_argument('--data-a', metavar='DIR', help='a folder of domain A (X) images, any sizes')
+    d.add_argument('--data-b', metavar='DIR', help='a folder of domain B (Y) images, any sizes')
+    d.add_argument('--load-size', type=int,
+                   help='images are resized to this, then randomly cropped to --res '
+                        '(default round(res * 286 / 256): the authors\' 286 -> 256)')
+    d.add_argument('--no-flip', action='store_true', help='no random horizontal flip (the paper flips)')
+    g = p.add_argument_group('Zhu et al. 2017')
+    g.add_argument('--ngf', type=int, default=64, help="the generators' width: channels of c7s1-64 (Appendix 7.2)")
+    g.add_argument('--ndf', type=int, default=64, help="the discriminators' width: channels of C64")
+    g.add_argument('--n-blocks', type=int,
+                   help='residual blocks in each generator (default: 6 at --res 128 and below, 9 above)')
+    g.add_argument('--lambda-cycle', type=float, default=10.0, help='lambda, the cycle-consistency weight (eq. 3)')
+    g.add_argument('--lambda-identity', type=float, default=0.5,
+                   help='identity-loss weight as a fraction of lambda (Sec. 5.2: 0.5; the authors\' code default). '
+                        '0: off, the paper\'s eq. 3 alone')
+    g.add_argument('--pool-size', type=int, default=50,
+                   help="generated images in each D's history buffer (Sec. 4; Shrivastava et al. 2017). 0: off")
+    g.add_argument('--lr', type=float, default=2e-4, help='Adam learning rate (Sec. 4)')
+    g.add_argument('--betas', type=float, nargs=2, default=[0.5, 0.999], metavar=('B1', 'B2'),
+                   help='Adam betas (the authors\' code)')
+    g.add_argument('--decay-epochs', type=float, default=100,
+                   help='the lr falls linearly to 0 over the last DECAY_EPOCHS of the --epochs epochs (Sec. 4: '
+                        '100 of 200)')
+    g.add_argument('--init-std', type=float, default=0.02, help='std of the N(0, std) weight init (Sec. 4)')
+    s = p.add_argument_group('cyclegan sampling')
+    s.add_argument('--direction', choices=['a2b', 'b2a'], default='a2b',
+                   help='with --generate / --input: translate A -> B with G, or B -> A with F')
+    s.add_argument('--input', metavar='DIR',
+                   help='translate the images of this folder (all of them, or the first --generate N); without '
+                        'it, --generate N draws N images of the source domain at random (by --seed)')
+    given = {a.split('=')[0] for a in argv if a.startswith('--')}
+    if '--input' in given and '--ckpt' not in given:
+        raise common.UserError('--input DIR translates with a trained model: add --ckpt PATH '
+                               '(e.g. runs/cyclegan/last.pt)')
+    if '--input' in given and '--generate' not in given:
+        argv = argv + ['--generate', str(2 ** 31 - 1)]        # a whole folder: every image in it
+    args = common.parse(p, argv)
+    if args.res < 32 or args.res % 4:
+        raise common.UserError(f'cyclegan cannot build --res {args.res}: it must be a multiple of 4 (two stride-2 '
+                               'layers down and two up) and at least 32 (where the PatchGAN\'s three stride-2 and '
+                               'two 4x4 layers leave a 2x2 map)')
+    args.load_size = args.load_size or round(args.res * 286 / 256)
+    if args.load_size < args.res:
+        raise common.UserError(f'--load-size {args.load_size} is smaller than --res {args.res}: the random crop '
+                               'needs at least --res')
+    if args.n_blocks is None:
+        args.n_blocks = 6 if args.res <= 128 else 9
+    if args.n_blocks < 0 or min(args.ngf, args.ndf) < 1:
+        raise common.UserError('--n-blocks must be >= 0, --ngf and --ndf at least 1')
+    if args.lambda_cycle < 0 or args.lambda_identity < 0 or args.pool_size < 0:
+        raise common.UserError('--lambda-cycle, --lambda-identity and --pool-size must be >= 0')
+    if args.lr <= 0 or args.init_std <= 0:
+        raise common.UserError('--lr and --init-std must be positive')
+    if not 0 <= args.decay_epochs <= args.epochs:
+        raise common.UserError(f'--decay-epochs {args.decay_epochs:g} must lie between 0 and --epochs {args.epochs}')
+    if args.eval_every:
+        raise common.UserError('cyclegan has no --eval-every: the FID of a translation is against the other domain; '
+                               'benchmarks/cyclegan_mnist.py measures it')
+    if args.cls is not None:
+        raise common.UserError('--class is for class-conditional models; cyclegan translates images')
+    if (args.data_a is None) != (args.data_b is None) and args.generate is None:
+        given_flag, missing = ('--data-a', '--data-b') if args.data_b is None else ('--data-b', '--data-a')
+        raise common.UserError(f'{given_flag} needs {missing}: cyclegan learns between two domains')
+    if args.data and (args.data_a or args.data_b):
+        raise common.UserError('give either --data DIR (with trainA/ and trainB/) or --data-a and --data-b, not both')
+    if args.generate is None and ('--direction' in given):
+        raise common.UserError('--direction is for translating with a checkpoint: add --generate N or --input DIR')
+    return args
+
+
+# ----------------------------------------------------------------------------------------------
+# Networks
+# ----------------------------------------------------------------------------------------------
+
+def norm(c):
+    """Instance norm (Ulyanov et al. 2016; Sec. 4 of the paper): each image's channels normalised
+    on their own, so the output does not depend on the batch. No affine, no running statistics (the
+    authors' code): the same in training and at test time."""
+    return nn.InstanceNorm2d(c, affine=False, track_running_stats=False)
+
+
+class ResnetBlock(nn.Module):
+    """R256: two 3x3 convs with reflection padding, instance norm, ReLU between, and a skip:
+    x [B, C, H, W] -> x + block(x), same shape. The skip makes the identity easy to learn, and an
+    input that needs little change (most of an image, in translation) goes through nearly as is."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.block = nn.Sequential(
+            nn.ReflectionPad2d(1), nn.Conv2d(c, c, 3, bias=False), norm(c), nn.ReLU(True),
+            nn.ReflectionPad2d(1), nn.Conv2d(c, c, 3, bias=False), norm(c))
+
+    def forward(self, x):
+        return x + self.block(x)
+
+
+class Generator(nn.Module):
+    """x [B, C_in, H, W] in [-1, 1] -> [B, C_out, H, W] in [-1, 1] (H, W multiples of 4).
+
+    Appendix 7.2, with ngf = 64: c7s1-64 (H x W), d128 (H/2), d256 (H/4), n_blocks x R256 (H/4),
+    u128 (H/2), u64 (H), c7s1-C_out and tanh. c7s1-k: 7x7 conv, stride 1, reflection padding,
+    norm, ReLU; dk: 3x3 conv, stride 2; uk: 3x3 fractionally-strided conv, stride 1/2.
+    Reflection padding (rather than zeros) gives the borders real-looking context, which keeps the
+    output free of edge artifacts (Johnson et al.).
+    """
+
+    def __init__(self, c_in, c_out, ngf=64, n_blocks=9):
+        super().__init__()
+        layers = [nn.ReflectionPad2d(3), nn.Conv2d(c_in, ngf, 7, bias=False), norm(ngf), nn.ReLU(True)]  # c7s1-64
+        for k in (2, 4):                                                         # d128, d256
+            layers += [nn.Conv2d(ngf * k // 2, ngf * k, 3, 2, 1, bias=False), norm(ngf * k), nn.ReLU(True)]
+        layers += [ResnetBlock(ngf * 4) for _ in range(n_blocks)]                # R256 x n_blocks
+        for k in (2, 1):                                                         # u128, u64: H/4 -> H/2 -> H
+            layers += [nn.ConvTranspose2d(ngf * k * 2, ngf * k, 3, 2, 1, output_padding=1, bias=False),
+                       norm(ngf * k), nn.ReLU(True)]
+        # c7s1-3: no norm on the output (it would fix each channel's mean and spread); tanh to [-1, 1]
+        layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, c_out, 7), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class PatchDiscriminator(nn.Module):
+    """The 70x70 PatchGAN: x [B, C, H, W] -> one score per patch [B, 1, H/8 - 2, W/8 - 2].
+
+    C64-C128-C256-C512 (Appendix 7.2): Ck is a 4x4 conv with k filters, stride 2 (stride 1 for C512),
+    instance norm (none on C64), LeakyReLU 0.2; then a 4x4 conv to one channel. Each output unit
+    sees a 70x70 window of the input (tests/test_cyclegan.py computes it), so D scores local
+    patches and the loss averages them: 30x30 scores at 256x256, 14x14 at 128x128.
+    LSGAN: the scores are raw, with no sigmoid.
+    """
+
+    def __init__(self, c_in, ndf=64, leak=0.2):
+        super().__init__()
+        layers = [nn.Conv2d(c_in, ndf, 4, 2, 1), nn.LeakyReLU(leak, True)]                  # C64, no norm
+        for k_in, k_out, stride in ((1, 2, 2), (2, 4, 2), (4, 8, 1)):                        # C128, C256, C512
+            layers += [nn.Conv2d(ndf * k_in, ndf * k_out, 4, stride, 1, bias=False), norm(ndf * k_out),
+                       nn.LeakyReLU(leak, True)]
+        layers += [nn.Conv2d(ndf * 8, 1, 4, 1, 1)]                                            # one score per patch
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def init_weights(net, std=0.02):
+    """Sec. 4: weights ~ N(0, 0.02), biases 0 (instance norm has no weights here)."""
+    for m in net.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.normal_(m.weight, 0.0, std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+# ----------------------------------------------------------------------------------------------
+# Losses and regularizers
+# ----------------------------------------------------------------------------------------------
+
+def d_loss(real_score, fake_score):
+    """LSGAN for D (Sec. 4, after Mao et al. 2017): E (D(y) - 1)^2 + E D(G(x))^2, averaged over
+    every patch score, and halved (Sec. 4) so that D learns more slowly relative to G."""
+    return 0.5 * (((real_score - 1) ** 2).mean() + (fake_score ** 2).mean())
+
+
+def g_loss(fake_score):
+    """LSGAN for G: E (D(G(x)) - 1)^2. Squares keep a gradient for samples far on the right side
+    of D's boundary, where the log loss saturates: the reason the paper gives for LSGAN (more
+    stable training, better results)."""
+    return ((fake_score - 1) ** 2).mean()
+
+
+def cycle_loss(x, rec_x, y, rec_y):
+    """Eq. 2: ||F(G(x)) - x||_1 + ||G(F(y)) - y||_1, each the mean absolute difference per value."""
+    return (rec_x - x).abs().mean() + (rec_y - y).abs().mean()
+
+
+def identity_loss(x, F_x, y, G_y):
+    """Sec. 5.2 (after Taigman et al. 2017): ||G(y) - y||_1 + ||F(x) - x||_1. A generator fed an
+    image already in its output domain should leave it alone; without this, G and F may, e.g.,
+    shift a painting's colours freely, since the cycle loss only asks that F undoes it."""
+    return (G_y - y).abs().mean() + (F_x - x).abs().mean()
+
+
+class ImagePool:
+    """The history of generated images (Shrivastava et al. 2017; Sec. 4): D is updated on images from
+    the last `size` steps' generators, not the newest only, so that G and D do not chase each
+    other round in circles.
+
+    query(images [B, C, H, W]) -> [B, C, H, W]. Until `size` images are stored, each new image is
+    stored and returned. Once full, each new image is, with probability 1/2, returned as is; else a
+    stored image picked uniformly is returned and the new one takes its place. Coins come from
+    torch's global generator and the stored images travel in checkpoints (state_dict), so a resumed
+    run continues exactly.
+    """
+
+    def __init__(self, size=50):
+        self.size, self.images = size, []
+
+    @torch.no_grad()
+    def query(self, images):
+        if self.size == 0:
+            return images
+        if self.images and self.images[0].device != images.device:     # restored from a checkpoint on the CPU
+            self.images = [img.to(images.device) for img in self.images]
+        out = []
+        for img in images.detach():
+            if len(self.images) < self.size:
+                self.images.append(img.clone())
+                out.append(img)
+            elif torch.rand(()) < 0.5:
+                i = int(torch.randint(self.size, ()))
+                out.append(self.images[i])
+                self.images[i] = img.clone()
+            else:
+                out.append(img)
+        return torch.stack(out)
+
+    def state_dict(self):
+        return {'images': torch.stack(self.images).cpu() if self.images else torch.empty(0)}
+
+    def load_state_dict(self, state):
+        if len(state['images']) > self.size:
+            raise ValueError(f'the checkpoint holds {len(state["images"])} pooled images, more than --pool-size')
+        self.images = list(state['images'])
+
+
+def lr_factor(step, total, decay_share):
+    """Sec. 4's schedule, counted in steps: 1 for the first (1 - decay_share) of `total` steps,
+    then linear to 0 at step `total` (the lr of step t is lr * lr_factor(t, ...), t = 0 .. total-1)."""
+    decay = decay_share * total
+    if decay <= 0:
+        return 1.0
+    return min(1.0, max(0.0, (total - step) / decay))
+
+
+# ----------------------------------------------------------------------------------------------
+# One training step: G and F together (D frozen), then D_X and D_Y (the authors' order)
+# ----------------------------------------------------------------------------------------------
+
+def train_step(nets, x, y, args):
+    """x: [B, C_a, H, W] from domain X (A), y: [B, C_b, H, W] from Y (B), both in [-1, 1]."""
+    G, F_, D_X, D_Y = nets['G'], nets['F'], nets['D_X'], nets['D_Y']
+    opt_G, opt_D = nets['opt_G'], nets['opt_D']
+    lam, lam_id = args.lambda_cycle, args.lambda_identity * args.lambda_cycle
+    n = len(x)
+
+    # Translations. Instance norm treats each image on its own, so G(x) and the identity G(y) go
+    # through G as one batch with no change in the result: [2B, C, H, W] when the identity is on.
+    if lam_id > 0:
+        fake_y, G_y = G(torch.cat([x, y])).split(n)                    # G(x), G(y)
+        fake_x, F_x = F_(torch.cat([y, x])).split(n)                   # F(y), F(x)
+    else:
+        fake_y, fake_x = G(x), F_(y)
+    rec_x, rec_y = F_(fake_y), G(fake_x)                               # F(G(x)) ~ x, G(F(y)) ~ y
+
+    # G step: both generators against the discriminators as they are now. D's weights are frozen so
+    # that no gradient is computed for them (and D is called outside DDP, which would wait for them).
+    D_X.requires_grad_(False)
+    D_Y.requires_grad_(False)
+    adv_G = g_loss(common.without_ddp(D_Y)(fake_y))
+    adv_F = g_loss(common.without_ddp(D_X)(fake_x))
+    cyc = cycle_loss(x, rec_x, y, rec_y)
+    idt = identity_loss(x, F_x, y, G_y) if lam_id > 0 else torch.zeros((), device=x.device)
+    loss_G = adv_G + adv_F + lam * cyc + lam_id * idt                 # eq. 3 (+ Sec. 5.2)
+    opt_G.zero_grad(set_to_none=True)
+    loss_G.backward()
+    opt_G.step()
+
+    # D step, on fakes from the history buffers. detach: D's step must not reach into G or F.
+    D_X.requires_grad_(True)
+    D_Y.requires_grad_(True)
+    pool_y, pool_x = nets['pool_Y'].query(fake_y.detach()), nets['pool_X'].query(fake_x.detach())
+    loss_D_Y = d_loss(D_Y(y), D_Y(pool_y))
+    loss_D_X = d_loss(D_X(x), D_X(pool_x))
+    opt_D.zero_grad(set_to_none=True)
+    (loss_D_Y + loss_D_X).backward()
+    opt_D.step()
+    return {'loss_G': loss_G.item(), 'loss_D_Y': loss_D_Y.item(), 'loss_D_X': loss_D_X.item(),
+            'cycle': cyc.item(), 'adv_G': adv_G.item(), 'adv_F': adv_F.item(), 'identity': idt.item()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Training loop
+# ----------------------------------------------------------------------------------------------
+
+# The two unpaired domains: loading, the built-in pair, the random crop and flip of Sec. 4
+
+def domain_dirs(args, split='train'):
+    """(dir_a, dir_b) from --data-a/--data-b, or the official layout below --data; None for the
+    built-in shapes. split 'test' falls back to the train folders when testA/testB are missing."""
+    if args.data_a or args.data_b:
+        return args.data_a, args.data_b
+    if args.data:
+        if not os.path.isdir(args.data):
+            raise common.UserError(f'--data {args.data}: no such folder')
+        for s in ([split, 'train'] if split == 'test' else [split]):
+            a, b = os.path.join(args.data, s + 'A'), os.path.join(args.data, s + 'B')
+            if os.path.isdir(a) and os.path.isdir(b):
+                return a, b
+        raise common.UserError(f'--data {args.data} has no trainA/ and trainB/ (the CycleGAN datasets\' layout); '
+                               'or give the two folders with --data-a and --data-b')
+    if args.dataset != 'shapes':
+        raise common.UserError(f'--dataset {args.dataset} is one domain; cyclegan needs two: --data-a DIR '
+                               '--data-b DIR, --data DIR with trainA/ and trainB/, or the built-in pair '
+                               '--dataset shapes')
+    return None
+
+
+def load_domain(args, path, flag, res):
+    """One domain's images: uint8 [N, C, res, res] through common.load_data (decoded once, cached,
+    short side resized, centre crop). Its messages name --data; here they name the flag used."""
+    a = argparse.Namespace(**{**vars(args), 'data': path, 'res': res})
+    try:
+        data = common.load_data(a)
+    except common.UserError as e:
+        msg = str(e)
+        raise common.UserError(f'{flag} {msg[len("--data "):]}' if msg.startswith('--data ') else msg) from None
+    if data.stream is not None:
+        raise common.UserError(f'{flag} {path}: too large to hold in memory at {res}x{res}; raise --max-memory-gb')
+    return data.images
+
+
+def outlines(images, bg):
+    """Filled shapes -> their outlines: the shape's pixels that have a background pixel within t
+    pixels (t = res / 16), the rest background. uint8 [N, 3, H, W] -> uint8 [N, 3, H, W]."""
+    t = max(1, images.shape[-1] // 16)
+    fg = (images.int() - bg).abs().amax(1, keepdim=True) > 8                   # [N, 1, H, W]
+    eroded = -F.max_pool2d(-fg.float(), 2 * t + 1, 1, t)                       # 1 where the whole window is shape
+    edge = fg & (eroded < 0.5)
+    return torch.where(edge, images, torch.full_like(images, bg))
+
+
+def shapes_pair(n, res, seed):
+    """The built-in pair: A, the built-in shapes filled; B, shapes drawn as outlines of the same
+    colours. The two come from different seeds, so no A image has its B counterpart (unpaired).
+    Translating keeps the class and the colour, and changes only fill <-> outline: checkable by eye."""
+    a, _ = common.make_shapes(n, res, seed=seed)
+    b, _ = common.make_shapes(n, res, seed=seed + 1)
+    bg = int(b[0, 0, 0, 0])                                                     # the shared dark background
+    return a, outlines(b, bg)
+
+
+def load_domains(args, res, split='train'):
+    """-> (images_a, images_b), uint8 [N_a, C_a, res, res] and [N_b, C_b, res, res]; records each
+    domain's channels on args (channels_a, channels_b) for rebuilding the networks later."""
+    dirs = domain_dirs(args, split)
+    if dirs is None:
+        a, b = shapes_pair(args.shapes_n, res, args.seed)
+        if args.channels == 1:
+            a, b = to_channels(a, 1), to_channels(b, 1)
+    else:
+        a = load_domain(args, dirs[0], '--data-a' if args.data_a else '--data', res)
+        b = load_domain(args, dirs[1], '--data-b' if args.data_b else '--data', res)
+    args.channels_a, args.channels_b = a.shape[1], b.shape[1]
+    return a, b
+
+
+def to_channels(x, c):
+    """uint8 [N, C, H, W] -> [N, c, H, W]: gray repeated to RGB, or RGB to luma (ITU-R 601)."""
+    if x.shape[1] == c:
+        return x
+    if c == 3:
+        return x.expand(-1, 3, -1, -1).contiguous()
+    w = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    return (x.float() * w).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+
+
+def center_crop(x, res):
+    top = (x.shape[-2] - res) // 2
+    left = (x.shape[-1] - res) // 2
+    return x[..., top:top + res, left:left + res]
+
+
+def random_crop_flip(x, res, flip=True):
+    """The authors' augmentation on a batch at --load-size: one random res x res crop and one coin
+    flip for a mirror image, per image. x: [B, C, L, L] -> [B, C, res, res]. Draws from torch's
+    global generator, whose state every checkpoint keeps (exact resume)."""
+    n, _, h, w = x.shape
+    tops = torch.randint(h - res + 1, (n,)).tolist()
+    lefts = torch.randint(w - res + 1, (n,)).tolist()
+    flips = (torch.rand(n) < 0.5).tolist() if flip else [False] * n
+    out = [x[i, :, t:t + res, l:l + res] for i, (t, l) in enumerate(zip(tops, lefts))]
+    return torch.stack([o.flip(-1) if f else o for o, f in zip(out, flips)])
+
+
+class PairData(common.Data):
+    """Two unpaired domains as one dataset for common.Run: `images` holds domain A, repeated to
+    max(|A|, |B|) so that an epoch lasts as long as the larger domain (the authors' unaligned
+    loader); `b` holds domain B, from which each step draws its own random images (draw_b)."""
+
+    def __init__(self, a, b, res, name):
+        n = max(len(a), len(b))
+        super().__init__(a[torch.arange(n) % len(a)], None, None, name)
+        self.b, self.n_a, self.res = b, len(a), res
+
+    def preview(self, n=64):
+        """n fixed images, the first half from A, the rest from B, centre-cropped to res, with the
+        channels of the domain with more of them (for one grid)."""
+        g = torch.Generator().manual_seed(0)
+        a = self.images[:self.n_a].cpu()[torch.randperm(self.n_a, generator=g)[:n // 2]]
+        b = self.b.cpu()[torch.randperm(len(self.b), generator=g)[:n - len(a)]]
+        c = max(a.shape[1], b.shape[1])
+        return torch.cat([to_channels(center_crop(a, self.res), c), to_channels(center_crop(b, self.res), c)])
+
+    def draw_b(self, n, device):
+        """n B images at random (with replacement, as the authors' loader), float in [-1, 1]."""
+        idx = torch.randint(len(self.b), (n,))
+        return self.b[idx.to(self.b.device)].to(device).float().div_(127.5).sub_(1)
+
+
+def check_channels(args):
+    if args.lambda_identity > 0 and args.channels_a != args.channels_b:
+        raise common.UserError(
+            f'domain A has {args.channels_a} channel(s) and B {args.channels_b}: the identity loss '
+            f'(--lambda-identity {args.lambda_identity:g}) feeds B images to G: A -> B, which needs the same '
+            'channels; add --channels 3 (gray repeated to RGB) or --lambda-identity 0')
+
+
+def build(args):
+    """-> G: A -> B, F: B -> A, D_X (judges A images), D_Y (judges B images)."""
+    G = Generator(args.channels_a, args.channels_b, args.ngf, args.n_blocks)
+    F_ = Generator(args.channels_b, args.channels_a, args.ngf, args.n_blocks)
+    D_X = PatchDiscriminator(args.channels_a, args.ndf)
+    D_Y = PatchDiscriminator(args.channels_b, args.ndf)
+    for net in (G, F_, D_X, D_Y):
+        init_weights(net, args.init_std)
+    return G, F_, D_X, D_Y
+
+
+def make_optimizers(G, F_, D_X, D_Y, args):
+    """One Adam for both generators and one for both discriminators, as the authors' code: the two
+    generators share one objective (eq. 3), so they take one step on it together."""
+    return (torch.optim.Adam([*G.parameters(), *F_.parameters()], args.lr, betas=tuple(args.betas)),
+            torch.optim.Adam([*D_X.parameters(), *D_Y.parameters()], args.lr, betas=tuple(args.betas)))
+
+
+@torch.no_grad()
+def translate(G, x, batch=64):
+    """x [N, C, H, W] in [-1, 1] -> G(x), in batches. Instance norm without running statistics and
+    no dropout: the same in eval mode as in training."""
+    return torch.cat([G(b) for b in x.split(batch)])
+
+
+def sample_grid(G, F_, fixed_a, fixed_b):
+    """Six rows of the fixed inputs: A, G(A), F(G(A)), then B, F(B), G(F(B)). Gray domains are shown
+    as RGB so that both fit one grid. -> ([6n, 3 or C, H, W], nrow n)"""
+    fake_b, fake_a = translate(G, fixed_a), translate(F_, fixed_b)
+    rows = [fixed_a, fake_b, translate(F_, fake_b), fixed_b, fake_a, translate(G, fake_a)]
+    c = max(r.shape[1] for r in rows)
+    return torch.cat([r.expand(-1, c, -1, -1) if r.shape[1] != c else r for r in rows]).cpu(), len(fixed_a)
+
+
+def train(args):
+    run = common.Run(args)
+    a, b = load_domains(args, args.load_size)
+    check_channels(args)
+    data = PairData(a, b, args.res, name=f'two domains ({len(a)} A, {len(b)} B; one epoch covers the larger)')
+    G, F_, D_X, D_Y = build(args)
+    G, F_, D_X, D_Y = (run.wrap(m.to(run.device)) for m in (G, F_, D_X, D_Y))
+    opt_G, opt_D = make_optimizers(G, F_, D_X, D_Y, args)
+    nets = {'G': G, 'F': F_, 'D_X': D_X, 'D_Y': D_Y, 'opt_G': opt_G, 'opt_D': opt_D,
+            'pool_X': ImagePool(args.pool_size), 'pool_Y': ImagePool(args.pool_size)}
+    run.start(nets, data)
+    if data.b.numel() < 2 ** 30 or run.device.type == 'cpu':
+        data.b = data.b.to(run.device)
+    # the progress grid: 8 fixed images of each domain, centre crops
+    g = torch.Generator().manual_seed(args.seed)
+    fixed_a = center_crop(a[torch.randperm(len(a), generator=g)[:8]], args.res).float().div(127.5).sub(1)
+    fixed_b = center_crop(b[torch.randperm(len(b), generator=g)[:8]], args.res).float().div(127.5).sub(1)
+    fixed_a, fixed_b = fixed_a.to(run.device), fixed_b.to(run.device)
+    sample_fn = lambda: sample_grid(G, F_, fixed_a, fixed_b)
+    # the schedule counts the --epochs of the run (not a --steps or --minutes cap, which only stop it early)
+    horizon = common.batches_per_epoch(len(data), args.batch_size, run.world) * args.epochs
+    decay_share = args.decay_epochs / args.epochs
+
+    for x_a, _ in run.batches(data):
+        f = lr_factor(run.step_num, horizon, decay_share)
+        for opt in (opt_G, opt_D):
+            for group in opt.param_groups:
+                group['lr'] = args.lr * f
+        x = random_crop_flip(x_a, args.res, not args.no_flip)
+        y = random_crop_flip(data.draw_b(len(x), x.device), args.res, not args.no_flip)
+        logs = train_step(nets, x, y, args)
+        logs['lr'] = args.lr * f
+        run.step(logs, nets, sample_fn)
+    run.finish(nets, sample_fn)
+    return nets
+
+
+# ----------------------------------------------------------------------------------------------
+# Sampling: translate images with a trained G (a2b) or F (b2a)
+# ----------------------------------------------------------------------------------------------
+
+def generate(args):
+    ckpt = common.load_checkpoint(args.ckpt, 'cyclegan')
+    targs = common.args_from_checkpoint(ckpt, args)
+    device = common.get_device(args.device)
+    G, F_, _, _ = build(targs)
+    G.load_state_dict(ckpt['nets']['G'])
+    F_.load_state_dict(ckpt['nets']['F'])
+    G, F_ = G.to(device), F_.to(device)
+    fwd, back = (G, F_) if args.direction == 'a2b' else (F_, G)
+    c_in = targs.channels_a if args.direction == 'a2b' else targs.channels_b
+    src = 'A' if args.direction == 'a2b' else 'B'
+
+    if args.input:
+        x = load_domain(args, args.input, '--input', targs.res)
+        where = args.input
+    else:
+        # the domain's own images: --data-a/--data-b, testA/testB under --data, or the checkpoint's data
+        flags = {k: getattr(args, k) for k in ('data', 'data_a', 'data_b')}
+        if not any(flags.values()):
+            flags = {k: targs.__dict__.get(k) for k in ('data', 'data_a', 'data_b')}
+        sargs = argparse.Namespace(**{**vars(args), **flags, 'dataset': targs.dataset, 'shapes_n': args.generate,
+                                      'seed': args.seed, 'channels': None})
+        dirs = domain_dirs(sargs, 'test')
+        if dirs is None:
+            x = shapes_pair(sargs.shapes_n, targs.res, args.seed + 7)[0 if src == 'A' else 1]
+            where = f'built-in shapes ({"filled" if src == "A" else "outlines"})'
+        else:
+            path = dirs[0 if src == 'A' else 1]
+            if path is None:
+                raise common.UserError(f'--direction {args.direction} translates {src} images: give '
+                                       f'--data-{src.lower()} DIR or --input DIR')
+            x = load_domain(sargs, path, f'--data-{src.lower()}' if args.data_a or args.data_b else '--data', targs.res)
+            where = path
+    if args.input:
+        x = x[:args.generate]                                          # a folder: its first N files, in order
+    else:                                                              # a domain: N of its images, at random
+        x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(args.seed))[:args.generate]]
+    if x.shape[1] != c_in:
+        x = to_channels(x, c_in)
+    x = x.float().div(127.5).sub(1).to(device)
+    fake = translate(fwd, x)
+    rec = translate(back, fake)
+    os.makedirs(args.out, exist_ok=True)
+    for i, img in enumerate(common.to_uint8(fake)):
+        common.save_image(common.make_grid(img[None], nrow=1, pad=0), os.path.join(args.out, f'{i:06d}.png'))
+    # grid.png: bands of three rows, 8 images wide: inputs, translations, reconstructions
+    k = min(len(x), 64)
+    c = max(x.shape[1], fake.shape[1])
+    w = min(8, k)
+    rows = []
+    for i in range(0, k, w):
+        for t in (x, fake, rec):
+            row = t[i:min(i + w, k)].expand(-1, c, -1, -1).cpu()
+            blank = torch.ones(w - len(row), *row.shape[1:])               # white, to end a short last band
+            rows.append(torch.cat([row, blank]))
+    common.save_grid(torch.cat(rows), os.path.join(args.out, 'grid.png'), nrow=w)
+    print(f'wrote {len(x)} {args.direction} translations of {where} and grid.png (input | translation | '
+          f'reconstruction rows) to {args.out}')
+
+
+def main(argv=None):
+    args = get_args(argv)
+    if args.generate:
+        generate(args)
+    else:
+        train(args)
+
+
+if __name__ == '__main__':
+    common.cli(main)

@@ -139,8 +139,6 @@ def get_args(argv=None):
     if args.eval_every:
         raise common.UserError('cyclegan has no --eval-every: the FID of a translation is against the other domain; '
                                'benchmarks/cyclegan_mnist.py measures it')
-    if args.cls is not None:
-        raise common.UserError('--class is for class-conditional models; cyclegan translates images')
     if (args.data_a is None) != (args.data_b is None) and args.generate is None:
         given_flag, missing = ('--data-a', '--data-b') if args.data_b is None else ('--data-b', '--data-a')
         raise common.UserError(f'{given_flag} needs {missing}: cyclegan learns between two domains')

@@ -43,8 +43,18 @@ def test_one_name_per_idea():
         assert hasattr(mods[n], 'minibatch_stddev') and hasattr(mods[n], 'lrelu')
     for n in ['progan', 'stylegan', 'biggan']:
         assert hasattr(mods[n], 'ema_update')
-    for n in ['dcgan', 'wgan_gp', 'cgan']:
+    mods['cyclegan'] = importlib.import_module('cyclegan')
+    for n in ['dcgan', 'wgan_gp', 'cgan', 'cyclegan']:
         assert hasattr(mods[n], 'init_weights')
     for n in ['cgan', 'biggan']:
         assert hasattr(mods[n], 'ConditionalBatchNorm')
     assert common.SAMPLING_MODES[0] == 'generate'
+
+
+def test_cyclegan_follows_the_shared_sampling_layout():
+    # a translator has no latent walk, but --generate, --ckpt, --out and --class behave as elsewhere
+    m = importlib.import_module('cyclegan')
+    a = m.get_args(['--generate', '3', '--ckpt', 'x.pt'])
+    assert a.sampling and a.out.replace('\\', '/') == 'runs/cyclegan/generated'
+    with pytest.raises(SystemExit):
+        m.get_args(['--generate', '3', '--ckpt', 'x.pt', '--class', '1'])

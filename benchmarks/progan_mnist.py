@@ -3,7 +3,7 @@
     python benchmarks/progan_mnist.py --data /tmp/gan-data/mnist --out runs/progan_mnist
 
 1. Trains progan.py with a short schedule and small widths (the command is printed), timing it.
-2. Scores 2,000 EMA samples against 2,000 real digits with a sliced Wasserstein distance (SWD)
+2. Scores 2,000 EMA samples (fewer on a folder of under 4,000) against as many real digits with a sliced Wasserstein distance (SWD)
    at 32, 16 and 8 pixels, next to two references: real vs other real digits (the floor) and
    real vs the untrained generator (the ceiling). The paper's SWD compares 7x7 patches of a
    Laplacian pyramid; this one compares whole box-downscaled images, which is cruder but needs
@@ -107,13 +107,16 @@ def main():
     data = common.load_data(targs)
     g = torch.Generator().manual_seed(1)
     perm = torch.randperm(len(data), generator=g)
-    real = data.images[perm[:2000]].float() / 127.5 - 1
-    real2 = data.images[perm[2000:4000]].float() / 127.5 - 1
+    n = min(2000, len(data) // 2)              # two disjoint real sets of the same size
+    if n < 2:
+        raise SystemExit(f'error: --data has {len(data)} images; the SWD needs at least 4')
+    real = data.images[perm[:n]].float() / 127.5 - 1
+    real2 = data.images[perm[n:2 * n]].float() / 127.5 - 1
     ckpt = common.load_checkpoint(os.path.join(a.out, 'last.pt'), 'progan')
     G, _ = progan.build(targs)
     G.load_state_dict(ckpt['nets']['G_ema'])
     G0, _ = progan.build(targs)  # freshly initialised: the untrained reference
-    z = torch.randn(2000, targs.z_dim, generator=g)
+    z = torch.randn(n, targs.z_dim, generator=g)
     fake = torch.cat([progan.sample(G, zb) for zb in z.split(250)])
     fake0 = torch.cat([progan.sample(G0, zb) for zb in z.split(250)])
     for name, other in [('real vs real', real2), ('real vs ProGAN (EMA)', fake), ('real vs untrained G', fake0)]:

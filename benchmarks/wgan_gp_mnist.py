@@ -50,6 +50,8 @@ def main():
     with open(os.path.join(a.out, 'losses.csv')) as f:
         rows = list(csv.DictReader(f))
     n, w = len(rows), min(a.window, len(rows) // 2)
+    if w < 1:
+        raise SystemExit(f'error: {a.out}/losses.csv has {n} rows: nothing to average')
 
     def mean(key, lo, hi):
         v = [float(r[key]) for r in rows[lo:hi]]
@@ -58,6 +60,8 @@ def main():
     print(f'\n{n} G steps ({5 * n} critic steps) logged in {a.out}/losses.csv')
     for key in ['grad_norm', 'W_estimate']:
         print(f'{key:>10}: steps 1-{w}: {mean(key, 0, w):.3f}   steps {n - w + 1}-{n}: {mean(key, n - w, n):.3f}')
+    if n < 10:
+        raise SystemExit(f'error: {n} logged steps are too few to split into tenths: give --steps 10 or more')
     print('by tenths of the run:')
     for key in ['grad_norm', 'W_estimate']:
         print(f'{key:>10}: ' + ' '.join(f'{mean(key, i * n // 10, (i + 1) * n // 10):6.3f}' for i in range(10)))

@@ -4,8 +4,9 @@
 
 1. Trains progan.py with a short schedule and small widths (the command is printed), timing it.
 2. Scores 2,000 EMA samples (fewer on a folder of under 4,000 images) against as many real
-   digits with a sliced Wasserstein distance (SWD) at 32, 16 and 8 pixels, next to two references: real vs other real digits (the floor) and
-   real vs the untrained generator (the ceiling). The paper's SWD compares 7x7 patches of a
+   digits with a sliced Wasserstein distance (SWD) at 32, 16 and 8 pixels, next to two
+   references: real vs other real digits (the floor) and real vs the untrained generator (the
+   ceiling). The paper's SWD compares 7x7 patches of a
    Laplacian pyramid; this one compares whole box-downscaled images, which is cruder but needs
    nothing else and moves the same way.
 3. Writes docs/progan_mnist_growing.png (the fixed-noise grid at the end of each resolution,

@@ -83,8 +83,9 @@ def get_args(argv=None):
                    help='hinge (Miyato & Koyama; the default with projection) or the non-saturating '
                         'BCE of eq. 2 (Mirza & Osindero; the default with concat)')
     g.add_argument('--n-dis', type=int, default=1, help='D steps per G step, each on a fresh real batch')
-    g.add_argument('--lr', type=float, default=2e-4, help='Adam learning rate, G and D')
-    g.add_argument('--betas', type=float, nargs=2, default=[0.5, 0.999], metavar=('B1', 'B2'), help='Adam betas')
+    g.add_argument('--lr', type=common.positive_float, default=2e-4, help='Adam learning rate, G and D')
+    g.add_argument('--betas', type=common.decay_rate, nargs=2, default=[0.5, 0.999], metavar=('B1', 'B2'),
+                   help='Adam betas')
     args = common.parse(p, argv, valid_res=VALID_RES)
     if args.cond == 'projection' and args.embed_dim is not None:
         raise common.UserError('--embed-dim applies to --cond concat only (projection embeds y in D\'s feature '

@@ -518,7 +518,11 @@ GRAY_MODES = ('1', 'L', 'LA', 'I', 'I;16', 'I;16B', 'I;16L')  # PIL modes of sin
 def _all_gray(files):
     from PIL import Image
     try:
-        return all(Image.open(f).mode in GRAY_MODES for f in files)
+        for f in files:
+            with Image.open(f) as img:
+                if img.mode not in GRAY_MODES:
+                    return False
+        return True
     except Exception:
         return False
 

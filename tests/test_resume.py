@@ -3,6 +3,7 @@ with bit-identical weights, buffers and optimizer states. The half-way stop land
 where the run draws its last sample grid before writing the checkpoint (N/2 is not a multiple
 of --sample-every), so sampling must not move the training RNG."""
 import importlib
+import os
 
 import pytest
 import torch
@@ -23,6 +24,19 @@ TINY = {
     'biggan': ['--res', '32', '--ch', '2', '--z-dim', '20', '--shared-dim', '8', '--attn-res', '16',
                '--ema-start', '2'],
 }
+
+
+# every sampling mode beyond --generate, per file
+MODES = {
+    'dcgan': [['--interpolate']],
+    'stylegan': [['--style-mix', 'coarse'], ['--truncation-sweep', '1', '0.5']],
+    'biggan': [['--generate', '2', '--truncation-sweep', '0.5'], ['--generate', '2', '--interpolate-class', '0', '1']],
+}
+
+
+def files_of(folder):
+    return {os.path.relpath(os.path.join(d, f), folder): open(os.path.join(d, f), 'rb').read()
+            for d, _, names in os.walk(folder) for f in names}
 
 
 def same(a, b):
@@ -52,3 +66,11 @@ def test_half_then_resume_equals_straight(model, tmp_path):
     assert same(a['rng']['torch'], b['rng']['torch'])
     # the log holds every step once, in order
     assert (half / 'losses.csv').read_text().count('\n') == 7
+
+    # every sampling path gives the same images for the same --ckpt and --seed
+    for i, mode in enumerate([['--generate', '3']] + MODES.get(model, [])):
+        outs = [tmp_path / f'sample{i}-{j}' for j in range(2)]
+        for o in outs:
+            mod.main(mode + ['--ckpt', str(half / 'last.pt'), '--seed', '5', '--out', str(o)])
+        first, second = files_of(outs[0]), files_of(outs[1])
+        assert first and first == second, f'{model} {mode} differs between two runs'

@@ -96,7 +96,7 @@ def os_error_message(e):
                 '(old runs/, the decode caches in --data-root), or give --out on another disk; '
                 'checkpoints already written are intact')
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return f'{where}not allowed to write here ({e.strerror}); give --out a folder you can write to'
+        return f'{where}not allowed ({e.strerror}): check its permissions, or give --out a folder you can write to'
     if e.errno in (errno.ENOTDIR, errno.EEXIST) or isinstance(e, (NotADirectoryError, FileExistsError)):
         return f'{where}a file is in the way of a folder ({e.strerror}); give --out a folder, not a file'
     return f'{where}{e.strerror or e}'
@@ -145,8 +145,8 @@ def check_memory(nbytes, what, device='cpu'):
     """Refuse, before allocating, something that cannot fit: say what needs how much, and how much is free."""
     free = available_memory(device)
     if free is not None and nbytes > free:
-        raise UserError(f'{what} needs at least {_gb(nbytes)} of {"GPU " if torch.device(device).type == "cuda" else ""}'
-                        f'memory but {_gb(free)} is free; make it smaller')
+        kind = 'GPU memory' if torch.device(device).type == 'cuda' else 'memory'
+        raise UserError(f'{what} needs at least {_gb(nbytes)} of {kind} but {_gb(free)} is free; make it smaller')
 
 
 # ----------------------------------------------------------------------------------------------
@@ -358,6 +358,8 @@ def load_data(args, need_labels=False):
             print(f'{args.data}: {len(files)} images would not fit in --max-memory-gb {args.max_memory_gb:g}; '
                   f'streaming them with {args.workers} workers')
         else:
+            check_memory(2 * len(files) * 3 * args.res ** 2, f'decoding {len(files)} images of --data at '
+                         f'--res {args.res} (a lower --max-memory-gb streams them instead)')
             images, labels = _load_folder(args.data, files, labels, classes, args.res, args.data_root)
             data = Data(_to_channels(images, args.channels or images.shape[1]), labels, classes, args.data)
     else:
@@ -958,9 +960,10 @@ def atomic_save(obj, path):
         if isinstance(e, OSError) and e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO):
             raise
         kept = f'{path} is left as it was' if os.path.exists(path) else f'nothing was written to {path}'
-        raise UserError(f'could not write {path} ({getattr(e, "strerror", None) or "the write failed"}): is the disk '
-                        f'full? Free space on the disk holding {os.path.dirname(os.path.abspath(path))} '
-                        f'(old runs/, the decode caches in --data-root) or give --out on another disk; {kept}') from None
+        why = getattr(e, 'strerror', None) or 'the write failed'
+        raise UserError(f'could not write {path} ({why}): is the disk full? Free space on the disk holding '
+                        f'{os.path.dirname(os.path.abspath(path))} (old runs/, the decode caches in --data-root) '
+                        f'or give --out on another disk; {kept}') from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -1092,7 +1095,8 @@ def args_from_checkpoint(ckpt, args):
     targs = argparse.Namespace(**{**ckpt['args'], 'device': args.device})
     seed_everything(args.seed)
     if getattr(args, 'cls', None) is not None and getattr(targs, 'conditional', None) is False:
-        raise UserError(f'--class applies only to class-conditional models; {ckpt["model"]} draws unconditional samples')
+        raise UserError(f'--class applies only to class-conditional models; '
+                        f'{ckpt["model"]} draws unconditional samples')
     n = getattr(args, 'generate', None)
     if n:  # z, the float images and their uint8 copy, side by side at the end
         per_image = (targs.channels or 3) * targs.res ** 2 * 9 + 4 * (getattr(targs, 'z_dim', None) or 512)
@@ -1395,7 +1399,9 @@ class Run:
             self._last_ckpt = (os.path.join(self.out, name), self.step_num)
 
     def finish(self, nets, sample_fn=None):
+        global _active_run
         self._release_interrupt()
+        _active_run = None
         if not self.main:
             return
         self.bar.close()

@@ -10,7 +10,7 @@ import torch
 
 import common
 
-SHAPES = ['--dataset', 'shapes', '--shapes-n', '32', '--batch-size', '4', '--sample-every', '2']
+SHAPES = ['--dataset', 'shapes', '--shapes-n', '16', '--batch-size', '4', '--sample-every', '2']
 TINY = {
     'gan_mlp': ['--res', '8', '--g-hidden', '16', '--d-units', '8'],
     'dcgan': ['--res', '32', '--ngf', '4', '--ndf', '4'],

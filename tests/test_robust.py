@@ -184,7 +184,7 @@ def test_os_errors_are_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(os, 'makedirs', refuse)
     code, err = one_line_error(capsys, lambda: gan_mlp.main(TINY + ['--out', str(tmp_path / 'ro'), '--steps', '1']))
     assert code == 2 and err.count('\n') == 1
-    assert err.startswith(f'error: {tmp_path / "ro" / "samples"}: not allowed to write here')
+    assert err.startswith(f'error: {tmp_path / "ro" / "samples"}: not allowed (Permission denied)')
 
 
 def test_full_disk_during_a_save_keeps_the_checkpoint(tmp_path):

@@ -50,7 +50,8 @@ class UserError(Exception):
     """Something the user can fix: a bad path, a bad flag value, a failed download."""
 
 
-_active_run = None  # the Run in progress, so that `cli` can say where its last checkpoint is on Ctrl-C
+_active_run = None     # the Run in progress, so that `cli` can say where its last checkpoint is on Ctrl-C
+_output_folder = None  # --out, named by an OS error that carries no file name (a write cut short)
 
 
 def cli(main):
@@ -69,6 +70,7 @@ def cli(main):
         _fail(out_of_memory_message(e))
     except KeyboardInterrupt as e:
         run = _active_run
+        _end_progress()
         if str(e):
             print(f'interrupted: {e}', file=sys.stderr)
         elif run is not None and run._last_ckpt:
@@ -82,16 +84,23 @@ def cli(main):
 
 
 def _fail(message):
+    _end_progress()
     print(f'error: {message}', file=sys.stderr)
     sys.exit(2)
+
+
+def _end_progress():
+    """Close the progress bar of a run in progress, so that the last line is the message alone."""
+    if _active_run is not None and getattr(_active_run, 'bar', None) is not None:
+        _active_run.bar.close()
 
 
 def os_error_message(e):
     """An OSError in one line: the path, what went wrong, and what to do about it."""
     path = e.filename or ''
-    where = f'{path}: ' if path else ''
+    where = f'{path}: ' if path else (f'writing into {_output_folder}: ' if _output_folder else '')
     if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        folder = os.path.dirname(os.path.abspath(path)) if path else 'the output folder'
+        folder = os.path.dirname(os.path.abspath(path)) if path else (_output_folder or 'the output folder')
         return (f'{where}no space left to write it ({e.strerror}). Free space on the disk holding {folder} '
                 '(old runs/, the decode caches in --data-root), or give --out on another disk; '
                 'checkpoints already written are intact')
@@ -258,6 +267,8 @@ def parse(p, argv=None, valid_res=None):
             raise UserError('--generate needs --ckpt PATH (a checkpoint written by training, e.g. runs/<model>/last.pt)')
     if args.out is None:
         args.out = os.path.join('runs', args.model) if args.generate is None else os.path.join('runs', args.model, 'generated')
+    global _output_folder
+    _output_folder = args.out
     return args
 
 

@@ -1104,7 +1104,8 @@ def args_from_checkpoint(ckpt, args):
     noise, writes the same images for the same --ckpt and --seed), --class is refused for an
     unconditional model, and --generate N is refused before allocating if N images cannot fit."""
     targs = argparse.Namespace(**{**ckpt['args'], 'device': args.device})
-    seed_everything(args.seed)
+    if getattr(args, 'seed', None) is not None:
+        seed_everything(args.seed)
     if getattr(args, 'cls', None) is not None and getattr(targs, 'conditional', None) is False:
         raise UserError(f'--class applies only to class-conditional models; '
                         f'{ckpt["model"]} draws unconditional samples')

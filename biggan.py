@@ -69,20 +69,23 @@ def get_args(argv=None):
                            conditional=True)
     g = p.add_argument_group('Brock et al. 2019')
     g.add_argument('--ch', type=int, default=64, help='channel multiplier of G and D (the paper uses 96 at 128x128)')
-    g.add_argument('--z-dim', type=int, help='noise dimension (default 128 at 32, 120 at 64 and 128, 140 at 256)')
+    g.add_argument('--z-dim', type=common.positive_int,
+                   help='noise dimension (default 128 at 32, 120 at 64 and 128, 140 at 256)')
     g.add_argument('--shared-dim', type=int, default=128, help='size of the class embedding shared by all CBNs')
     g.add_argument('--attn-res', type=int, help='resolution of the self-attention block in G and D '
                    '(default 64, or 16 at --res 32; 0 for none)')
     g.add_argument('--recipe', default='paper', choices=sorted(RECIPES),
                    help='paper: lr G 5e-5 / D 2e-4, 2 D steps per G step; code: 1e-4 / 4e-4, 1 D step')
-    g.add_argument('--lr-g', type=float, help="G's learning rate (overrides --recipe)")
-    g.add_argument('--lr-d', type=float, help="D's learning rate (overrides --recipe)")
+    g.add_argument('--lr-g', type=common.positive_float, help="G's learning rate (overrides --recipe)")
+    g.add_argument('--lr-d', type=common.positive_float, help="D's learning rate (overrides --recipe)")
     g.add_argument('--d-steps', type=int, help='D steps per G step (overrides --recipe)')
-    g.add_argument('--betas', type=float, nargs=2, default=[0.0, 0.999], help='Adam betas')
-    g.add_argument('--adam-eps', type=float, default=1e-6)
-    g.add_argument('--ortho', type=float, default=1e-4, help='beta of the orthogonal regulariser (0: off)')
-    g.add_argument('--ema-decay', type=float, default=0.9999, help="decay of the EMA of G's weights and buffers")
-    g.add_argument('--ema-start', type=int, default=20000,
+    g.add_argument('--betas', type=common.decay_rate, nargs=2, default=[0.0, 0.999], help='Adam betas')
+    g.add_argument('--adam-eps', type=common.positive_float, default=1e-6)
+    g.add_argument('--ortho', type=common.nonneg_float, default=1e-4,
+                   help='beta of the orthogonal regulariser (0: off)')
+    g.add_argument('--ema-decay', type=common.decay_rate, default=0.9999,
+                   help="decay of the EMA of G's weights and buffers")
+    g.add_argument('--ema-start', type=common.nonneg_int, default=20000,
                    help='steps before the EMA starts averaging (a copy of G until then)')
     g.add_argument('--accum', type=int, default=1, help='micro-batches whose gradients are summed per D or G step')
     g.add_argument('--sn-eps', type=float, default=1e-6, help="spectral norm's epsilon")

@@ -83,10 +83,11 @@ def get_args(argv=None):
     g.add_argument('--loss', choices=['hinge', 'bce'],
                    help='hinge (Miyato & Koyama; the default with projection) or the non-saturating '
                         'BCE of eq. 2 (Mirza & Osindero; the default with concat)')
-    g.add_argument('--d-steps', '--n-dis', dest='n_dis', type=int, default=1, metavar='K',
+    g.add_argument('--d-steps', '--n-dis', dest='n_dis', type=common.positive_int, default=1, metavar='K',
                    help='D steps per G step, each on a fresh real batch (Miyato & Koyama\'s n_dis)')
-    g.add_argument('--lr', type=float, default=2e-4, help='Adam learning rate, G and D')
-    g.add_argument('--betas', type=float, nargs=2, default=[0.5, 0.999], metavar=('B1', 'B2'), help='Adam betas')
+    g.add_argument('--lr', type=common.positive_float, default=2e-4, help='Adam learning rate, G and D')
+    g.add_argument('--betas', type=common.decay_rate, nargs=2, default=[0.5, 0.999], metavar=('B1', 'B2'),
+                   help='Adam betas')
     common.add_interpolate_args(p, steps=10)
     args = common.parse(p, argv, valid_res=VALID_RES)
     if args.cond == 'projection' and args.embed_dim is not None:

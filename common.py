@@ -24,15 +24,18 @@ A model file uses it like this:
 """
 import argparse
 import csv
+import errno
 import glob
 import hashlib
 import json
+import logging
 import math
 import os
 import random
+import re
+import signal
 import sys
 import time
-import warnings
 
 import numpy as np
 import torch
@@ -47,16 +50,112 @@ class UserError(Exception):
     """Something the user can fix: a bad path, a bad flag value, a failed download."""
 
 
+_active_run = None     # the Run in progress, so that `cli` can say where its last checkpoint is on Ctrl-C
+_output_folder = None  # --out, named by an OS error that carries no file name (a write cut short)
+
+
 def cli(main):
-    """Run `main()` as a command: a UserError becomes `error: <message>` and exit status 2."""
+    """Run `main()` as a command. A UserError, an OS error on a file (a full disk, a folder that
+    cannot be written) and memory that runs out each become one line `error: <message>` and exit
+    status 2; Ctrl-C says which checkpoint holds which step, exit status 130."""
     try:
         main()
     except UserError as e:
-        print(f'error: {e}', file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print('interrupted', file=sys.stderr)
+        _fail(e)
+    except OSError as e:
+        _fail(os_error_message(e))
+    except (RuntimeError, MemoryError) as e:  # torch raises RuntimeError (OutOfMemoryError on CUDA)
+        if not _is_out_of_memory(e):
+            raise
+        _fail(out_of_memory_message(e))
+    except KeyboardInterrupt as e:
+        run = _active_run
+        _end_progress()
+        if str(e):
+            print(f'interrupted: {e}', file=sys.stderr)
+        elif run is not None and run._last_ckpt:
+            print(f'interrupted: {run._last_ckpt[0]} holds step {run._last_ckpt[1]}; '
+                  f'continue with --resume {run._last_ckpt[0]}', file=sys.stderr)
+        elif run is not None:
+            print('interrupted before the first checkpoint: nothing was saved', file=sys.stderr)
+        else:
+            print('interrupted', file=sys.stderr)
         sys.exit(130)
+
+
+def _fail(message):
+    _end_progress()
+    print(f'error: {message}', file=sys.stderr)
+    sys.exit(2)
+
+
+def _end_progress():
+    """Close the progress bar of a run in progress, so that the last line is the message alone."""
+    if _active_run is not None and getattr(_active_run, 'bar', None) is not None:
+        _active_run.bar.close()
+
+
+def os_error_message(e):
+    """An OSError in one line: the path, what went wrong, and what to do about it."""
+    path = e.filename or ''
+    where = f'{path}: ' if path else (f'writing into {_output_folder}: ' if _output_folder else '')
+    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        folder = os.path.dirname(os.path.abspath(path)) if path else (_output_folder or 'the output folder')
+        return (f'{where}no space left to write it ({e.strerror}). Free space on the disk holding {folder} '
+                '(old runs/, the decode caches in --data-root), or give --out on another disk; '
+                'checkpoints already written are intact')
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f'{where}not allowed ({e.strerror}): check its permissions, or give --out a folder you can write to'
+    if e.errno in (errno.ENOTDIR, errno.EEXIST) or isinstance(e, (NotADirectoryError, FileExistsError)):
+        return f'{where}a file is in the way of a folder ({e.strerror}); give --out a folder, not a file'
+    return f'{where}{e.strerror or e}'
+
+
+def _is_out_of_memory(e):
+    m = str(e)
+    return isinstance(e, MemoryError) or "can't allocate memory" in m or 'out of memory' in m.lower()
+
+
+def out_of_memory_message(e):
+    m = re.search(r'allocate (\d+) bytes', str(e))
+    if m:
+        need = f'a tensor of {_gb(int(m.group(1)))}'
+    else:
+        m = re.search(r'Tried to allocate ([\d.]+ [KMGT]i?B)', str(e))
+        need = f'a tensor of {m.group(1)}' if m else 'more'
+    return (f'out of memory: the run needed {need} with {_gb(available_memory())} free in RAM. Lower --batch-size, '
+            '--res, the network sizes (e.g. --z-dim) or --generate N')
+
+
+def _gb(nbytes):
+    return f'{nbytes / 2 ** 30:.3g} GB' if nbytes is not None else 'an unknown amount'
+
+
+def available_memory(device='cpu'):
+    """Bytes free for new tensors on `device` (None if unknown): CUDA's free memory, or Linux's
+    MemAvailable (what can be had without swapping)."""
+    device = torch.device(device)
+    if device.type == 'cuda':
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open('/proc/meminfo') as f:
+            for line in f:
+                if line.startswith('MemAvailable:'):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf('SC_AVPHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(nbytes, what, device='cpu'):
+    """Refuse, before allocating, something that cannot fit: say what needs how much, and how much is free."""
+    free = available_memory(device)
+    if free is not None and nbytes > free:
+        kind = 'GPU memory' if torch.device(device).type == 'cuda' else 'memory'
+        raise UserError(f'{what} needs at least {_gb(nbytes)} of {kind} but {_gb(free)} is free; make it smaller')
 
 
 # ----------------------------------------------------------------------------------------------
@@ -66,37 +165,69 @@ def cli(main):
 DATASETS = ['mnist', 'fashion-mnist', 'cifar10', 'flowers102', 'lfw', 'shapes']
 
 
+# Flag value types: argparse checks each value as it parses it, and a bad one is one line
+# `error: argument --lr: -1 is not a positive number` (see _Parser).
+def _flag_type(name, convert, ok, what):
+    def check(text):
+        try:
+            v = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f'{text!r} is not {what}') from None
+        if not ok(v):
+            raise argparse.ArgumentTypeError(f'{text} is not {what}')
+        return v
+    check.__name__ = name
+    return check
+
+
+positive_int = _flag_type('positive_int', int, lambda v: v >= 1, 'a positive integer')
+nonneg_int = _flag_type('nonneg_int', int, lambda v: v >= 0, 'an integer >= 0')
+seed_int = _flag_type('seed_int', int, lambda v: 0 <= v < 2 ** 32, 'a seed in [0, 2^32)')
+finite_float = _flag_type('finite_float', float, math.isfinite, 'a finite number')
+positive_float = _flag_type('positive_float', float, lambda v: math.isfinite(v) and v > 0, 'a positive number')
+nonneg_float = _flag_type('nonneg_float', float, lambda v: math.isfinite(v) and v >= 0, 'a number >= 0')
+probability = _flag_type('probability', float, lambda v: 0 <= v <= 1, 'a probability in [0, 1]')
+decay_rate = _flag_type('decay_rate', float, lambda v: 0 <= v < 1, 'in [0, 1)')   # Adam betas, EMA decays
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is a UserError (one line through `cli`) instead of usage text and exit."""
+
+    def error(self, message):
+        raise UserError(f'{message} (see --help)')
+
+
 def base_parser(doc, model, dataset, res, batch_size, epochs, sample_every=500, ckpt_every=2000, conditional=False):
     """The flags every model file shares; the defaults given here are the model's own.
     conditional: the model draws a class it is given (--class K)."""
     # allow_abbrev=False: a flag is only ever its full spelling (else --class would pass for --classifier)
-    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    p = _Parser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     g = p.add_argument_group('data')
     g.add_argument('--dataset', default=dataset, choices=DATASETS,
                    help=f'a dataset downloaded on first use, or the built-in "shapes" (default {dataset})')
     g.add_argument('--data', metavar='DIR', help='train on a folder of images instead (class subfolders give labels)')
     g.add_argument('--data-root', default='./data', help='where downloaded datasets and decoded caches live')
-    g.add_argument('--res', type=int, default=res, help='image resolution (square)')
+    g.add_argument('--res', type=positive_int, default=res, help='image resolution (square)')
     g.add_argument('--channels', type=int, choices=[1, 3], help="image channels (default: the dataset's own)")
-    g.add_argument('--shapes-n', type=int, default=20000, help='number of images in the shapes dataset')
-    g.add_argument('--max-memory-gb', type=float, default=8.0,
+    g.add_argument('--shapes-n', type=positive_int, default=20000, help='number of images in the shapes dataset')
+    g.add_argument('--max-memory-gb', type=positive_float, default=8.0,
                    help='a --data folder larger than this once decoded is streamed from disk instead of held in memory')
-    g.add_argument('--workers', type=int, default=min(4, os.cpu_count() or 1),
+    g.add_argument('--workers', type=nonneg_int, default=min(4, os.cpu_count() or 1),
                    help='DataLoader workers when streaming a large folder')
     g = p.add_argument_group('training')
-    g.add_argument('--batch-size', type=int, default=batch_size, help='per-process batch size')
-    g.add_argument('--epochs', type=int, default=epochs)
-    g.add_argument('--steps', type=int, help='stop after this many steps (a cap for quick runs)')
-    g.add_argument('--minutes', type=float,
+    g.add_argument('--batch-size', type=positive_int, default=batch_size, help='per-process batch size')
+    g.add_argument('--epochs', type=positive_int, default=epochs)
+    g.add_argument('--steps', type=positive_int, help='stop after this many steps (a cap for quick runs)')
+    g.add_argument('--minutes', type=positive_float,
                    help='stop after this many minutes of training (a time budget; the last step finishes first)')
-    g.add_argument('--seed', type=int, default=0)
+    g.add_argument('--seed', type=seed_int, default=0)
     g.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda', 'mps'])
     g.add_argument('--out', help=f'output folder (default runs/{model}; with --generate, where images go)')
     g.add_argument('--resume', metavar='PATH', help='continue training from a checkpoint')
-    g.add_argument('--sample-every', type=int, default=sample_every, help='steps between sample grids')
-    g.add_argument('--ckpt-every', type=int, default=ckpt_every, help='steps between checkpoints')
+    g.add_argument('--sample-every', type=positive_int, default=sample_every, help='steps between sample grids')
+    g.add_argument('--ckpt-every', type=positive_int, default=ckpt_every, help='steps between checkpoints')
     g = p.add_argument_group('evaluation')
-    g.add_argument('--eval-every', type=int, default=0, metavar='K',
+    g.add_argument('--eval-every', type=nonneg_int, default=0, metavar='K',
                    help='every K steps, log FID against the training data to losses.csv (0: never)')
     g.add_argument('--eval-n', type=int, default=5000, metavar='N', help='images on each side of that FID')
     g.add_argument('--inception-weights', metavar='PATH',
@@ -107,10 +238,10 @@ def base_parser(doc, model, dataset, res, batch_size, epochs, sample_every=500, 
                         'AMX or AVX-512 bf16; losses and penalties stay fp32)')
     g.add_argument('--compile', action='store_true', help='torch.compile the networks (slow first steps)')
     g = p.add_argument_group('sampling only')
-    g.add_argument('--generate', type=int, metavar='N', help='write N samples from --ckpt and exit')
+    g.add_argument('--generate', type=positive_int, metavar='N', help='write N samples from --ckpt and exit')
     g.add_argument('--ckpt', metavar='PATH', help='checkpoint to sample from')
     if conditional:
-        g.add_argument('--class', dest='cls', type=int, metavar='K', help='sample class K only')
+        g.add_argument('--class', dest='cls', type=nonneg_int, metavar='K', help='sample class K only')
     p.set_defaults(model=model)
     return p
 
@@ -118,6 +249,9 @@ def base_parser(doc, model, dataset, res, batch_size, epochs, sample_every=500, 
 def parse(p, argv=None, valid_res=None):
     """Parse and check the core flags. `valid_res` lists the resolutions the model can build."""
     args = p.parse_args(argv)
+    for name, v in vars(args).items():  # a float flag of any file: NaN or inf is never a valid setting
+        if any(isinstance(x, float) and not math.isfinite(x) for x in (v if isinstance(v, list) else [v])):
+            raise UserError(f'--{name.replace("_", "-")} {v}: not a finite number')
     if valid_res is not None and args.res not in valid_res:
         raise UserError(f'{args.model} cannot build --res {args.res}; choose one of {", ".join(map(str, valid_res))}')
     if args.eval_every < 0 or args.eval_n < 2:
@@ -145,6 +279,8 @@ def parse(p, argv=None, valid_res=None):
             raise UserError('--interp-steps must be at least 2')
     if args.out is None:
         args.out = os.path.join('runs', args.model, 'generated') if args.sampling else os.path.join('runs', args.model)
+    global _output_folder
+    _output_folder = args.out
     return args
 
 
@@ -268,15 +404,20 @@ def load_data(args, need_labels=False):
             print(f'{args.data}: {len(files)} images would not fit in --max-memory-gb {args.max_memory_gb:g}; '
                   f'streaming them with {args.workers} workers')
         else:
+            check_memory(2 * len(files) * 3 * args.res ** 2, f'decoding {len(files)} images of --data at '
+                         f'--res {args.res} (a lower --max-memory-gb streams them instead)')
             images, labels = _load_folder(args.data, files, labels, classes, args.res, args.data_root)
             data = Data(_to_channels(images, args.channels or images.shape[1]), labels, classes, args.data)
     else:
         if args.dataset == 'shapes':
+            check_memory(args.shapes_n * 3 * args.res ** 2, f'--shapes-n {args.shapes_n} at --res {args.res}')
             images, labels = make_shapes(args.shapes_n, args.res, seed=args.seed)
             classes = list(SHAPE_CLASSES)
         else:
             images, labels, classes = _load_torchvision(args.dataset, args.res, args.data_root)
         data = Data(_to_channels(images, args.channels or images.shape[1]), labels, classes, args.dataset)
+    if len(data) < 2:  # one image is no distribution to learn (and the batch statistics need two)
+        raise UserError(f'{data.name} holds {len(data)} usable image(s); training needs at least 2')
     if need_labels and data.labels is None:
         raise UserError(f'{args.model} is class-conditional but {data.name} has no labels; '
                         'use a folder with one subfolder per class, or a labelled dataset (mnist, cifar10, shapes)')
@@ -326,8 +467,8 @@ def _torchvision_dataset(name, root):
 
 def _load_torchvision(name, res, root):
     cache = os.path.join(root, 'cache', f'{name}-{res}.pt')
-    if os.path.exists(cache):
-        d = torch.load(cache, weights_only=True)
+    d = _read_cache(cache, ['images', 'labels', 'classes'])
+    if d is not None:
         return d['images'], d['labels'], d['classes']
     try:
         ds = _torchvision_dataset(name, root)
@@ -346,13 +487,23 @@ def _load_torchvision(name, res, root):
     else:  # PIL images of varied sizes: decode and resize each one, once
         imgs, labs = [], []
         for img, lab in ds:
-            imgs.append(_pil_to_square(img.convert('RGB'), res))
+            imgs.append(_pil_to_square(_to_rgb(img), res))
             labs.append(lab)
         images, labels = torch.stack(imgs), torch.tensor(labs).long()
     classes = [str(c) for c in getattr(ds, 'classes', [])] or [str(i) for i in range(int(labels.max()) + 1)]
     images = _resize_crop(images.contiguous(), res)
     _save_cache(cache, images, labels, classes)
     return images, labels, classes
+
+
+def _to_rgb(img):
+    """Any PIL image -> 8-bit RGB. A 16-bit (or 32-bit integer) grayscale image is scaled down,
+    0..65535 -> 0..255: PIL's own convert would clip it at 255 (a solid white image)."""
+    from PIL import Image
+    if img.mode.startswith('I'):
+        a = np.asarray(img).astype(np.float64)
+        img = Image.fromarray((np.clip(a, 0, 65535) / 257).round().astype(np.uint8), 'L')
+    return img.convert('RGB')
 
 
 def _pil_to_square(img, res):
@@ -376,8 +527,7 @@ def _list_folder(path):
         raise UserError(f'--data {path}: no such folder')
     if not os.path.isdir(path):
         raise UserError(f'--data {path}: not a folder (give a folder of images)')
-    files = sorted(f for f in glob.glob(os.path.join(path, '**', '*'), recursive=True)
-                   if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(f))
+    files = _image_files(path)
     if not files:
         raise UserError(f'--data {path}: no images found (looked for {", ".join(IMAGE_EXTENSIONS)}, in subfolders too)')
     tops = [os.path.relpath(f, path).split(os.sep)[0] for f in files]
@@ -387,13 +537,39 @@ def _list_folder(path):
     return files, labels, classes
 
 
-GRAY_MODES = ('1', 'L', 'LA', 'I', 'I;16')  # PIL modes of single-channel images
+def _image_files(path):
+    """The image files below `path`, sorted, each real file once: symlinked folders are followed,
+    but a folder already seen (a link back up the tree, a second link to it) is not entered again,
+    and two links to one file count once. Hidden files and folders are left out."""
+    seen_dirs, found = set(), []
+    for top, dirs, names in os.walk(path, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen_dirs:
+            dirs[:] = []
+            continue
+        seen_dirs.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith('.')]
+        found += [os.path.join(top, n) for n in names if not n.startswith('.') and n.lower().endswith(IMAGE_EXTENSIONS)]
+    files, seen = [], set()
+    for f in sorted(found):
+        real = os.path.realpath(f)
+        if real not in seen and os.path.isfile(f):
+            seen.add(real)
+            files.append(f)
+    return files
+
+
+GRAY_MODES = ('1', 'L', 'LA', 'I', 'I;16', 'I;16B', 'I;16L')  # PIL modes of single-channel images
 
 
 def _all_gray(files):
     from PIL import Image
     try:
-        return all(Image.open(f).mode in GRAY_MODES for f in files)
+        for f in files:
+            with Image.open(f) as img:
+                if img.mode not in GRAY_MODES:
+                    return False
+        return True
     except Exception:
         return False
 
@@ -403,11 +579,16 @@ def _load_folder(path, files, all_labels, classes, res, root):
     -> (images, labels of the files that could be read, or None)"""
     from PIL import Image
 
-    key = hashlib.sha1(f'{os.path.abspath(path)}|{len(files)}|{max(os.path.getmtime(f) for f in files)}|{res}|v2'
-                       .encode()).hexdigest()[:16]
-    cache = os.path.join(root, 'cache', f'folder-{key}.pt')
-    if os.path.exists(cache):
-        d = torch.load(cache, weights_only=True)
+    # The cache is valid for exactly these files: each one's path below the folder (which decides
+    # its class), size and modification time, and the decode settings. A file moved to another
+    # class, replaced by a copy that kept an older time (cp -p, rsync -t, tar x) or added changes
+    # the key, and the folder is decoded again.
+    stats = [(os.path.relpath(f, path), st.st_size, st.st_mtime_ns) for f, st in ((f, os.stat(f)) for f in files)]
+    key = hashlib.sha1(json.dumps([stats, res, 'v3']).encode()).hexdigest()
+    name = hashlib.sha1(f'{os.path.abspath(path)}|{res}'.encode()).hexdigest()[:16]
+    cache = os.path.join(root, 'cache', f'folder-{name}.pt')
+    d = _read_cache(cache, ['images', 'labels', 'key'])
+    if d is not None and d['key'] == key:
         return d['images'], d['labels']
 
     imgs, labs, bad, gray = [], [], 0, True
@@ -415,14 +596,13 @@ def _load_folder(path, files, all_labels, classes, res, root):
         try:
             with Image.open(f) as img:
                 gray = gray and img.mode in GRAY_MODES
-                imgs.append(_pil_to_square(img.convert('RGB'), res))
+                imgs.append(_pil_to_square(_to_rgb(img), res))
         except Exception:  # truncated, corrupt or not really an image: skip and count it
             bad += 1
             continue
         if classes:
             labs.append(int(all_labels[i]))
     if bad:
-        warnings.warn(f'skipped {bad} unreadable file(s) in {path}', stacklevel=2)
         print(f'warning: skipped {bad} unreadable file(s) in {path}', file=sys.stderr)
     if not imgs:
         raise UserError(f'--data {path}: none of the {len(files)} image files could be read')
@@ -430,16 +610,32 @@ def _load_folder(path, files, all_labels, classes, res, root):
     if gray:  # a folder of grayscale images (e.g. digits) keeps one channel
         images = images[:, :1].contiguous()
     labels = torch.tensor(labs).long() if classes else None
-    _save_cache(cache, images, labels, classes)
+    _save_cache(cache, images, labels, classes, key=key)
     return images, labels
 
 
-def _save_cache(path, images, labels, classes):
+def _save_cache(path, images, labels, classes, **extra):
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        atomic_save({'images': images, 'labels': labels, 'classes': classes}, path)
-    except OSError:
-        pass  # a read-only data root only costs the decode next time
+        atomic_save({'images': images, 'labels': labels, 'classes': classes, **extra}, path)
+    except (OSError, UserError):
+        pass  # a read-only or full data root only costs the decode next time
+
+
+def _read_cache(path, keys):
+    """A decode cache's dict, or None when there is none. One that cannot be read (cut short by a
+    kill, written by another version) is reported once and decoded again, which overwrites it."""
+    if not os.path.exists(path):
+        return None
+    try:
+        d = torch.load(path, map_location='cpu', weights_only=True)
+        if not isinstance(d, dict) or any(k not in d for k in keys):
+            raise ValueError('missing entries')
+        return d
+    except Exception as e:
+        print(f'warning: the decode cache {path} could not be read ({type(e).__name__}); decoding again',
+              file=sys.stderr)
+        return None
 
 
 # The built-in procedural dataset: coloured shapes on a dark background, no download.
@@ -517,7 +713,7 @@ class FolderStream(torch.utils.data.Dataset):
         for j in [i] + torch.randint(len(self.files), (20,)).tolist():  # an unreadable file: take another
             try:
                 with Image.open(self.files[j]) as img:
-                    x = _to_channels(_pil_to_square(img.convert('RGB'), self.res)[None], self.channels)[0]
+                    x = _to_channels(_pil_to_square(_to_rgb(img), self.res)[None], self.channels)[0]
                 return x, (int(self.labels[j]) if self.labels is not None else -1)
             except Exception:
                 continue
@@ -735,10 +931,10 @@ def diversity(x):
 def add_monitor_args(p):
     """The monitor's flags, for model files that call CollapseMonitor."""
     g = p.add_argument_group('diagnostics')
-    g.add_argument('--monitor-every', type=int, default=100, metavar='K',
+    g.add_argument('--monitor-every', type=nonneg_int, default=100, metavar='K',
                    help='every K steps log `diversity` (mean pairwise distance of samples from a fixed z batch, '
                         'divided by the same figure for real images) to losses.csv (0: never)')
-    g.add_argument('--collapse-threshold', type=float, default=0.5,
+    g.add_argument('--collapse-threshold', type=nonneg_float, default=0.5,
                    help='print a warning when `diversity` falls below this (1 = as varied as the data)')
     g.add_argument('--classifier', metavar='PATH',
                    help='a classifier saved with torch.export.save (.pt2), mapping images [B, C, res, res] in [-1, 1] '
@@ -771,8 +967,15 @@ class CollapseMonitor:
             if not os.path.isfile(args.classifier):
                 raise UserError(f'--classifier {args.classifier}: no such file')
             try:
-                # an exported program holds the classifier's graph and weights: no Python class needed
-                self.clf = torch.export.load(args.classifier).module()
+                # an exported program holds the classifier's graph and weights: no Python class needed.
+                # torch logs a traceback of its own before raising on a bad file: the line below says it all
+                export_log = logging.getLogger('torch.export')
+                level, export_log.level = export_log.level, logging.CRITICAL
+                try:
+                    program = torch.export.load(args.classifier)
+                finally:
+                    export_log.setLevel(level)
+                self.clf = program.module()
                 with torch.no_grad():
                     k = self.clf(real[:2]).shape
             except Exception as e:
@@ -814,14 +1017,42 @@ class CollapseMonitor:
 # ----------------------------------------------------------------------------------------------
 
 def atomic_save(obj, path):
-    """Write to a temp file, then rename: a kill mid-save never leaves a broken `path`."""
+    """Write to a temp file, then rename: a kill mid-save never leaves a broken `path`. A write that
+    fails (a full disk, a file size limit) leaves `path` as it was and says so in one line."""
     tmp = f'{path}.tmp{os.getpid()}'
     try:
         torch.save(obj, tmp)
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch's zip writer raises RuntimeError on a short write
+        if isinstance(e, RuntimeError) and 'write' not in str(e) and 'pos' not in str(e):
+            raise
+        if isinstance(e, OSError) and e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO):
+            raise
+        kept = f'{path} is left as it was' if os.path.exists(path) else f'nothing was written to {path}'
+        why = getattr(e, 'strerror', None) or 'the write failed'
+        raise UserError(f'could not write {path} ({why}): is the disk full? Free space on the disk holding '
+                        f'{os.path.dirname(os.path.abspath(path))} (old runs/, the decode caches in --data-root) '
+                        f'or give --out on another disk; {kept}') from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def remove_orphan_temp_files(folder):
+    """Temp files of atomic_save left by a process killed mid-save (name.tmp<pid>, that pid gone)."""
+    for f in glob.glob(os.path.join(glob.escape(folder), '*.tmp*')):
+        m = re.search(r'\.tmp(\d+)$', f)
+        if not m or int(m.group(1)) == os.getpid():
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+            continue                                   # its writer still runs
+        except ProcessLookupError:
+            pass
+        except (PermissionError, OverflowError):
+            continue
+        os.remove(f)
+        print(f'removed {f}, left by a save that was killed', file=sys.stderr)
 
 
 def unwrap(m):
@@ -924,8 +1155,20 @@ def _load_optimizer(opt, saved, name):
 
 
 def args_from_checkpoint(ckpt, args):
-    """The training args stored in a checkpoint, for rebuilding the networks at sampling time."""
-    return argparse.Namespace(**{**ckpt['args'], 'device': args.device})
+    """The training args stored in a checkpoint, for rebuilding the networks at sampling time.
+
+    Every sampling mode begins here, so this is also where sampling is made repeatable: the global
+    RNGs are seeded from --seed (a sampling path that draws from them, e.g. StyleGAN's per-layer
+    noise, writes the same images for the same --ckpt and --seed), and --generate N is refused
+    before allocating if N images cannot fit. (--class exists only in the conditional files.)"""
+    targs = argparse.Namespace(**{**ckpt['args'], 'device': args.device})
+    if getattr(args, 'seed', None) is not None:
+        seed_everything(args.seed)
+    n = getattr(args, 'generate', None)
+    if n:  # z, the float images and their uint8 copy, side by side at the end
+        per_image = (targs.channels or 3) * targs.res ** 2 * 9 + 4 * (getattr(targs, 'z_dim', None) or 512)
+        check_memory(n * per_image, f'--generate {n} at {targs.res}x{targs.res}')
+    return targs
 
 
 def check_class(cls, ckpt_args):
@@ -939,6 +1182,18 @@ def check_class(cls, ckpt_args):
         raise UserError(f'--class {cls} is out of range: this checkpoint has {len(classes)} classes (0..{len(classes) - 1})')
 
 
+def check_training_flags(args):
+    """Sampling flags do not apply to training: refuse them rather than ignore them."""
+    if getattr(args, 'cls', None) is not None:
+        raise UserError('--class picks the class of generated samples: it needs --generate N --ckpt PATH '
+                        '(training always covers every class)')
+    if getattr(args, 'ckpt', None):
+        raise UserError('--ckpt is read only by the sampling modes (--generate N ...); '
+                        'to continue training from a checkpoint use --resume PATH')
+    if args.out and os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UserError(f'--out {args.out} is a file; give a folder')
+
+
 # ----------------------------------------------------------------------------------------------
 # Run: one training run's outputs. runs/<model>/{config.json, samples/, losses.csv, losses.png, last.pt}
 # ----------------------------------------------------------------------------------------------
@@ -946,6 +1201,7 @@ def check_class(cls, ckpt_args):
 class Run:
     def __init__(self, args):
         self.args = args
+        check_training_flags(args)
         self.device = get_device(args.device)
         init_distributed(self.device)
         if self.device.type == 'cuda':
@@ -965,6 +1221,8 @@ class Run:
         self._csv, self.fid = None, None
         self._deadline = None                              # --minutes: set when the first step begins
         self._last_ckpt = None                             # (path, step) of the newest whole checkpoint
+        self._stop = False                                 # Ctrl-C: save after the step in progress, then stop
+        self._sigint = None                                # the SIGINT handler to put back
 
     # -- start: resume if asked, write config and the real grid, open the logs
     def start(self, nets, data, batches_per_step=1):
@@ -989,9 +1247,15 @@ class Run:
         self.total = self.per_epoch * args.epochs
         if args.steps:
             self.total = min(self.total, args.steps)
+        if self.main:
+            self._check_memory(nets)
+        global _active_run
+        _active_run = self
+        self._catch_interrupt()
         if not self.main:
             return
         os.makedirs(os.path.join(self.out, 'samples'), exist_ok=True)
+        remove_orphan_temp_files(self.out)
         with open(os.path.join(self.out, 'config.json'), 'w') as f:
             json.dump(vars(args), f, indent=2, default=str)
         print(f'{args.model}: {len(data)} images of {data.name} at {args.res}x{args.res}x{data.channels}, '
@@ -1028,14 +1292,51 @@ class Run:
             print(f'warning: {e}\nTraining goes on without FID.', file=sys.stderr)
             return None
 
+    def _check_memory(self, nets):
+        """A lower bound on what training needs, refused before the first step if it cannot fit:
+        each network's weights, gradients and two Adam moments, and a batch of real and fake images
+        with their gradients, in float32."""
+        params = sum(p.numel() for k, v in nets.items() if isinstance(unwrap(v), torch.nn.Module)
+                     for p in unwrap(v).parameters())
+        a = self.args
+        batch = a.batch_size * self.k * (a.channels or 3) * a.res ** 2
+        check_memory(4 * (4 * params + 4 * batch), f'training at --batch-size {a.batch_size} and --res {a.res} '
+                     f'({params / 1e6:.3g}M parameters)', self.device)
+
+    def _catch_interrupt(self):
+        """The first Ctrl-C lets the step in progress finish, saves it, and stops (see step());
+        a second one stops at once."""
+        def on_sigint(signum, frame):
+            if self._stop:
+                raise KeyboardInterrupt
+            self._stop = True
+            print(f'\ninterrupt: finishing step {self.step_num + 1}, saving it, then stopping '
+                  '(Ctrl-C again to stop at once)', file=sys.stderr)
+        try:
+            self._sigint = signal.signal(signal.SIGINT, on_sigint)
+        except ValueError:                                 # not the main thread: keep Python's own
+            self._sigint = None
+
+    def _release_interrupt(self):
+        if self._sigint is not None:
+            signal.signal(signal.SIGINT, self._sigint)
+            self._sigint = None
+
     def _open_log(self):
+        """losses.csv. On resume it keeps exactly the rows up to the checkpoint's step: rows a killed
+        run logged after its last checkpoint are dropped (the resumed run logs those steps again),
+        and a log that is missing, empty or cut off mid-row is fine."""
         path = os.path.join(self.out, 'losses.csv')
         rows = []
         if self.args.resume and os.path.exists(path):  # keep what came before the resumed step
-            with open(path) as f:
+            with open(path, newline='') as f:
                 rows = [r for r in csv.reader(f)]
-            header, rows = rows[0], [r for r in rows[1:] if r and int(r[0]) <= self.step_num]
-            self._keys = header[3:]
+            header = rows[0] if rows else []
+            if header[:3] == ['step', 'epoch', 'time']:
+                rows = [r for r in rows[1:] if len(r) == len(header) and r[0].isdigit() and int(r[0]) <= self.step_num]
+                self._keys = header[3:]
+            else:
+                rows = []
         self._csv = open(path, 'w', newline='')
         self._writer = csv.writer(self._csv)
         if rows:
@@ -1098,6 +1399,8 @@ class Run:
         if epoch is not None:
             self.epoch = epoch
         if not self.main:
+            if self._stop:
+                raise KeyboardInterrupt
             return
         logs = {k: float(v) for k, v in logs.items()}
         if self.fid is not None and eval_fn is not None and self.step_num % self.args.eval_every == 0:
@@ -1123,10 +1426,23 @@ class Run:
             self.sample(sample_fn)
         if self.step_num % self.args.ckpt_every == 0:
             self.save(nets)
+        if self._stop:
+            self._interrupted(nets)
+
+    def _interrupted(self, nets):
+        """Ctrl-C came during the step that just finished: save it and stop."""
+        self._release_interrupt()
+        self.bar.close()
+        if not self._last_ckpt or self._last_ckpt[1] != self.step_num:
+            self.save(nets)
+        self._csv.close()
+        path = self._last_ckpt[0]
+        raise KeyboardInterrupt(f'{path} holds step {self.step_num}; continue with --resume {path}')
 
     def diverged(self, bad, logs):
         """A loss became NaN or infinite: every later step would only carry it on, and a checkpoint
         written now would hold broken weights. Stop with what to do instead of training on."""
+        self._release_interrupt()
         self.bar.close()
         self._csv.flush()
         plot_losses(os.path.join(self.out, 'losses.csv'), os.path.join(self.out, 'losses.png'))
@@ -1138,7 +1454,10 @@ class Run:
 
     def sample(self, sample_fn):
         """sample_fn() -> float [N, C, H, W] in [-1, 1] (from fixed noise), or (images, nrow)."""
-        out = sample_fn()
+        # Sampling must not move the training RNG: a sample grid drawn with fresh noise (StyleGAN's
+        # per-layer noise) before a checkpoint would make a resumed run differ from a straight one.
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == 'cuda' else []):
+            out = sample_fn()
         x, nrow = out if isinstance(out, tuple) else (out, None)
         save_grid(x, os.path.join(self.out, 'samples', f'step_{self.step_num:07d}.png'), nrow)
         write_gif(sorted(glob.glob(os.path.join(self.out, 'samples', 'step_*.png'))),
@@ -1152,11 +1471,16 @@ class Run:
         ckpt = {'model': self.args.model, 'step': self.step_num, 'epoch': self.epoch,
                 'args': {k: v for k, v in vars(self.args).items()},
                 'nets': state_of(nets), 'rng': rng_state(), **(extra or {})}
+        if self._csv is not None and not self._csv.closed:  # the log holds at least every step the checkpoint does
+            self._csv.flush()
         atomic_save(ckpt, os.path.join(self.out, name))
         if name == 'last.pt':
             self._last_ckpt = (os.path.join(self.out, name), self.step_num)
 
     def finish(self, nets, sample_fn=None):
+        global _active_run
+        self._release_interrupt()
+        _active_run = None
         if not self.main:
             return
         self.bar.close()

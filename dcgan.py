@@ -79,8 +79,8 @@ def get_args(argv=None):
     g.add_argument('--ngf', type=int, default=128,
                    help="G's width: channels of its last hidden map; each block closer to z doubles it (Fig. 1: 128)")
     g.add_argument('--ndf', type=int, default=128, help="D's width: channels of its first map, doubling per block")
-    g.add_argument('--lr', type=float, default=2e-4, help='Adam learning rate for G and D (Sec. 4)')
-    g.add_argument('--betas', type=float, nargs=2, default=[0.5, 0.999], metavar=('B1', 'B2'),
+    g.add_argument('--lr', type=common.positive_float, default=2e-4, help='Adam learning rate for G and D (Sec. 4)')
+    g.add_argument('--betas', type=common.decay_rate, nargs=2, default=[0.5, 0.999], metavar=('B1', 'B2'),
                    help='Adam betas: beta1 0.5 (Sec. 4: 0.9 "resulted in training oscillation and instability")')
     g.add_argument('--init-std', type=float, default=0.02, help='std of the N(0, std) weight init (Sec. 4)')
     g.add_argument('--leak', type=float, default=0.2, help="LeakyReLU slope in D (Sec. 4)")
@@ -93,9 +93,9 @@ def get_args(argv=None):
     t.add_argument('--feature-matching', action='store_true',
                    help="G's loss becomes ||E f(x) - E f(G(z))||^2 on D's last 4x4 feature map")
     t.add_argument('--minibatch-disc', action='store_true', help='add a minibatch discrimination layer to D')
-    t.add_argument('--mbd-kernels', type=int,
+    t.add_argument('--mbd-kernels', type=common.positive_int,
                    help='with --minibatch-disc: kernels B (default 100, as in Salimans et al.)')
-    t.add_argument('--mbd-kernel-dim', type=int,
+    t.add_argument('--mbd-kernel-dim', type=common.positive_int,
                    help='with --minibatch-disc: kernel size C (default 5, as in Salimans et al.)')
     t.add_argument('--instance-noise', type=float, default=0.0, metavar='SIGMA',
                    help="std of Gaussian noise added to D's inputs, annealed linearly to 0 by the last step (0: off)")

@@ -66,31 +66,32 @@ import common
 def get_args(argv=None):
     p = common.base_parser(__doc__, model='gan_mlp', dataset='mnist', res=28, batch_size=100, epochs=100)
     g = p.add_argument_group('Goodfellow et al. 2014')
-    g.add_argument('--z-dim', type=int, default=100, help='noise dimension')
-    g.add_argument('--g-hidden', type=int, default=1200, help='units in each of G\'s two ReLU layers')
-    g.add_argument('--d-units', type=int, default=240, help='maxout units in each of D\'s two layers')
-    g.add_argument('--d-pieces', type=int, default=5, help='linear pieces per maxout unit')
+    g.add_argument('--z-dim', type=common.positive_int, default=100, help='noise dimension')
+    g.add_argument('--g-hidden', type=common.positive_int, default=1200, help='units in each of G\'s two ReLU layers')
+    g.add_argument('--d-units', type=common.positive_int, default=240, help='maxout units in each of D\'s two layers')
+    g.add_argument('--d-pieces', type=common.positive_int, default=5, help='linear pieces per maxout unit')
     g.add_argument('--loss', default='nonsaturating', choices=['nonsaturating', 'minimax'],
                    help='G loss: -log D(G(z)) (Sec. 3, the default) or log(1 - D(G(z))) (eq. 1)')
     g.add_argument('--d-steps', '--k', dest='k', type=int, default=1, metavar='K',
                    help='D steps per G step, each on a fresh real batch (Algorithm 1\'s k)')
     g.add_argument('--optim', default='adam', choices=['adam', 'sgd'],
                    help='adam: Adam with betas (0.5, 0.999) (see Deviations); sgd: the paper\'s SGD schedule')
-    g.add_argument('--lr', type=float, help='learning rate (default 1e-3 for adam, 0.1 for sgd as in the paper)')
-    g.add_argument('--lr-decay', type=float, default=1.000004, help='lr is divided by this every step')
-    g.add_argument('--lr-min', type=float, default=1e-6)
-    g.add_argument('--momentum', type=float, nargs=2, default=[0.5, 0.7], metavar=('START', 'END'),
+    g.add_argument('--lr', type=common.positive_float,
+                   help='learning rate (default 1e-3 for adam, 0.1 for sgd as in the paper)')
+    g.add_argument('--lr-decay', type=common.positive_float, default=1.000004, help='lr is divided by this every step')
+    g.add_argument('--lr-min', type=common.nonneg_float, default=1e-6)
+    g.add_argument('--momentum', type=common.decay_rate, nargs=2, default=[0.5, 0.7], metavar=('START', 'END'),
                    help='momentum rises linearly from START to END over --momentum-epochs')
-    g.add_argument('--momentum-epochs', type=int, default=250)
+    g.add_argument('--momentum-epochs', type=common.positive_int, default=250)
     t = p.add_argument_group('training techniques (off by default; see the module docstring)')
     t.add_argument('--label-smoothing', type=float, default=1.0, metavar='TARGET',
                    help="D's target for real images; 0.9 gives one-sided label smoothing. Default 1.0: off")
     t.add_argument('--feature-matching', action='store_true',
                    help="G's loss becomes ||E f(x) - E f(G(z))||^2 on D's last hidden layer")
     t.add_argument('--minibatch-disc', action='store_true', help='add a minibatch discrimination layer to D')
-    t.add_argument('--mbd-kernels', type=int,
+    t.add_argument('--mbd-kernels', type=common.positive_int,
                    help='with --minibatch-disc: kernels B (default 100, as in Salimans et al.)')
-    t.add_argument('--mbd-kernel-dim', type=int,
+    t.add_argument('--mbd-kernel-dim', type=common.positive_int,
                    help='with --minibatch-disc: kernel size C (default 5, as in Salimans et al.)')
     t.add_argument('--instance-noise', type=float, default=0.0, metavar='SIGMA',
                    help="std of Gaussian noise added to D's inputs, annealed linearly to 0 by the last step (0: off)")

@@ -82,12 +82,14 @@ def get_args(argv=None):
     g.add_argument('--fmap-base', type=int, default=8192,
                    help='feature maps at resolution 2^k are min(fmap_base / 2^(k-1), fmap_max) (Table 2)')
     g.add_argument('--fmap-max', type=int, default=512, help='the most feature maps of any layer')
-    g.add_argument('--z-dim', type=int, help='latent size (default: the 4x4 width, 512 in the paper)')
-    g.add_argument('--lr', type=float, default=1e-3, help='Adam learning rate, for G and D (Sec. A.1)')
-    g.add_argument('--betas', type=float, nargs=2, default=[0.0, 0.99], metavar=('B1', 'B2'), help='Adam betas')
-    g.add_argument('--adam-eps', type=float, default=1e-8, help="Adam's epsilon")
-    g.add_argument('--lambda-gp', type=float, default=10.0, help='gradient penalty weight (WGAN-GP)')
-    g.add_argument('--eps-drift', type=float, default=0.001, help="weight of the drift term E[D(x)^2] (Sec. A.1)")
+    g.add_argument('--z-dim', type=common.positive_int, help='latent size (default: the 4x4 width, 512 in the paper)')
+    g.add_argument('--lr', type=common.positive_float, default=1e-3, help='Adam learning rate, for G and D (Sec. A.1)')
+    g.add_argument('--betas', type=common.decay_rate, nargs=2, default=[0.0, 0.99], metavar=('B1', 'B2'),
+                   help='Adam betas')
+    g.add_argument('--adam-eps', type=common.positive_float, default=1e-8, help="Adam's epsilon")
+    g.add_argument('--lambda-gp', type=common.nonneg_float, default=10.0, help='gradient penalty weight (WGAN-GP)')
+    g.add_argument('--eps-drift', type=common.nonneg_float, default=0.001,
+                   help="weight of the drift term E[D(x)^2] (Sec. A.1)")
     g.add_argument('--mbstd-group', type=int, default=4, help='group size of the minibatch stddev layer (Sec. 3)')
     g.add_argument('--ema-beta', type=float, default=0.999, help='G EMA decay per step, used for all samples')
     common.add_interpolate_args(p, steps=10)

@@ -76,21 +76,23 @@ def get_args(argv=None):
                    help='channels at resolution r are min(2*fmap_base/r, fmap_max) (16384: config F)')
     g.add_argument('--fmap-max', type=int, default=512)
     g.add_argument('--mbstd-group', type=int, default=4, help='minibatch-stddev group size in D')
-    g.add_argument('--lr', type=float, default=0.002)
-    g.add_argument('--betas', type=float, nargs=2, default=[0.0, 0.99], metavar=('B1', 'B2'))
-    g.add_argument('--r1-gamma', type=float, default=10.0, help='R1 weight gamma (0: off)')
+    g.add_argument('--lr', type=common.positive_float, default=0.002)
+    g.add_argument('--betas', type=common.decay_rate, nargs=2, default=[0.0, 0.99], metavar=('B1', 'B2'))
+    g.add_argument('--r1-gamma', type=common.nonneg_float, default=10.0, help='R1 weight gamma (0: off)')
     g.add_argument('--r1-every', type=int, default=16, help='lazy R1: D regularisation interval')
-    g.add_argument('--pl-weight', type=float, default=2.0, help='path-length regularisation weight (0: off)')
+    g.add_argument('--pl-weight', type=common.nonneg_float, default=2.0,
+                   help='path-length regularisation weight (0: off)')
     g.add_argument('--pl-every', type=int, default=4, help='lazy path length: G regularisation interval')
-    g.add_argument('--pl-decay', type=float, default=0.01, help='decay of the running mean path length')
+    g.add_argument('--pl-decay', type=common.probability, default=0.01, help='decay of the running mean path length')
     g.add_argument('--pl-batch-shrink', type=int, default=2, help='the path-length batch is batch_size / this')
     g.add_argument('--mixing-prob', type=float, default=0.9, help='style-mixing regularisation probability')
-    g.add_argument('--w-avg-beta', type=float, default=0.995, help='EMA decay of the tracked w_avg')
+    g.add_argument('--w-avg-beta', type=common.decay_rate, default=0.995, help='EMA decay of the tracked w_avg')
     g.add_argument('--ema-kimg', type=float, default=10.0, help='half-life of the G EMA, in thousands of images')
     g.add_argument('--augment', default='none', choices=['none', 'diffaug'],
                    help='diffaug: colour, translation and cutout on every image D sees (Zhao et al. 2020)')
     g = p.add_argument_group('StyleGAN sampling (all read --ckpt and write PNGs to --out)')
-    g.add_argument('--psi', type=float, default=0.7, help='truncation psi for --generate/--style-mix/--interpolate')
+    g.add_argument('--psi', type=common.finite_float, default=0.7,
+                   help='truncation psi for --generate/--style-mix/--interpolate')
     g.add_argument('--trunc-cutoff', type=int, metavar='L',
                    help='truncate only the first L style layers (StyleGAN used 8; default: all layers)')
     g.add_argument('--style-mix', nargs='*', choices=['coarse', 'middle', 'fine'], metavar='RANGE',

@@ -72,9 +72,9 @@ def get_args(argv=None):
     g.add_argument('--d-steps', '--n-critic', dest='n_critic', type=int, default=5, metavar='K',
                    help='critic steps per G step, each on a fresh real batch (Algorithm 1\'s n_critic)')
     g.add_argument('--clip', type=float, default=0.01, help='--penalty clip: weight clipping range c (WGAN)')
-    g.add_argument('--lr', type=float,
+    g.add_argument('--lr', type=common.positive_float,
                    help='learning rate (default 1e-4 for Adam with --penalty gp, 5e-5 for RMSprop with --penalty clip)')
-    g.add_argument('--betas', type=float, nargs=2, default=[0.0, 0.9], metavar=('B1', 'B2'),
+    g.add_argument('--betas', type=common.decay_rate, nargs=2, default=[0.0, 0.9], metavar=('B1', 'B2'),
                    help='Adam betas for --penalty gp (Algorithm 1)')
     g.add_argument('--init-std', type=float, default=0.02, help='std of the N(0, std) weight init (DCGAN)')
     common.add_interpolate_args(p, steps=10)

@@ -23,7 +23,7 @@ def test_every_file_has_the_shared_sampling_flags(name):
     if name in ('cgan', 'biggan'):
         assert m.get_args(['--generate', '3', '--ckpt', 'x.pt', '--class', '1']).cls == 1
     else:                                                 # an unconditional model has no --class to ignore
-        with pytest.raises(SystemExit):
+        with pytest.raises(common.UserError, match='unrecognized arguments: --class'):
             m.get_args(['--generate', '3', '--ckpt', 'x.pt', '--class', '1'])
 
 
@@ -56,5 +56,5 @@ def test_cyclegan_follows_the_shared_sampling_layout():
     m = importlib.import_module('cyclegan')
     a = m.get_args(['--generate', '3', '--ckpt', 'x.pt'])
     assert a.sampling and a.out.replace('\\', '/') == 'runs/cyclegan/generated'
-    with pytest.raises(SystemExit):
+    with pytest.raises(common.UserError, match='unrecognized arguments: --class'):
         m.get_args(['--generate', '3', '--ckpt', 'x.pt', '--class', '1'])

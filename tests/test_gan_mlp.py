@@ -137,7 +137,7 @@ def test_minutes_budget_stops_after_the_step_that_crosses_it(tmp_path):
     assert common.load_checkpoint(str(out / 'last.pt'), 'gan_mlp')['step'] == 1    # any step outlasts 60 us
     assert [int(row['step']) for row in read_csv(out / 'losses.csv')] == [1]
     assert (out / 'samples' / 'step_0000001.png').exists()                          # the closing grid
-    with pytest.raises(common.UserError, match='--minutes must be positive'):
+    with pytest.raises(common.UserError, match='--minutes: 0 is not a positive number'):
         gan_mlp.get_args(['--minutes', '0'])
 
 

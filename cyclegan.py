@@ -83,28 +83,31 @@ def get_args(argv=None):
     d = p.add_argument_group('two domains (or --data DIR with trainA/ trainB/, or the built-in --dataset shapes)')
     d.add_argument('--data-a', metavar='DIR', help='a folder of domain A (X) images, any sizes')
     d.add_argument('--data-b', metavar='DIR', help='a folder of domain B (Y) images, any sizes')
-    d.add_argument('--load-size', type=int,
+    d.add_argument('--load-size', type=common.positive_int,
                    help='images are resized to this, then randomly cropped to --res '
                         '(default round(res * 286 / 256): the authors\' 286 -> 256)')
     d.add_argument('--no-flip', action='store_true', help='no random horizontal flip (the paper flips)')
     g = p.add_argument_group('Zhu et al. 2017')
-    g.add_argument('--ngf', type=int, default=64, help="the generators' width: channels of c7s1-64 (Appendix 7.2)")
-    g.add_argument('--ndf', type=int, default=64, help="the discriminators' width: channels of C64")
-    g.add_argument('--n-blocks', type=int,
+    g.add_argument('--ngf', type=common.positive_int, default=64,
+                   help="the generators' width: channels of c7s1-64 (Appendix 7.2)")
+    g.add_argument('--ndf', type=common.positive_int, default=64, help="the discriminators' width: channels of C64")
+    g.add_argument('--n-blocks', type=common.nonneg_int,
                    help='residual blocks in each generator (default: 6 at --res 128 and below, 9 above)')
-    g.add_argument('--lambda-cycle', type=float, default=10.0, help='lambda, the cycle-consistency weight (eq. 3)')
-    g.add_argument('--lambda-identity', type=float, default=0.5,
+    g.add_argument('--lambda-cycle', type=common.nonneg_float, default=10.0,
+                   help='lambda, the cycle-consistency weight (eq. 3)')
+    g.add_argument('--lambda-identity', type=common.nonneg_float, default=0.5,
                    help='identity-loss weight as a fraction of lambda (Sec. 5.2: 0.5; the authors\' code default). '
                         '0: off, the paper\'s eq. 3 alone')
-    g.add_argument('--pool-size', type=int, default=50,
+    g.add_argument('--pool-size', type=common.nonneg_int, default=50,
                    help="generated images in each D's history buffer (Sec. 4; Shrivastava et al. 2017). 0: off")
-    g.add_argument('--lr', type=float, default=2e-4, help='Adam learning rate (Sec. 4)')
-    g.add_argument('--betas', type=float, nargs=2, default=[0.5, 0.999], metavar=('B1', 'B2'),
+    g.add_argument('--lr', type=common.positive_float, default=2e-4, help='Adam learning rate (Sec. 4)')
+    g.add_argument('--betas', type=common.decay_rate, nargs=2, default=[0.5, 0.999], metavar=('B1', 'B2'),
                    help='Adam betas (the authors\' code)')
-    g.add_argument('--decay-epochs', type=float, default=100,
+    g.add_argument('--decay-epochs', type=common.nonneg_float, default=100,
                    help='the lr falls linearly to 0 over the last DECAY_EPOCHS of the --epochs epochs (Sec. 4: '
                         '100 of 200)')
-    g.add_argument('--init-std', type=float, default=0.02, help='std of the N(0, std) weight init (Sec. 4)')
+    g.add_argument('--init-std', type=common.positive_float, default=0.02,
+                   help='std of the N(0, std) weight init (Sec. 4)')
     s = p.add_argument_group('cyclegan sampling')
     s.add_argument('--direction', choices=['a2b', 'b2a'], default='a2b',
                    help='with --generate / --input: translate A -> B with G, or B -> A with F')
@@ -128,12 +131,6 @@ def get_args(argv=None):
                                'needs at least --res')
     if args.n_blocks is None:
         args.n_blocks = 6 if args.res <= 128 else 9
-    if args.n_blocks < 0 or min(args.ngf, args.ndf) < 1:
-        raise common.UserError('--n-blocks must be >= 0, --ngf and --ndf at least 1')
-    if args.lambda_cycle < 0 or args.lambda_identity < 0 or args.pool_size < 0:
-        raise common.UserError('--lambda-cycle, --lambda-identity and --pool-size must be >= 0')
-    if args.lr <= 0 or args.init_std <= 0:
-        raise common.UserError('--lr and --init-std must be positive')
     if not 0 <= args.decay_epochs <= args.epochs:
         raise common.UserError(f'--decay-epochs {args.decay_epochs:g} must lie between 0 and --epochs {args.epochs}')
     if args.eval_every:

@@ -118,9 +118,12 @@ def get_args(argv=None):
     if '--input' in given and '--ckpt' not in given:
         raise common.UserError('--input DIR translates with a trained model: add --ckpt PATH '
                                '(e.g. runs/cyclegan/last.pt)')
-    if '--input' in given and '--generate' not in given:
-        argv = argv + ['--generate', str(2 ** 31 - 1)]        # a whole folder: every image in it
+    whole_folder = '--input' in given and '--generate' not in given
+    if whole_folder:
+        argv = argv + ['--generate', '1']          # makes this a sampling command; the count is unset below
     args = common.parse(p, argv)
+    if whole_folder:
+        args.generate = None                       # every image of --input
     if args.res < 32 or args.res % 4:
         raise common.UserError(f'cyclegan cannot build --res {args.res}: it must be a multiple of 4 (two stride-2 '
                                'layers down and two up) and at least 32 (where the PatchGAN\'s three stride-2 and '
@@ -136,12 +139,12 @@ def get_args(argv=None):
     if args.eval_every:
         raise common.UserError('cyclegan has no --eval-every: the FID of a translation is against the other domain; '
                                'benchmarks/cyclegan_mnist.py measures it')
-    if (args.data_a is None) != (args.data_b is None) and args.generate is None:
+    if (args.data_a is None) != (args.data_b is None) and not args.sampling:
         given_flag, missing = ('--data-a', '--data-b') if args.data_b is None else ('--data-b', '--data-a')
         raise common.UserError(f'{given_flag} needs {missing}: cyclegan learns between two domains')
     if args.data and (args.data_a or args.data_b):
         raise common.UserError('give either --data DIR (with trainA/ and trainB/) or --data-a and --data-b, not both')
-    if args.generate is None and ('--direction' in given):
+    if not args.sampling and ('--direction' in given):
         raise common.UserError('--direction is for translating with a checkpoint: add --generate N or --input DIR')
     return args
 
@@ -604,7 +607,7 @@ def generate(args):
             x = load_domain(sargs, path, f'--data-{src.lower()}' if args.data_a or args.data_b else '--data', targs.res)
             where = path
     if args.input:
-        x = x[:args.generate]                                          # a folder: its first N files, in order
+        x = x[:args.generate]                                          # a folder: its first N files (or all)
     else:                                                              # a domain: N of its images, at random
         x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(args.seed))[:args.generate]]
     if x.shape[1] != c_in:
@@ -632,7 +635,7 @@ def generate(args):
 
 def main(argv=None):
     args = get_args(argv)
-    if args.generate:
+    if args.sampling:
         generate(args)
     else:
         train(args)

@@ -297,8 +297,8 @@ def test_generate_from_folders_keeps_each_domains_channels(tmp_path):
                    '--steps', '1', '--out', str(out), '--data-root', str(tmp_path / 'cache')])
     ckpt = common.load_checkpoint(str(out / 'last.pt'), 'cyclegan')
     assert (ckpt['args']['channels_a'], ckpt['args']['channels_b']) == (1, 3)
-    cyclegan.main(['--input', str(dirs['a']), '--ckpt', str(out / 'last.pt'), '--out', str(tmp_path / 'g1'),
-                   '--data-root', str(tmp_path / 'cache')])
+    cyclegan.main(['--input', str(dirs['a']), '--direction', 'a2b', '--ckpt', str(out / 'last.pt'),
+                   '--out', str(tmp_path / 'g1'), '--data-root', str(tmp_path / 'cache')])   # the whole folder
     assert Image.open(tmp_path / 'g1' / '000003.png').mode == 'RGB' and len(os.listdir(tmp_path / 'g1')) == 5
     cyclegan.main(['--generate', '2', '--data-b', str(dirs['b']), '--direction', 'b2a', '--ckpt',
                    str(out / 'last.pt'), '--out', str(tmp_path / 'g2'), '--data-root', str(tmp_path / 'cache')])

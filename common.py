@@ -1479,17 +1479,20 @@ class Run:
 
     def finish(self, nets, sample_fn=None):
         global _active_run
-        self._release_interrupt()
-        _active_run = None
         if not self.main:
+            self._release_interrupt()
+            _active_run = None
             return
         self.bar.close()
+        # The checkpoint first, with the Ctrl-C handler still in place: an interrupt while the last
+        # pictures are drawn then stops with the final step saved (and cli says so).
+        self.save(nets)
+        self._release_interrupt()
         if sample_fn is not None and self.step_num % self.args.sample_every != 0:
             self.sample(sample_fn)
-        self._csv.flush()
         plot_losses(os.path.join(self.out, 'losses.csv'), os.path.join(self.out, 'losses.png'))
-        self.save(nets)
         self._csv.close()
+        _active_run = None
         mins = (time.time() - self._t0) / 60
         print(f'done: {self.step_num} steps in {mins:.1f} min, peak memory {peak_memory_gb(self.device):.2f} GB. '
               f'Samples in {self.out}/samples/, losses in {self.out}/losses.png, checkpoint {self.out}/last.pt')

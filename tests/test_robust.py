@@ -156,9 +156,12 @@ def test_orphan_temp_checkpoints_are_removed(tmp_path):
     assert (out / f'last.pt.tmp{os.getppid()}').exists()
 
 
-def test_ctrl_c_saves_the_step_that_finished(tmp_path):
+@pytest.mark.parametrize('length', [['--epochs', '100000'],   # stopped mid-training
+                                    []])                      # 400 steps: usually stopped while the end is written
+def test_ctrl_c_saves_the_step_that_finished(tmp_path, length):
     out = tmp_path / 'run'
-    p = start(*TINY, '--data-root', tmp_path / 'c', '--out', out, '--steps', '100000', '--sample-every', '100000')
+    p = start(*TINY, '--data-root', tmp_path / 'c', '--out', out, '--steps', '100000', '--sample-every', '100000',
+              *length)
     wait_for(out / 'losses.csv', p)
     time.sleep(1.5)
     p.send_signal(signal.SIGINT)

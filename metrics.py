@@ -20,10 +20,12 @@ Why the numbers agree with pytorch-fid, torch-fidelity and papers
       features; it must not be used for FID.
     * Inputs are prepared exactly as pytorch-fid does: uint8 / 255, bilinear
       resize to 299x299 (align_corners=False), then 2x - 1. Given the same
-      weights and images, the features equal pytorch-fid's bit for bit.
+      weights and images, the plain network (load_inception(optimize=False))
+      gives pytorch-fid's features bit for bit; the default fast path (see
+      Speed) stays within ~1e-6 relative of them.
       torch-fidelity resizes with a TF1-style bilinear kernel and scales
-      (x - 128) / 128; fed that same network input, this network gives its
-      features bit for bit too, but the two preprocessings move features
+      (x - 128) / 128; fed that same network input, the plain network gives
+      its features bit for bit too, but the two preprocessings move features
       slightly (most for small images such as 32x32), which is why FIDs from
       the two tools differ a little on CIFAR-sized data.
     * FID uses np.cov's N-1 covariance and pytorch-fid's formula. The trace

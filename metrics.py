@@ -57,8 +57,8 @@ The weights, offline
 Speed
     By default batch norm is folded into the convolutions and the network
     runs channels_last: features within 1e-5 (relative) of the plain fp32
-    network's, and faster (benchmarks/metrics_speed.py). --amp (bf16 autocast) is faster
-    again on CPUs with bf16 units but moves features by ~1%: opt-in, not the
+    network's, computed faster. --amp (bf16 autocast) is faster again on
+    CPUs with bf16 units but moves features by ~1%: opt-in, not the
     reference numbers. A folder's statistics are cached (.npz under
     --stats-cache, keyed by its files' paths, sizes and mtimes, the weights
     and --amp); a cache that does not match or cannot be read is recomputed

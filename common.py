@@ -784,14 +784,16 @@ def _stream_batches(data, batch_size, epoch, seed, device, start):
 # ----------------------------------------------------------------------------------------------
 
 def to_uint8(x):
-    """float [N, C, H, W] in [-1, 1] -> uint8 [N, C, H, W] on the CPU (uint8 passes through).
+    """float [N, C, H, W] in [-1, 1] -> uint8 [N, C, H, W] on the same device (uint8 passes through).
 
     The project's one rule for 8-bit pixels, torchvision.utils.save_image's: floor((x + 1) / 2 * 255
-    + 0.5), clamped to [0, 255]. metrics.to_uint8 applies the same rule, so FID measured during
-    training equals FID of the PNG files written here."""
+    + 0.5), clamped to [0, 255] (the cast truncates, which is floor on values >= 0). metrics.py uses
+    this same function, so FID measured during training equals FID of the saved PNG files."""
     if x.dtype == torch.uint8:
-        return x.cpu()
-    return (x.detach().float().cpu().clamp(-1, 1) + 1).div(2).mul(255).add(0.5).clamp(0, 255).to(torch.uint8)
+        return x
+    if not x.is_floating_point():
+        raise TypeError(f'images must be uint8 or float in [-1, 1], got {x.dtype}')
+    return x.detach().float().add(1).div(2).mul(255).add(0.5).clamp(0, 255).to(torch.uint8)
 
 
 def make_grid(x, nrow=None, pad=2):
@@ -799,7 +801,7 @@ def make_grid(x, nrow=None, pad=2):
     (HxW for one channel), white between the cells: torchvision.utils.make_grid, which would
     turn a one-channel grid into three."""
     from torchvision.utils import make_grid as tv_make_grid
-    x = to_uint8(x)
+    x = to_uint8(x).cpu()
     nrow = nrow or max(1, int(math.ceil(math.sqrt(len(x)))))
     g = tv_make_grid(x, nrow=nrow, padding=pad, pad_value=255).permute(1, 2, 0).numpy()
     return g[:, :, 0] if x.shape[1] == 1 else g
@@ -862,7 +864,7 @@ def write_samples(x, out, labels=None, classes=None, nrow=None):
     given, and `out/grid.png`: the first 256 images, or with labels a row of up to 10 samples per
     class (at most 10 classes)."""
     os.makedirs(out, exist_ok=True)
-    x = to_uint8(x)
+    x = to_uint8(x).cpu()
     for i in range(len(x)):
         folder = out if labels is None else os.path.join(out, str(classes[labels[i]] if classes else int(labels[i])))
         save_image(make_grid(x[i:i + 1], nrow=1, pad=0), os.path.join(folder, f'{i:06d}.png'))

@@ -99,6 +99,10 @@ from scipy.linalg import lapack
 from scipy.special import logsumexp
 from tqdm import tqdm
 
+# The image extensions and the one rule for 8-bit pixels (torchvision.utils.save_image's) are
+# common.py's: FID measured during training equals FID of the saved PNG files.
+from common import IMAGE_EXTENSIONS, to_uint8
+
 # ---------------------------------------------------------------------------
 # Inception network
 # ---------------------------------------------------------------------------
@@ -592,11 +596,6 @@ def _first_line(exc):
 # Feature extraction
 # ---------------------------------------------------------------------------
 
-# The same list as common.py's (the images the training scripts read and write).
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff",
-                    ".ppm", ".pgm")
-
-
 def pick_device():
     """Fastest available device: cuda > mps > cpu."""
     if torch.cuda.is_available():
@@ -604,24 +603,6 @@ def pick_device():
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
-
-
-def to_uint8(images):
-    """uint8 [N, C, H, W] as it would be saved to disk.
-
-    Generator output (float in [-1, 1]) is rounded to the uint8 image that
-    torchvision.utils.save_image writes, so FID measured during training
-    equals FID of the saved PNG files measured by pytorch-fid or this CLI.
-    """
-    if images.dtype == torch.uint8:
-        return images
-    if not images.is_floating_point():
-        raise TypeError(f"images must be uint8 or float in [-1, 1], got {images.dtype}")
-    # The one rule of the project (common.to_uint8), torchvision's save_image
-    # rule on [-1, 1]: floor((x + 1) / 2 * 255 + 0.5), clamped to [0, 255], in
-    # float32; the cast to uint8 truncates, which is floor on values >= 0.
-    x = images.detach().float()
-    return x.add(1).div(2).mul(255).add(0.5).clamp(0, 255).to(torch.uint8)
 
 
 def preprocess(images):

@@ -378,10 +378,9 @@ def test_float_images_are_quantised_like_saved_pngs(tmp_path):
     assert torch.equal(metrics.to_uint8(x)[0], written)
 
 
-def test_image_extensions_are_the_training_scripts():
+def test_image_extensions_and_pixel_rule_are_the_training_scripts():
     import common
-    theirs = getattr(common, "IMAGE_EXTENSIONS", None) or common.IMAGE_EXTS
-    assert set(metrics.IMAGE_EXTENSIONS) == set(theirs)
+    assert metrics.IMAGE_EXTENSIONS is common.IMAGE_EXTENSIONS and metrics.to_uint8 is common.to_uint8
 
 
 def test_read_image_converts_to_rgb_uint8(tmp_path):

@@ -407,7 +407,7 @@ def load_data(args, need_labels=False):
             check_memory(2 * len(files) * 3 * args.res ** 2, f'decoding {len(files)} images of --data at '
                          f'--res {args.res} (a lower --max-memory-gb streams them instead)')
             images, labels = _load_folder(args.data, files, labels, classes, args.res, args.data_root)
-            data = Data(_to_channels(images, args.channels or images.shape[1]), labels, classes, args.data)
+            data = Data(to_channels(images, args.channels or images.shape[1]), labels, classes, args.data)
     else:
         if args.dataset == 'shapes':
             check_memory(args.shapes_n * 3 * args.res ** 2, f'--shapes-n {args.shapes_n} at --res {args.res}')
@@ -415,7 +415,7 @@ def load_data(args, need_labels=False):
             classes = list(SHAPE_CLASSES)
         else:
             images, labels, classes = _load_torchvision(args.dataset, args.res, args.data_root)
-        data = Data(_to_channels(images, args.channels or images.shape[1]), labels, classes, args.dataset)
+        data = Data(to_channels(images, args.channels or images.shape[1]), labels, classes, args.dataset)
     if len(data) < 2:  # one image is no distribution to learn (and the batch statistics need two)
         raise UserError(f'{data.name} holds {len(data)} usable image(s); training needs at least 2')
     if need_labels and data.labels is None:
@@ -440,7 +440,8 @@ def _resize_crop(x, res):
     return out
 
 
-def _to_channels(x, c):
+def to_channels(x, c):
+    """uint8 [N, C, H, W] -> [N, c, H, W]: gray repeated to RGB, or RGB to luma."""
     if x.shape[1] == c:
         return x
     if c == 3:
@@ -713,7 +714,7 @@ class FolderStream(torch.utils.data.Dataset):
         for j in [i] + torch.randint(len(self.files), (20,)).tolist():  # an unreadable file: take another
             try:
                 with Image.open(self.files[j]) as img:
-                    x = _to_channels(_pil_to_square(_to_rgb(img), self.res)[None], self.channels)[0]
+                    x = to_channels(_pil_to_square(_to_rgb(img), self.res)[None], self.channels)[0]
                 return x, (int(self.labels[j]) if self.labels is not None else -1)
             except Exception:
                 continue

@@ -429,22 +429,12 @@ def load_domains(args, res, split='train'):
     if dirs is None:
         a, b = shapes_pair(args.shapes_n, res, args.seed)
         if args.channels == 1:
-            a, b = to_channels(a, 1), to_channels(b, 1)
+            a, b = common.to_channels(a, 1), common.to_channels(b, 1)
     else:
         a = load_domain(args, dirs[0], '--data-a' if args.data_a else '--data', res)
         b = load_domain(args, dirs[1], '--data-b' if args.data_b else '--data', res)
     args.channels_a, args.channels_b = a.shape[1], b.shape[1]
     return a, b
-
-
-def to_channels(x, c):
-    """uint8 [N, C, H, W] -> [N, c, H, W]: gray repeated to RGB, or RGB to luma (ITU-R 601)."""
-    if x.shape[1] == c:
-        return x
-    if c == 3:
-        return x.expand(-1, 3, -1, -1).contiguous()
-    w = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
-    return (x.float() * w).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
 
 
 def center_crop(x, res):
@@ -482,7 +472,8 @@ class PairData(common.Data):
         a = self.images[:self.n_a].cpu()[torch.randperm(self.n_a, generator=g)[:n // 2]]
         b = self.b.cpu()[torch.randperm(len(self.b), generator=g)[:n - len(a)]]
         c = max(a.shape[1], b.shape[1])
-        return torch.cat([to_channels(center_crop(a, self.res), c), to_channels(center_crop(b, self.res), c)])
+        return torch.cat([common.to_channels(center_crop(a, self.res), c),
+                          common.to_channels(center_crop(b, self.res), c)])
 
     def draw_b(self, n, device):
         """n B images at random (with replacement, as the authors' loader), float in [-1, 1]."""
@@ -611,7 +602,7 @@ def generate(args):
     else:                                                              # a domain: N of its images, at random
         x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(args.seed))[:args.generate]]
     if x.shape[1] != c_in:
-        x = to_channels(x, c_in)
+        x = common.to_channels(x, c_in)
     x = x.float().div(127.5).sub(1).to(device)
     fake = translate(fwd, x)
     rec = translate(back, fake)

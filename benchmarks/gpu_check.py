@@ -18,7 +18,8 @@ After each run it checks that samples/ holds real.png and a sample grid, and las
 into networks built on the CPU (strictly, so no DDP or torch.compile prefixes in the names).
 Then the model files' dcgan against the canonical recipe (benchmarks/throughput.py: ImageFolder +
 DataLoader + the PyTorch examples' loop) at the examples' ngf = ndf = 64 and dcgan.py's batch, and
-FID Inception feature extraction (benchmarks/metrics_speed.py, random weights: speed only).
+FID Inception feature extraction, exact and --amp (benchmarks/metrics_speed.py; the real weights
+where found).
 
 The data is the built-in shapes, written once as a folder of class subfolders (the canonical
 recipe reads a folder) unless --data names one. Figures:
@@ -301,12 +302,16 @@ def fid_line(device, n, batch, name):
     try:
         if dev.type == 'cuda':
             torch.cuda.reset_peak_memory_stats(dev)
-        rate = metrics_speed.time_features(dev, n, batch, 32)
+        _, model, weights = metrics_speed.load_models(argparse.Namespace(inception_weights=None), dev)
+        images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+        rate, _ = metrics_speed.time_features(model, images, batch, dev)
+        rate_amp, _ = metrics_speed.time_features(model, images, batch, dev, amp=True)
     except Exception as e:
         return False, f'FID features: {type(e).__name__}: {str(e).strip()[:200]}'
     peak = f', peak {torch.cuda.max_memory_allocated(dev) / 2 ** 30:.2f} GB' if dev.type == 'cuda' else ''
-    return True, (f'FID Inception features (metrics.py, 32x32 images resized to 299): {rate:.1f} images/s, '
-            f'{n} images in batches of {batch} on {name}{peak}')
+    return True, (f'FID Inception features (metrics.py default path, 32x32 images resized to 299): {rate:.1f} '
+            f'images/s, --amp {rate_amp:.1f} images/s, {n} images in batches of {batch} on {name}{peak}; '
+            f'weights: {weights}')
 
 
 def fail(message):

@@ -46,7 +46,7 @@ def test_failures_are_reported_per_model_and_mode_and_the_rest_still_runs(checke
     _, _, status, res, batch, world, ips, peak, _ = table_row(r.stdout, 'dcgan', 'fp32')
     assert (status, res, batch, world) == ('ok', '32', '4', '1') and float(ips) > 0 and float(peak) > 0
     assert re.search(r'canonical recipe .* ([\d.]+) images/s: [\d.]+x', r.stdout)
-    assert re.search(r'FID Inception features .*: [\d.]+ images/s, 4 images', r.stdout)
+    assert re.search(r'FID Inception features .*: [\d.]+ images/s, --amp [\d.]+ images/s, 4 images', r.stdout)
 
 
 def test_output_checks_catch_a_missing_grid_a_stale_or_broken_checkpoint(checked):

@@ -23,6 +23,7 @@ A model file uses it like this:
     run.finish(nets, sample_fn)
 """
 import argparse
+import atexit
 import csv
 import errno
 import glob
@@ -347,6 +348,14 @@ def init_distributed(device):
         if device.type == 'cuda':
             torch.cuda.set_device(device)
         torch.distributed.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
+        # Leave the group before the interpreter exits: a process group still alive at exit can
+        # abort a rank in C++ ("terminate called without an active exception") after its work is done.
+        atexit.register(_leave_process_group)
+
+
+def _leave_process_group():
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def dist_info():

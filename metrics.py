@@ -681,11 +681,19 @@ def inception_features(model, images, batch_size=50, device=None, progress=False
 
 
 def list_images(folder):
-    """Sorted paths of the images under `folder`, searched recursively."""
+    """Sorted paths of the images under `folder`, searched recursively, except
+    the folder's own grid.png: the model files' --generate writes its samples
+    and, beside them, a grid of the first 256, which is not a sample (scored
+    as one it would be one outlier among N). Skipping it is said on stderr."""
     found = []
     for root, _, files in os.walk(folder):
         found += [os.path.join(root, f) for f in files
                   if f.lower().endswith(IMAGE_EXTENSIONS)]
+    grid = os.path.join(folder, "grid.png")
+    if grid in found:
+        found.remove(grid)
+        print(f"note: not scoring {grid} (the sample grid beside --generate's samples)",
+              file=sys.stderr)
     return sorted(found)
 
 

@@ -1,0 +1,360 @@
+"""FID against training time for every model file, beside the canonical DCGAN recipe and published runs.
+
+    python benchmarks/prepare_data.py --mnist PATH/MNIST/raw --cifar PATH/cifar10-jpg.tar --out /tmp/gan-data
+    python benchmarks/fid_curves.py --data /tmp/gan-data --work /tmp/fid-curves            # train + score
+    python benchmarks/fid_curves.py --data /tmp/gan-data --work /tmp/fid-curves --models dcgan,canonical
+    python benchmarks/fid_curves.py --work /tmp/fid-curves --report docs/fid_curves.png    # table + plot only
+
+Each model trains on CIFAR-10 at 32x32 (gan_mlp on MNIST) with its CPU recipe (RECIPES below: the
+flags, a batch size and the training minutes at which it is scored). The run is the model file's own
+command line, in segments: `--minutes` up to the next scoring point, then `--resume` from the
+checkpoint for the next segment. Resume is exact, so the segments train the same weights as one run,
+and a curve can be built across sessions: points already in WORK/<model>/points.json are kept.
+
+At each point the checkpoint is copied, `MODEL.py --generate N --ckpt ...` writes N samples as PNGs,
+and `metrics.py fid` scores that folder against the reference statistics:
+
+  - Inception: the FID network with TF's 2015-12-05 weights (metrics.py's lookup), pytorch-fid's
+    preprocessing (bilinear resize to 299x299, 2x - 1), under bf16 autocast (metrics.py --amp, which
+    moved FID by -0.3% on 500 vs 500 CIFAR-10 images: see docs/metrics.md) to make the many
+    evaluations affordable on a CPU;
+  - reference: the 10,000 CIFAR-10 test images (MNIST: the 10,000 test digits, which is also the
+    data gan_mlp trains on here), as PyTorch-StudioGAN's published CIFAR-10 figures use;
+  - N = --n fakes (default 10,000, StudioGAN's count).
+
+"Minutes" are wall-clock training minutes on the machine the script runs on, with nothing else
+running: the `--minutes` clock of each segment, which starts at the first step (start-up and data
+decoding are not counted; scoring is not counted). Images seen = steps x batch size x D steps per G
+step (images shown to D, as StudioGAN counts them).
+
+The canonical recipe is what most people start from: torchvision's ImageFolder with PIL transforms
+behind a DataLoader (2 workers), and the PyTorch examples' DCGAN loop (D on real, D on G(z).detach(),
+then G through D on the same fakes; Adam 2e-4, betas (0.5, 0.999), batch 64, fp32), with ngf = ndf =
+64. The examples' network is for 64x64; here it is dcgan.py's network at --res 32 (the same blocks,
+one fewer). It runs in one process up to its last point, pausing its clock to save G at each point.
+
+--report prints the Markdown table and draws FID against images seen, one line per model, with the
+published points marked (PUBLISHED below, with their sources).
+"""
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
+
+# The CPU recipes. 'points': training minutes at which the model is scored; 'steps': an optional cap
+# (the last segment ends there instead of at its minutes). 'k': images D sees per step / batch.
+RECIPES = {
+    'dcgan': {'data': 'cifar10/train', 'batch': 64, 'k': 1, 'points': [3, 10, 20, 40], 'steps': 20000,
+              'flags': ['--res', '32', '--ngf', '64', '--ndf', '64', '--amp']},
+    'canonical': {'data': 'cifar10/train', 'batch': 64, 'k': 1, 'points': 'dcgan'},
+    'gan_mlp': {'data': 'mnist', 'batch': 100, 'k': 1, 'points': [5], 'flags': ['--amp']},
+    'cgan': {'data': 'cifar10/train', 'batch': 64, 'k': 1, 'points': [5],
+             'flags': ['--res', '32', '--amp']},
+    'wgan_gp': {'data': 'cifar10/train', 'batch': 64, 'k': 5, 'points': [5],
+                'flags': ['--res', '32', '--ngf', '64', '--ndf', '64', '--amp']},
+    'progan': {'data': 'cifar10/train', 'batch': None, 'k': 1, 'points': [5],
+               'flags': ['--res', '32', '--fmap-base', '2048', '--fmap-max', '256', '--kimg-per-phase', '15',
+                         '--amp']},
+    'stylegan': {'data': 'cifar10/train', 'batch': 32, 'k': 1, 'points': [5],
+                 'flags': ['--res', '32', '--fmap-base', '1024', '--fmap-max', '128', '--z-dim', '128',
+                           '--w-dim', '128', '--amp']},
+    'biggan': {'data': 'cifar10/train', 'batch': 50, 'k': 2, 'points': [5],
+               'flags': ['--res', '32', '--ch', '32', '--amp']},
+}
+
+# Published CIFAR-10 points, images shown to D -> FID. Sources are given in the README beside the table.
+PUBLISHED = {
+    'dcgan': [('StudioGAN', 1.28e6, 65.3, '10k fakes vs test'), ('pytorch-gan-collections', 12.8e6, 42.7, '50k fakes vs train')],
+    'wgan_gp': [('StudioGAN', 3.2e6, 41.3, '10k fakes vs test'), ('pytorch-gan-collections', 12.8e6, 19.8, '50k fakes vs train')],
+    'biggan': [('StudioGAN', 3.2e6, 28.6, '10k fakes vs test')],
+    'stylegan': [('StudioGAN (StyleGAN2)', 0.64e6, 36.0, '10k fakes vs test')],
+}
+
+
+def run(cmd, log):
+    """Run a command, its output appended to `log`; stop with the log's tail if it fails."""
+    with open(log, 'a') as f:
+        f.write('$ ' + ' '.join(cmd) + '\n')
+        f.flush()
+        r = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+    if r.returncode:
+        with open(log) as f:
+            tail = f.read()[-2000:]
+        sys.exit(f'error: {" ".join(cmd[:3])} ... failed (exit {r.returncode}); the end of {log}:\n{tail}')
+
+
+def fid_of(folder, ref, args, log):
+    cmd = [sys.executable, 'metrics.py', 'fid', folder, ref, '--amp', '--no-stats-cache']
+    if args.inception_weights:
+        cmd += ['--inception-weights', args.inception_weights]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    with open(log, 'a') as f:
+        f.write('$ ' + ' '.join(cmd) + '\n' + out.stdout + out.stderr[-500:])
+    m = re.search(r'FID: ([\d.]+)', out.stdout)
+    if not m:
+        sys.exit(f'error: metrics.py fid failed: {out.stderr.strip().splitlines()[-1:]}')
+    return float(m.group(1))
+
+
+def reference(args, data_sub, log):
+    """.npz statistics of the reference split, computed once (metrics.py stats --amp)."""
+    name = 'mnist' if data_sub == 'mnist' else 'cifar10/test'
+    path = os.path.join(args.work, name.replace('/', '-') + '-amp.npz')
+    if not os.path.exists(path):
+        cmd = [sys.executable, 'metrics.py', 'stats', os.path.join(args.data, name), '--amp', '--out', path]
+        if args.inception_weights:
+            cmd += ['--inception-weights', args.inception_weights]
+        run(cmd, log)
+    return path
+
+
+def load_points(out):
+    path = os.path.join(out, 'points.json')
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    return []
+
+
+def save_points(out, points):
+    tmp = os.path.join(out, 'points.json.tmp')
+    with open(tmp, 'w') as f:
+        json.dump(points, f, indent=1)
+    os.replace(tmp, os.path.join(out, 'points.json'))
+
+
+def score(model, ckpt_or_gen, out, tag, args, ref, log):
+    """FID of N samples drawn from a checkpoint (a model file's) or written already (canonical)."""
+    gen = os.path.join(out, f'gen_{tag}')
+    shutil.rmtree(gen, ignore_errors=True)
+    if model == 'canonical':
+        ckpt_or_gen(gen)
+    else:
+        run([sys.executable, f'{model}.py', '--generate', str(args.n), '--ckpt', ckpt_or_gen, '--out', gen,
+             '--seed', '1'], log)
+    fid = fid_of(gen, ref, args, log)
+    shutil.copy(os.path.join(gen, 'grid.png'), os.path.join(out, f'grid_{tag}.png'))
+    shutil.rmtree(gen)
+    return fid
+
+
+def train_model(model, args):
+    """Segments of `MODEL.py ... --minutes M [--resume]`, one per scoring point not yet in points.json."""
+    r = RECIPES[model]
+    out = os.path.join(args.work, model)
+    os.makedirs(out, exist_ok=True)
+    log = os.path.join(out, 'log.txt')
+    ref = reference(args, r['data'], log)
+    points = load_points(out)
+    for target in r['points']:
+        done = points[-1]['minutes'] if points else 0.0
+        if done >= target or (points and r.get('steps') and points[-1]['step'] >= r['steps']):
+            continue
+        cmd = [sys.executable, f'{model}.py', '--data', os.path.join(args.data, r['data']), '--out', out,
+               '--data-root', os.path.join(args.work, 'cache'), '--epochs', '100000',
+               '--minutes', f'{target - done:.4f}', '--sample-every', '1000', '--ckpt-every', '100000',
+               *r['flags']]
+        if r['batch']:
+            cmd += ['--batch-size', str(r['batch'])]
+        if r.get('steps'):
+            cmd += ['--steps', str(r['steps'])]
+        if points:
+            cmd += ['--resume', os.path.join(out, 'last.pt')]
+        t = time.time()
+        run(cmd, log)
+        wall = time.time() - t
+        with open(os.path.join(out, 'losses.csv')) as f:
+            rows = [line.split(',') for line in f.read().split('\n')[1:] if line]
+        step = int(rows[-1][0])
+        # The segment's training minutes: its losses.csv clock from the first to the last step it ran
+        # (plus one step's time for that first step), not the start-up before it.
+        prev = points[-1]['step'] if points else 0
+        times = [float(x[2]) for x in rows if int(x[0]) > prev]
+        per = (times[-1] - times[0]) / max(1, len(times) - 1)
+        minutes = done + (times[-1] - times[0] + per) / 60
+        batch = r['batch'] or json.load(open(os.path.join(out, 'config.json')))['batch_size']
+        tag = f'{step:07d}'
+        ckpt = os.path.join(out, f'ckpt_{tag}.pt')
+        shutil.copy(os.path.join(out, 'last.pt'), ckpt)
+        fid = score(model, ckpt, out, tag, args, ref, log)
+        points.append({'minutes': round(minutes, 3), 'step': step, 'images': images_seen(model, out, step, r),
+                       'fid': round(fid, 2), 'n': args.n, 'wall_s': round(wall, 1)})
+        save_points(out, points)
+        print(f'{model}: step {step}, {minutes:.1f} min, {points[-1]["images"] / 1e6:.3f}M images: FID {fid:.2f}',
+              flush=True)
+
+
+def images_seen(model, out, step, r):
+    """Images shown to D up to `step`. ProGAN's batch changes with resolution: its losses.csv logs
+    images seen (kimg) itself."""
+    if model == 'progan':
+        with open(os.path.join(out, 'losses.csv')) as f:
+            header = f.readline().strip().split(',')
+            last = [line.strip().split(',') for line in f if line.strip()][-1]
+        if 'kimg' in header:
+            return int(float(last[header.index('kimg')]) * 1000)
+    return step * r['batch'] * r['k']
+
+
+# -- the canonical recipe ----------------------------------------------------------------------------
+
+def train_canonical(args):
+    import torch
+    import torch.nn as nn
+    import torchvision.datasets as dset
+    import torchvision.transforms as T
+    sys.path.insert(0, ROOT)
+    import dcgan
+    import common
+
+    r = RECIPES['canonical']
+    out = os.path.join(args.work, 'canonical')
+    os.makedirs(out, exist_ok=True)
+    log = os.path.join(out, 'log.txt')
+    ref = reference(args, r['data'], log)
+    marks = [p['minutes'] for p in load_points(os.path.join(args.work, 'dcgan'))]
+    if not marks:
+        sys.exit('error: the canonical recipe is scored at dcgan\'s points: run --models dcgan first')
+    points = load_points(out)
+    if points and points[-1]['minutes'] >= marks[-1] - 1e-3:
+        return
+    # One process up to the last mark; the recipe has no resume, so a partial curve starts over.
+    torch.manual_seed(0)
+    batch, res = r['batch'], 32
+    dataset = dset.ImageFolder(root=os.path.join(args.data, r['data']), transform=T.Compose([
+        T.Resize(res), T.CenterCrop(res), T.ToTensor(), T.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))]))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=2, drop_last=True)
+    dargs = dcgan.get_args(['--res', str(res), '--ngf', '64', '--ndf', '64'])
+    dargs.channels = 3
+    netG, netD = dcgan.build(dargs)
+    criterion = nn.BCEWithLogitsLoss()   # dcgan.py's D outputs logits; the examples' D ends in sigmoid + BCELoss
+    optimizerD = torch.optim.Adam(netD.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    optimizerG = torch.optim.Adam(netG.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    points, step, clock, t0 = [], 0, 0.0, time.time()
+    todo = list(marks)
+    while todo:
+        for data, _ in loader:
+            netD.zero_grad()
+            label = torch.full((batch,), 1.0)
+            errD_real = criterion(netD(data), label)
+            errD_real.backward()
+            fake = netG(torch.randn(batch, dargs.z_dim))
+            label.fill_(0.0)
+            errD_fake = criterion(netD(fake.detach()), label)
+            errD_fake.backward()
+            optimizerD.step()
+            netG.zero_grad()
+            label.fill_(1.0)
+            errG = criterion(netD(fake), label)
+            errG.backward()
+            optimizerG.step()
+            step += 1
+            if clock + (time.time() - t0) < 60 * todo[0]:
+                continue
+            clock += time.time() - t0                           # pause the clock while scoring
+            netG.eval()
+
+            def write(gen):
+                g = torch.Generator().manual_seed(1)
+                with torch.no_grad():
+                    x = torch.cat([netG(torch.randn(min(500, args.n - i), dargs.z_dim, generator=g))
+                                   for i in range(0, args.n, 500)])
+                common.write_samples(x, gen)
+
+            fid = score('canonical', write, out, f'{step:07d}', args, ref, log)
+            netG.train()
+            points.append({'minutes': round(clock / 60, 3), 'step': step, 'images': step * batch, 'fid': round(fid, 2),
+                           'n': args.n})
+            save_points(out, points)
+            print(f'canonical: step {step}, {clock / 60:.1f} min, {step * batch / 1e6:.3f}M images: FID {fid:.2f}',
+                  flush=True)
+            todo.pop(0)
+            t0 = time.time()
+            if not todo:
+                break
+
+
+# -- report --------------------------------------------------------------------------------------------
+
+def report(args):
+    rows, curves = [], {}
+    for model in RECIPES:
+        pts = load_points(os.path.join(args.work, model))
+        if pts:
+            curves[model] = pts
+    canon = curves.get('canonical', [])
+    print('| model | data | CPU recipe (flags) | images seen | minutes | FID (N fakes vs 10k test) | '
+          'canonical recipe at the same minutes | published |')
+    print('|---|---|---|---:|---:|---:|---:|---|')
+    for model, pts in curves.items():
+        r = RECIPES[model]
+        for p in pts:
+            near = min(canon, key=lambda c: abs(c['minutes'] - p['minutes'])) if canon and model != 'canonical' else None
+            c = f'{near["fid"]:.1f} ({near["minutes"]:.1f} min)' if near else ''
+            pub = min(PUBLISHED.get(model, []), key=lambda q: abs(q[1] - p['images']), default=None)
+            pubs = f'{pub[2]} at {pub[1] / 1e6:.2f}M ({pub[0]})' if pub else ''
+            flags = ' '.join(r.get('flags', ['(see the docstring)'])) + (f' --batch-size {r["batch"]}' if r['batch'] else '')
+            print(f'| {model} | {"MNIST" if r["data"] == "mnist" else "CIFAR-10"} | `{flags}` | '
+                  f'{p["images"] / 1e6:.3f}M | {p["minutes"]:.1f} | {p["fid"]:.1f} ({p["n"]}) | {c} | {pubs} |')
+    if not args.report:
+        return
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, (model, pts) in enumerate(curves.items()):
+        color = f'C{i}'
+        ax.plot([p['images'] / 1e6 for p in pts], [p['fid'] for p in pts], 'o-', color=color, label=model)
+        for name, img, fid, _ in PUBLISHED.get(model, []):
+            ax.plot(img / 1e6, fid, marker='*', ms=12, color=color, ls='none')
+            ax.annotate(f'{model} ({name})', (img / 1e6, fid), fontsize=7, xytext=(4, 4), textcoords='offset points')
+    ax.set_xscale('log')
+    ax.set_xlabel('images shown to D (millions)')
+    ax.set_ylabel('FID (lower is better)')
+    ax.set_title('CIFAR-10 32x32 (gan_mlp: MNIST); stars: published runs', fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(args.report, dpi=90)
+    print(f'wrote {args.report}')
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--data', help='the folder benchmarks/prepare_data.py wrote (cifar10/, mnist/)')
+    p.add_argument('--work', required=True, help='runs, checkpoints and points.json go here (outside the repo)')
+    p.add_argument('--models', default='', help=f'comma-separated, from {",".join(RECIPES)} (default: none, '
+                                                 'only the report)')
+    p.add_argument('--n', type=int, default=10000, help='fakes per FID')
+    p.add_argument('--points', help='comma-separated training minutes at which every model is scored, '
+                                    'instead of its recipe\'s (a quick check: --points 0.2,0.4 --n 200)')
+    p.add_argument('--inception-weights', metavar='PATH')
+    p.add_argument('--report', metavar='PNG', help='also draw the curves to this file')
+    args = p.parse_args()
+    models = [m for m in args.models.split(',') if m]
+    bad = [m for m in models if m not in RECIPES]
+    if bad:
+        sys.exit(f'error: unknown model {bad[0]}; choose from {", ".join(RECIPES)}')
+    if models and not args.data:
+        sys.exit('error: training needs --data (the folder benchmarks/prepare_data.py wrote)')
+    for m in models:
+        need = os.path.join(args.data, RECIPES[m]['data'])
+        if not os.path.isdir(need):
+            sys.exit(f'error: {need} is not a folder; run benchmarks/prepare_data.py first')
+    if args.points:
+        for r in RECIPES.values():
+            if r['points'] != 'dcgan':
+                r['points'] = [float(x) for x in args.points.split(',')]
+    for m in models:
+        train_canonical(args) if m == 'canonical' else train_model(m, args)
+    report(args)
+
+
+if __name__ == '__main__':
+    main()

@@ -36,6 +36,7 @@ Usage:
     python benchmarks/prepare_data.py --mnist M/raw --cifar C.tar --mnistm --out /tmp/gan-data
     python cyclegan.py --data /tmp/gan-data/mnist2mnistm --res 32 --channels 3 --ngf 32 --ndf 32 \
                        --batch-size 4 --epochs 2 --decay-epochs 1                   # MNIST <-> MNIST-M-style
+    python cyclegan.py --res 32 --ngf 16 --ndf 16 --d-steps 2       # 2 updates of each D per G step (paper: 1)
     python cyclegan.py --generate 16 --ckpt runs/cyclegan/last.pt --direction a2b    # from the training data
     python cyclegan.py --input DIR --ckpt runs/cyclegan/last.pt --direction b2a      # a whole folder
 
@@ -100,6 +101,8 @@ def get_args(argv=None):
                         '0: off, the paper\'s eq. 3 alone')
     g.add_argument('--pool-size', type=common.nonneg_int, default=50,
                    help="generated images in each D's history buffer (Sec. 4; Shrivastava et al. 2017). 0: off")
+    g.add_argument('--d-steps', type=common.positive_int, default=1, metavar='K',
+                   help='updates of D_X and D_Y per update of G and F, each on fresh real batches (the paper: 1)')
     g.add_argument('--lr', type=common.positive_float, default=2e-4, help='Adam learning rate (Sec. 4)')
     g.add_argument('--betas', type=common.decay_rate, nargs=2, default=[0.5, 0.999], metavar=('B1', 'B2'),
                    help='Adam betas (the authors\' code)')
@@ -316,14 +319,18 @@ def lr_factor(step, total, decay_share):
 
 
 # ----------------------------------------------------------------------------------------------
-# One training step: G and F together (D frozen), then D_X and D_Y (the authors' order)
+# One training step: G and F together (D frozen), then D_X and D_Y (the authors' order), the
+# latter --d-steps times
 # ----------------------------------------------------------------------------------------------
 
-def train_step(nets, x, y, args):
-    """x: [B, C_a, H, W] from domain X (A), y: [B, C_b, H, W] from Y (B), both in [-1, 1]."""
+def train_step(nets, x_all, y_all, args):
+    """x_all: [d_steps * B, C_a, H, W] from domain X (A), y_all: [d_steps * B, C_b, H, W] from Y (B),
+    both in [-1, 1]: one fresh minibatch of each domain per D step. The G step uses the first."""
     G, F_, D_X, D_Y = nets['G'], nets['F'], nets['D_X'], nets['D_Y']
     opt_G, opt_D = nets['opt_G'], nets['opt_D']
     lam, lam_id = args.lambda_cycle, args.lambda_identity * args.lambda_cycle
+    xs, ys = x_all.chunk(args.d_steps), y_all.chunk(args.d_steps)
+    x, y = xs[0], ys[0]
     n = len(x)
 
     # Translations. Instance norm treats each image on its own, so G(x) and the identity G(y) go
@@ -348,15 +355,21 @@ def train_step(nets, x, y, args):
     loss_G.backward()
     opt_G.step()
 
-    # D step, on fakes from the history buffers. detach: D's step must not reach into G or F.
+    # D steps, on fakes from the history buffers. detach: D's step must not reach into G or F.
+    # The first D step judges the translations the G step made; each further one translates its
+    # own fresh inputs with the generators as they are now.
     D_X.requires_grad_(True)
     D_Y.requires_grad_(True)
-    pool_y, pool_x = nets['pool_Y'].query(fake_y.detach()), nets['pool_X'].query(fake_x.detach())
-    loss_D_Y = d_loss(D_Y(y), D_Y(pool_y))
-    loss_D_X = d_loss(D_X(x), D_X(pool_x))
-    opt_D.zero_grad(set_to_none=True)
-    (loss_D_Y + loss_D_X).backward()
-    opt_D.step()
+    for i, (x, y) in enumerate(zip(xs, ys)):
+        if i > 0:
+            with torch.no_grad():
+                fake_y, fake_x = G(x), F_(y)
+        pool_y, pool_x = nets['pool_Y'].query(fake_y.detach()), nets['pool_X'].query(fake_x.detach())
+        loss_D_Y = d_loss(D_Y(y), D_Y(pool_y))
+        loss_D_X = d_loss(D_X(x), D_X(pool_x))
+        opt_D.zero_grad(set_to_none=True)
+        (loss_D_Y + loss_D_X).backward()
+        opt_D.step()
     return {'loss_G': loss_G.item(), 'loss_D_Y': loss_D_Y.item(), 'loss_D_X': loss_D_X.item(),
             'cycle': cyc.item(), 'adv_G': adv_G.item(), 'adv_F': adv_F.item(), 'identity': idt.item()}
 
@@ -533,7 +546,7 @@ def train(args):
     opt_G, opt_D = make_optimizers(G, F_, D_X, D_Y, args)
     nets = {'G': G, 'F': F_, 'D_X': D_X, 'D_Y': D_Y, 'opt_G': opt_G, 'opt_D': opt_D,
             'pool_X': ImagePool(args.pool_size), 'pool_Y': ImagePool(args.pool_size)}
-    run.start(nets, data)
+    run.start(nets, data, batches_per_step=args.d_steps)
     if data.b.numel() < 2 ** 30 or run.device.type == 'cpu':
         data.b = data.b.to(run.device)
     # the progress grid: 8 fixed images of each domain, centre crops
@@ -543,7 +556,7 @@ def train(args):
     fixed_a, fixed_b = fixed_a.to(run.device), fixed_b.to(run.device)
     sample_fn = lambda: sample_grid(G, F_, fixed_a, fixed_b)
     # the schedule counts the --epochs of the run (not a --steps or --minutes cap, which only stop it early)
-    horizon = common.batches_per_epoch(len(data), args.batch_size, run.world) * args.epochs
+    horizon = common.batches_per_epoch(len(data), args.batch_size * args.d_steps, run.world) * args.epochs
     decay_share = args.decay_epochs / args.epochs
 
     for x_a, _ in run.batches(data):

@@ -31,11 +31,13 @@ Usage:
     python progan.py --data DIR --res 256                            # a folder of images, 4x4 -> 256x256
     python progan.py --generate 64 --ckpt runs/progan/last.pt
     python progan.py --interpolate --ckpt runs/progan/last.pt        # straight walks between random z
+    python progan.py --d-steps 2                                     # 2 D steps per G step (the paper: 1)
 
 Training schedule: 4x4 stabilises, then every doubling up to --res has a fade-in and a stabilising
 phase, each of --kimg-per-phase thousand images. At --res, the last stabilising phase lasts --epochs
-passes over the data (default 16: 800k images of CIFAR-10, one more paper phase). --steps caps the
-total number of steps. Like every model here, training writes samples/step_*.png (the fixed-noise
+passes over the data (default 16: 800k images of CIFAR-10, one more paper phase). The phases count
+the real images D sees: a step with --d-steps K shows K minibatches. --steps caps the total number
+of steps. Like every model here, training writes samples/step_*.png (the fixed-noise
 grid at the current resolution, upsampled to --res), progress.gif and losses.png; a grid named by
 resolution and phase, samples/16x16-fade-end.png, marks the end of each phase.
 
@@ -92,6 +94,9 @@ def get_args(argv=None):
                    help="weight of the drift term E[D(x)^2] (Sec. A.1)")
     g.add_argument('--mbstd-group', type=int, default=4, help='group size of the minibatch stddev layer (Sec. 3)')
     g.add_argument('--ema-beta', type=float, default=0.999, help='G EMA decay per step, used for all samples')
+    g.add_argument('--d-steps', type=common.positive_int, default=1, metavar='K',
+                   help='D steps per G step, each on a fresh real batch (Sec. A.1: 1, the two alternate '
+                        'minibatch by minibatch)')
     common.add_interpolate_args(p, steps=10)
     args = common.parse(p, argv, valid_res=RESOLUTIONS)
     args.batch_table = parse_batch_table(args.batch_table)
@@ -350,7 +355,7 @@ def g_loss(fake_score):
 
 
 # ----------------------------------------------------------------------------------------------
-# One training step: one D step, one G step (n_critic = 1), then the EMA
+# One training step: --d-steps D steps (one by default: n_critic = 1), one G step, then the EMA
 # ----------------------------------------------------------------------------------------------
 
 @torch.no_grad()
@@ -361,28 +366,32 @@ def ema_update(G_ema, G, beta):
 
 
 def train_step(G, D, G_ema, opt_G, opt_D, x, level, alpha, args):
-    """x: real images [B, C, r, r] in [-1, 1], already at the level's resolution and crossfaded."""
+    """x: real images [d_steps * B, C, r, r] in [-1, 1], already at the level's resolution and
+    crossfaded: one fresh minibatch for each D step (alpha is the step's, for all of them)."""
     D.requires_grad_(True)
-    z = torch.randn(len(x), args.z_dim, device=x.device)
-    x_fake = G(z, level, alpha).detach()                       # D's step must not reach into G
-    real_score, fake_score = D(x, level, alpha), D(x_fake, level, alpha)
-    gp = gradient_penalty(D, x, x_fake, level, alpha)
-    loss_D = d_loss(real_score, fake_score, gp, args.lambda_gp, args.eps_drift)
-    opt_D.zero_grad(set_to_none=True)
-    loss_D.backward()
-    opt_D.step()
+    for x_real in x.chunk(args.d_steps):
+        z = torch.randn(len(x_real), args.z_dim, device=x.device)
+        x_fake = G(z, level, alpha).detach()                   # D's step must not reach into G
+        real_score, fake_score = D(x_real, level, alpha), D(x_fake, level, alpha)
+        gp = gradient_penalty(D, x_real, x_fake, level, alpha)
+        loss_D = d_loss(real_score, fake_score, gp, args.lambda_gp, args.eps_drift)
+        opt_D.zero_grad(set_to_none=True)
+        loss_D.backward()
+        opt_D.step()
 
     # G step, through the updated D. D's weights are frozen so that no gradient is computed for
     # them (and D is called outside DDP, which would wait for those gradients).
     D.requires_grad_(False)
     D_frozen = common.without_ddp(D)
-    z = torch.randn(len(x), args.z_dim, device=x.device)
+    z = torch.randn(len(x_real), args.z_dim, device=x.device)
     loss_G = g_loss(D_frozen(G(z, level, alpha), level, alpha))
     opt_G.zero_grad(set_to_none=True)
     loss_G.backward()
     opt_G.step()
+    # Once per G update: only G's step moves the average. (The authors' code runs it beside every
+    # D step, which is the same at their D_repeats = 1.)
     ema_update(G_ema, G, args.ema_beta)
-    # E[D(x)] - E[D(G(z))] is the critic's estimate of the Wasserstein distance
+    # From the last D step. E[D(x)] - E[D(G(z))] is the critic's estimate of the Wasserstein distance
     return {'loss_D': loss_D.item(), 'loss_G': loss_G.item(),
             'W_estimate': (real_score.mean() - fake_score.mean()).item(), 'gp': gp.item(),
             'drift': drift(real_score.detach(), args.eps_drift).item()}
@@ -463,27 +472,29 @@ class Growth:
 
 
 def steps_left(growth, args, world):
-    """Steps from here to the end of the schedule (for the progress bar)."""
+    """Steps from here to the end of the schedule (for the progress bar); a step shows D
+    d_steps minibatches."""
     total = 0
     for p, (level, _, length) in enumerate(growth.phases[growth.phase:], start=growth.phase):
         shown = growth.nimg if p == growth.phase else 0
-        total += math.ceil(max(0, length - shown) / (batch_size(args, level) * world))
+        total += math.ceil(max(0, length - shown) / (batch_size(args, level) * args.d_steps * world))
     return total
 
 
 def real_batches(data, growth, args, run):
-    """Real minibatches [B, C, r, r] in [-1, 1] for the current phase: batch size from the table,
-    box-downscaled from --res to the phase's resolution, crossfaded while fading in.
+    """Real images [d_steps * B, C, r, r] in [-1, 1] for one step of the current phase, a fresh
+    minibatch for each D step: B from the table, box-downscaled from --res to the phase's
+    resolution, crossfaded while fading in.
 
     Each phase draws its own sequence of shuffled epochs, and the position in it follows from the
     images shown, so a resumed run sees the very batches the interrupted one would have.
     """
     while not growth.done:
         phase, level = growth.phase, growth.level
-        B = batch_size(args, level)
-        per = common.batches_per_epoch(len(data), B, run.world)
-        epoch, start = divmod(growth.nimg // (B * run.world), per)
-        for x, _ in common.epoch_batches(data, B, 1000 * phase + epoch, args.seed, run.device, start=start):
+        n = batch_size(args, level) * args.d_steps                 # a step's reals: one minibatch per D step
+        per = common.batches_per_epoch(len(data), n, run.world)
+        epoch, start = divmod(growth.nimg // (n * run.world), per)
+        for x, _ in common.epoch_batches(data, n, 1000 * phase + epoch, args.seed, run.device, start=start):
             x = F.avg_pool2d(x, args.res // growth.res) if growth.res < args.res else x
             yield fade_reals(x, growth.alpha)
             if growth.phase != phase or growth.done:  # the step just taken ended the phase
@@ -556,6 +567,7 @@ def train(args):
             break
         level, alpha = growth.level, growth.alpha
         logs = train_step(G, D, G_ema, opt_G, opt_D, x, level, alpha, args)
+        # the images shown count all d_steps minibatches D saw (as the authors' cur_nimg does)
         logs.update({'res': growth.res, 'alpha': alpha, 'kimg': growth.kimg + len(x) * run.world / 1000})
         epoch = int(logs['kimg'] * 1000) // len(data)  # passes over the data so far
         ended = None

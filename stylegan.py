@@ -24,6 +24,7 @@ Usage:
     python stylegan.py --res 256 --epochs 50 --data DIR              # StyleGAN2 config F widths
     python stylegan.py --style adain --data DIR                      # the 2019 AdaIN generator
     python stylegan.py --augment diffaug --data SMALL_DIR            # small datasets (Zhao et al. 2020)
+    python stylegan.py --d-steps 2                                   # 2 D steps per G step (the papers: 1)
     python stylegan.py --generate 64 --psi 0.7 --ckpt runs/stylegan/last.pt
     python stylegan.py --style-mix --ckpt runs/stylegan/last.pt      # coarse, middle and fine mixing grids
     python stylegan.py --interpolate --ckpt runs/stylegan/last.pt    # walks in W, 8 rows of --interp-steps 8
@@ -79,7 +80,7 @@ def get_args(argv=None):
     g.add_argument('--lr', type=common.positive_float, default=0.002)
     g.add_argument('--betas', type=common.decay_rate, nargs=2, default=[0.0, 0.99], metavar=('B1', 'B2'))
     g.add_argument('--r1-gamma', type=common.nonneg_float, default=10.0, help='R1 weight gamma (0: off)')
-    g.add_argument('--r1-every', type=int, default=16, help='lazy R1: D regularisation interval')
+    g.add_argument('--r1-every', type=int, default=16, help='lazy R1: D regularisation interval, in D steps')
     g.add_argument('--pl-weight', type=common.nonneg_float, default=2.0,
                    help='path-length regularisation weight (0: off)')
     g.add_argument('--pl-every', type=int, default=4, help='lazy path length: G regularisation interval')
@@ -88,6 +89,8 @@ def get_args(argv=None):
     g.add_argument('--mixing-prob', type=float, default=0.9, help='style-mixing regularisation probability')
     g.add_argument('--w-avg-beta', type=common.decay_rate, default=0.995, help='EMA decay of the tracked w_avg')
     g.add_argument('--ema-kimg', type=float, default=10.0, help='half-life of the G EMA, in thousands of images')
+    g.add_argument('--d-steps', type=common.positive_int, default=1, metavar='K',
+                   help='D steps per G step, each on a fresh real batch (both papers: 1)')
     g.add_argument('--augment', default='none', choices=['none', 'diffaug'],
                    help='diffaug: colour, translation and cutout on every image D sees (Zhao et al. 2020)')
     g = p.add_argument_group('StyleGAN sampling (all read --ckpt and write PNGs to --out)')
@@ -542,35 +545,41 @@ def diff_augment(x):
 
 
 # ----------------------------------------------------------------------------------------------
-# One training step: D main, D lazy R1, G main, G lazy path length, then the G EMA
+# One training step: --d-steps times D main and D lazy R1, then G main, G lazy path length, and
+# the G EMA
 # ----------------------------------------------------------------------------------------------
 
 def train_step(G, D, G_ema, opt_G, opt_D, pl, x, step, ema_beta, args):
-    """x: [B, C, H, W] reals in [-1, 1]; step: the step index (lazy regularisers fire when
-    step % interval == 0); ema_beta: the G EMA decay per step. Returns the logs."""
-    b, dev = len(x), x.device
+    """x: [d_steps * B, C, H, W] reals in [-1, 1], one fresh minibatch for each D step; step: the
+    step index (lazy regularisers fire when their count % interval == 0); ema_beta: the G EMA decay
+    per step. Returns the logs (D's from the last D step)."""
+    dev = x.device
     aug = diff_augment if args.augment == 'diffaug' else (lambda t: t)
     logs = {}
 
-    # D main: NS logistic loss on reals and on (style-mixed) fakes
     D.requires_grad_(True)
-    with torch.no_grad():
-        fake = G(torch.randn(b, args.z_dim, device=dev), mixing_prob=args.mixing_prob)
-    real_logit, fake_logit = D(aug(x)), D(aug(fake))
-    loss_D = d_loss(real_logit, fake_logit)
-    opt_D.zero_grad(set_to_none=True)
-    loss_D.backward()
-    opt_D.step()
-    logs.update(loss_D=loss_D.item(), D_real=real_logit.mean().item(), D_fake=fake_logit.mean().item())
-
-    # D reg, lazy (StyleGAN2 Sec. 3.1): R1 only every r1_every steps, multiplied by the interval
-    # so that its average strength is unchanged; its own optimizer step.
-    if args.r1_gamma > 0 and step % args.r1_every == 0:
-        r1 = r1_penalty(D, x, args.r1_gamma, aug)
+    for i, x_real in enumerate(x.chunk(args.d_steps)):
+        b = len(x_real)
+        # D main: NS logistic loss on reals and on (style-mixed) fakes
+        with torch.no_grad():
+            fake = G(torch.randn(b, args.z_dim, device=dev), mixing_prob=args.mixing_prob)
+        real_logit, fake_logit = D(aug(x_real)), D(aug(fake))
+        loss_D = d_loss(real_logit, fake_logit)
         opt_D.zero_grad(set_to_none=True)
-        (r1 * args.r1_every).backward()
+        loss_D.backward()
         opt_D.step()
-        logs['r1'] = r1.item()
+        logs.update(loss_D=loss_D.item(), D_real=real_logit.mean().item(), D_fake=fake_logit.mean().item())
+
+        # D reg, lazy (StyleGAN2 Sec. 3.1): R1 only every r1_every minibatches, multiplied by the
+        # interval so that its average strength is unchanged; its own optimizer step. The interval
+        # counts D's main steps (step * d_steps + i), not G steps: the x r1_every weight and the
+        # lazy Adam correction c = k / (k + 1) (lazy_adam) both assume k D updates per R1 update.
+        if args.r1_gamma > 0 and (step * args.d_steps + i) % args.r1_every == 0:
+            r1 = r1_penalty(D, x_real, args.r1_gamma, aug)
+            opt_D.zero_grad(set_to_none=True)
+            (r1 * args.r1_every).backward()
+            opt_D.step()
+            logs['r1'] = r1.item()
 
     # G main. D's weights are frozen so that no gradient is computed for them (and D is called
     # outside DDP, which would wait for those gradients).
@@ -651,7 +660,8 @@ def train(args):
     opt_G, opt_D = make_optimizers(G, D, args)
     G, D = run.wrap(G), run.wrap(D)
     nets = {'G': G, 'D': D, 'G_ema': G_ema, 'opt_G': opt_G, 'opt_D': opt_D, 'pl': pl}
-    run.start(nets, data)
+    run.start(nets, data, batches_per_step=args.d_steps)
+    # the EMA moves once per G update, whose batch is batch_size (whatever --d-steps)
     beta = ema_beta(args.batch_size * run.world, args.ema_kimg)
     fixed_z = torch.randn(64, args.z_dim, generator=torch.Generator().manual_seed(args.seed)).to(run.device)
     sample_fn = lambda: sample(G_ema, fixed_z)                                      # noqa: E731

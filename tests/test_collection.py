@@ -8,7 +8,8 @@ import common
 MODELS = ['gan_mlp', 'dcgan', 'cgan', 'wgan_gp', 'progan', 'stylegan', 'biggan']
 # D updates per G update: --d-steps everywhere it is a flag, the paper's own name beside it
 D_STEPS = {'gan_mlp': ('--k', 'k'), 'dcgan': (None, 'd_steps'), 'cgan': ('--n-dis', 'n_dis'),
-           'wgan_gp': ('--n-critic', 'n_critic'), 'biggan': (None, 'd_steps')}
+           'wgan_gp': ('--n-critic', 'n_critic'), 'biggan': (None, 'd_steps'), 'progan': (None, 'd_steps'),
+           'stylegan': (None, 'd_steps'), 'cyclegan': (None, 'd_steps')}
 
 
 @pytest.mark.parametrize('name', MODELS)

@@ -212,6 +212,25 @@ def test_g_step_leaves_d_grads_alone_and_d_step_leaves_g_alone():
         assert all(g is not None for g in g_grads) and same_grads(g_grads, g_later)   # nor the D step to G's
 
 
+def test_d_steps_update_both_ds_on_fresh_batches_per_g_step():
+    torch.manual_seed(0)
+    assert make_args().d_steps == 1                    # Sec. 4: one update of each D per G update
+    args = make_args('--d-steps', '3')
+    nets = make_nets(args)
+    calls = {'D': 0, 'G': 0}
+    for name in ('D', 'G'):
+        opt = nets['opt_' + name]
+        opt.step = (lambda step, name: lambda *a, **k: (calls.__setitem__(name, calls[name] + 1), step(*a, **k))[1])(
+            opt.step, name)
+    seen = []                                          # D_Y's inputs: G's step, then real y and pooled fakes per D step
+    nets['D_Y'].register_forward_hook(lambda m, i, o: seen.append(i[0].detach().clone()))
+    x, y = torch.rand(3 * 2, 3, 32, 32) * 2 - 1, torch.rand(3 * 2, 3, 32, 32) * 2 - 1
+    cyclegan.train_step(nets, x, y, args)
+    assert calls == {'D': 3, 'G': 1}
+    assert [torch.equal(seen[1 + 2 * i], c) for i, c in enumerate(y.chunk(3))] == [True] * 3
+    assert len(nets['pool_X'].images) == len(nets['pool_Y'].images) == 6    # every D step's fakes went through the pool
+
+
 # ---------------------------------------------------------------- data
 
 def test_builtin_pair_is_filled_and_outlined_shapes():

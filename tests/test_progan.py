@@ -207,6 +207,42 @@ def test_train_step_changes_weights_and_ema_follows():
     assert len(opt_G.state) == 0
 
 
+def test_d_steps_each_see_a_fresh_minibatch_then_one_g_step():
+    args, G, D = nets(16, '--d-steps', '3')
+    assert tiny_args(16).d_steps == 1                  # Sec. A.1: D and G alternate minibatch by minibatch
+    G_ema = copy.deepcopy(G)
+    opt_G, opt_D = progan.make_optimizers(G, D, args)
+    calls = {'D': 0, 'G': 0}
+    for name, opt in (('D', opt_D), ('G', opt_G)):
+        opt.step = (lambda step, name: lambda *a, **k: (calls.__setitem__(name, calls[name] + 1), step(*a, **k))[1])(
+            opt.step, name)
+    seen = []                                          # D's inputs: reals, fakes, interpolates per D step
+    D.register_forward_hook(lambda m, i, o: seen.append(i[0].detach().clone()))
+    x = torch.rand(3 * 8, 3, 8, 8) * 2 - 1
+    progan.train_step(G, D, G_ema, opt_G, opt_D, x, 1, 1.0, args)
+    assert calls == {'D': 3, 'G': 1}
+    assert [torch.equal(seen[3 * i], c) for i, c in enumerate(x.chunk(3))] == [True] * 3
+    assert len(seen) == 3 * 3 + 1 and len(seen[-1]) == 8        # the G step: one minibatch of fakes
+
+
+def test_d_steps_count_every_minibatch_in_the_schedule(tmp_path):
+    # phases of 8 images at batch 4: with --d-steps 2 a step shows D 8 images, so the 4x4 phase and
+    # the 8x8 fade-in take one step each, and the last phase (one epoch of 16) two
+    flags = ['--dataset', 'shapes', '--shapes-n', '16', '--res', '8', '--fmap-base', '16', '--fmap-max', '4',
+             '--batch-size', '4', '--kimg-per-phase', '0.008', '--epochs', '1', '--data-root', str(tmp_path / 'data')]
+    for k, steps in ((1, 8), (2, 4)):
+        out = tmp_path / f'k{k}'
+        progan.main(flags + ['--d-steps', str(k), '--out', str(out)])
+        log = read_log(out / 'losses.csv')
+        assert len(log) == steps
+        assert [int(float(r['res'])) for r in log] == [4] * (steps // 4) + [8] * (3 * steps // 4)
+        assert float(log[-1]['kimg']) == 0.032                   # 8 + 8 + 16 real images
+        growth = common.load_checkpoint(str(out / 'last.pt'), 'progan')['nets']['growth']
+        assert growth == {'phase': 2, 'nimg': 16}
+    g = progan.Growth(progan.make_phases(progan.get_args(flags + ['--d-steps', '2']), 16))
+    assert progan.steps_left(g, progan.get_args(flags + ['--d-steps', '2']), 1) == 4
+
+
 # ---------------------------------------------------------------- schedule
 
 def test_schedule_phases_alpha_and_batch_table():

@@ -284,6 +284,30 @@ def test_one_training_step_changes_weights(style):
     assert G.w_avg.abs().sum() > 0 and pl.pl_mean > 0
 
 
+def test_d_steps_see_fresh_minibatches_and_lazy_r1_counts_d_steps():
+    # --d-steps 2 --r1-every 2: D's main steps are numbered step * 2 + i, so R1 fires at the first
+    # D step of every G step: 3 D updates per step. Counting G steps instead would give 4, then 2.
+    args, G, D = tiny_nets('--d-steps', '2', '--r1-every', '2', '--pl-weight', '0')
+    assert tiny_args().d_steps == 1                    # StyleGAN/StyleGAN2: one D step per G step
+    G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+    opt_G, opt_D = S.make_optimizers(G, D, args)
+    calls = {'D': 0, 'G': 0}
+    for name, opt in (('D', opt_D), ('G', opt_G)):
+        opt.step = (lambda step, name: lambda *a, **k: (calls.__setitem__(name, calls[name] + 1), step(*a, **k))[1])(
+            opt.step, name)
+    seen = []
+    D.register_forward_hook(lambda m, i, o: seen.append(i[0].detach().clone()))
+    x = torch.rand(2 * 8, 3, 32, 32) * 2 - 1
+    per_step = []
+    for step in range(2):
+        logs = S.train_step(G, D, G_ema, opt_G, opt_D, S.PathLengthPenalty(), x, step, 0.9, args)
+        per_step.append(dict(calls))
+        assert 'r1' in logs
+    assert per_step == [{'D': 3, 'G': 1}, {'D': 6, 'G': 2}]
+    for chunk in x.chunk(2):                           # each D step judged its own half of the reals
+        assert any(torch.equal(s, chunk) for s in seen)
+
+
 def test_bad_flags_are_one_line_errors():
     import common
     with pytest.raises(common.UserError, match='cannot build --res 48'):

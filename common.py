@@ -308,6 +308,29 @@ def latent_walk(points, steps):
     return (points[:-1, None] * (1 - t) + points[1:, None] * t).flatten(0, 1)
 
 
+def write_unconditional(args, z_dim, draw, walk=None):
+    """The sampling modes of an unconditional model, each seeded by --seed on its own:
+    --generate N writes N images and grid.png into --out; --interpolate writes interpolate.png,
+    INTERP_ROWS walks of --interp-steps images, each row from one random z to the next.
+
+    draw(z [n, z_dim], on the CPU) -> images [n, C, H, W] in [-1, 1], n <= 256;
+    walk(points [INTERP_ROWS + 1, z_dim], steps) -> images [INTERP_ROWS * steps, C, H, W]
+    (default: draw along latent_walk's straight lines)."""
+    if args.generate:
+        z = torch.randn(args.generate, z_dim, generator=torch.Generator().manual_seed(args.seed))
+        write_samples(torch.cat([draw(zb) for zb in z.split(256)]), args.out)
+        print(f'wrote {args.generate} images and grid.png to {args.out}')
+    if args.interpolate:
+        z = torch.randn(INTERP_ROWS + 1, z_dim, generator=torch.Generator().manual_seed(args.seed))
+        if walk is None:
+            x = torch.cat([draw(zb) for zb in latent_walk(z, args.interp_steps).split(256)])
+        else:
+            x = walk(z, args.interp_steps)
+        path = os.path.join(args.out, 'interpolate.png')
+        save_grid(x, path, nrow=args.interp_steps)
+        print(f'wrote {path}: {INTERP_ROWS} latent walks of {args.interp_steps} steps')
+
+
 # ----------------------------------------------------------------------------------------------
 # Device, seeding, distributed
 # ----------------------------------------------------------------------------------------------

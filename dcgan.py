@@ -450,16 +450,9 @@ def generate(args):
     G, _ = build(targs)
     G.load_state_dict(ckpt['nets']['G'])
     G.to(device)
-    if args.generate:
-        z = torch.randn(args.generate, targs.z_dim, generator=torch.Generator().manual_seed(args.seed)).to(device)
-        x = torch.cat([sample(G, zb) for zb in z.split(256)])
-        common.write_samples(x, args.out)
-        print(f'wrote {args.generate} images and grid.png to {args.out}')
-    if args.interpolate:
-        z = torch.randn(common.INTERP_ROWS + 1, targs.z_dim, generator=torch.Generator().manual_seed(args.seed))
-        path = f'{args.out}/interpolate.png'
-        common.save_grid(interpolate(G, z.to(device), args.interp_steps), path, nrow=args.interp_steps)
-        print(f'wrote {path}: {common.INTERP_ROWS} latent walks of {args.interp_steps} steps')
+    # --generate N samples, and --interpolate's walks drawn by Fig. 4's interpolate() above
+    common.write_unconditional(args, targs.z_dim, lambda z: sample(G, z.to(device)),
+                               walk=lambda points, steps: interpolate(G, points.to(device), steps))
 
 
 def main(argv=None):

@@ -606,16 +606,9 @@ def generate(args):
     if growth.res < targs.res:
         print(f'note: this checkpoint is still growing ({growth.res}x{growth.res}, {growth.name}, '
               f'alpha {growth.alpha:.2f}); its samples are upsampled to {targs.res}x{targs.res}')
-    draw = lambda z: torch.cat([sample(G, zb.to(device), growth.level, growth.alpha, targs.res) for zb in z.split(256)])
-    if args.generate:
-        z = torch.randn(args.generate, targs.z_dim, generator=torch.Generator().manual_seed(args.seed))
-        common.write_samples(draw(z), args.out)
-        print(f'wrote {args.generate} images and grid.png to {args.out}')
-    if args.interpolate:
-        z = torch.randn(common.INTERP_ROWS + 1, targs.z_dim, generator=torch.Generator().manual_seed(args.seed))
-        path = f'{args.out}/interpolate.png'
-        common.save_grid(draw(common.latent_walk(z, args.interp_steps)), path, args.interp_steps)
-        print(f'wrote {path}: {common.INTERP_ROWS} walks of {args.interp_steps} steps')
+    # --generate, --interpolate (straight walks in z)
+    common.write_unconditional(args, targs.z_dim,
+                               lambda z: sample(G, z.to(device), growth.level, growth.alpha, targs.res))
 
 
 def main(argv=None):

@@ -317,16 +317,7 @@ def generate(args):
     G, _ = build(targs)
     G.load_state_dict(ckpt['nets']['G'])
     G.to(device)
-    if args.generate:
-        z = torch.randn(args.generate, targs.z_dim, generator=torch.Generator().manual_seed(args.seed)).to(device)
-        x = torch.cat([sample(G, zb) for zb in z.split(256)])
-        common.write_samples(x, args.out)
-        print(f'wrote {args.generate} images and grid.png to {args.out}')
-    if args.interpolate:
-        z = torch.randn(common.INTERP_ROWS + 1, targs.z_dim, generator=torch.Generator().manual_seed(args.seed))
-        path = f'{args.out}/interpolate.png'
-        common.save_grid(sample(G, common.latent_walk(z, args.interp_steps).to(device)), path, args.interp_steps)
-        print(f'wrote {path}: {common.INTERP_ROWS} walks of {args.interp_steps} steps')
+    common.write_unconditional(args, targs.z_dim, lambda z: sample(G, z.to(device)))   # --generate, --interpolate
 
 
 def main(argv=None):

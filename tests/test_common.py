@@ -303,6 +303,26 @@ def test_labelled_samples_go_to_class_folders_with_a_row_per_class(tmp_path):
     assert [int(g[2 + 6 * k, 2]) for k in range(3)] == [0, 128, 255]
 
 
+def test_unconditional_sampling_modes(tmp_path, capsys):
+    from PIL import Image
+    draw = lambda z: z[:, :12].view(-1, 3, 2, 2).clamp(-1, 1)    # noqa: E731  z_dim 12: the image is z itself
+    args = argparse.Namespace(generate=3, interpolate=True, interp_steps=4, seed=5, out=str(tmp_path / 'a'))
+    common.write_unconditional(args, 12, draw)
+    assert sorted(os.listdir(tmp_path / 'a')) == [f'00000{i}.png' for i in range(3)] + ['grid.png', 'interpolate.png']
+    g = np.asarray(Image.open(tmp_path / 'a' / 'interpolate.png'))
+    assert g.shape == (2 + 8 * 4, 2 + 4 * 4, 3)                  # 8 walks of 4 steps, cells 2 + pad 2
+    cell = lambda r, c: g[2 + 4 * r:4 + 4 * r, 2 + 4 * c:4 + 4 * c]   # noqa: E731
+    points = common.to_uint8(draw(torch.randn(9, 12, generator=torch.Generator().manual_seed(5)))).permute(0, 2, 3, 1)
+    for r in range(8):                                            # row r goes from point r to point r + 1
+        assert np.array_equal(cell(r, 0), points[r].numpy()) and np.array_equal(cell(r, 3), points[r + 1].numpy())
+    assert '3 images' in capsys.readouterr().out
+    # a model's own walk (dcgan's Fig. 4) replaces the straight one; --generate alone writes no walk
+    args = argparse.Namespace(generate=None, interpolate=True, interp_steps=2, seed=5, out=str(tmp_path / 'b'))
+    common.write_unconditional(args, 12, draw, walk=lambda points, steps: torch.zeros(8 * steps, 3, 2, 2))
+    assert os.listdir(tmp_path / 'b') == ['interpolate.png']
+    assert (np.asarray(Image.open(tmp_path / 'b' / 'interpolate.png'))[2:4, 2:4] == 128).all()
+
+
 def test_set_length_plans_the_run(tmp_path):
     args = make_args(out=str(tmp_path / 'run'), steps=7)
     run = common.Run(args)

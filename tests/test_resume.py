@@ -28,7 +28,10 @@ TINY = {
 
 # every sampling mode beyond --generate, per file
 MODES = {
+    'gan_mlp': [['--interpolate']],
     'dcgan': [['--interpolate']],
+    'wgan_gp': [['--interpolate']],
+    'progan': [['--interpolate']],
     'stylegan': [['--style-mix', 'coarse'], ['--truncation-sweep', '1', '0.5']],
     'biggan': [['--generate', '2', '--truncation-sweep', '0.5'], ['--generate', '2', '--interpolate-class', '0', '1']],
 }

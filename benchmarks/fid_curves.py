@@ -60,7 +60,7 @@ RECIPES = {
     'wgan_gp': {'data': 'cifar10/train', 'batch': 64, 'k': 5, 'points': [4],
                 'flags': ['--res', '32', '--ngf', '64', '--ndf', '64', '--amp']},
     'progan': {'data': 'cifar10/train', 'batch': None, 'k': 1, 'points': [4],
-               'flags': ['--res', '32', '--fmap-base', '2048', '--fmap-max', '256', '--kimg-per-phase', '15',
+               'flags': ['--res', '32', '--fmap-base', '2048', '--fmap-max', '256', '--kimg-per-phase', '5',
                          '--amp']},
     'stylegan': {'data': 'cifar10/train', 'batch': 32, 'k': 1, 'points': [4],
                  'flags': ['--res', '32', '--fmap-base', '1024', '--fmap-max', '128', '--z-dim', '128',

@@ -54,27 +54,32 @@ RECIPES = {
               'flags': ['--res', '32', '--ngf', '64', '--ndf', '64', '--amp']},
     'canonical': {'data': 'cifar10/train', 'batch': 64, 'k': 1, 'points': 'dcgan',
                   'flags': ['ImageFolder + DataLoader(2 workers), PyTorch examples loop, fp32, ngf = ndf = 64']},
-    'gan_mlp': {'data': 'mnist', 'batch': 100, 'k': 1, 'points': [4], 'flags': ['--amp']},
-    'cgan': {'data': 'cifar10/train', 'batch': 64, 'k': 1, 'points': [4],
+    'gan_mlp': {'data': 'mnist', 'batch': 100, 'k': 1, 'points': [3], 'flags': ['--amp']},
+    'cgan': {'data': 'cifar10/train', 'batch': 64, 'k': 1, 'points': [3],
              'flags': ['--res', '32', '--amp']},
-    'wgan_gp': {'data': 'cifar10/train', 'batch': 64, 'k': 5, 'points': [4],
+    'wgan_gp': {'data': 'cifar10/train', 'batch': 64, 'k': 5, 'points': [3],
                 'flags': ['--res', '32', '--ngf', '64', '--ndf', '64', '--amp']},
-    'progan': {'data': 'cifar10/train', 'batch': None, 'k': 1, 'points': [4],
+    'progan': {'data': 'cifar10/train', 'batch': None, 'k': 1, 'points': [3],
                'flags': ['--res', '32', '--fmap-base', '2048', '--fmap-max', '256', '--kimg-per-phase', '5',
                          '--amp']},
-    'stylegan': {'data': 'cifar10/train', 'batch': 32, 'k': 1, 'points': [4],
+    'stylegan': {'data': 'cifar10/train', 'batch': 32, 'k': 1, 'points': [3],
                  'flags': ['--res', '32', '--fmap-base', '1024', '--fmap-max', '128', '--z-dim', '128',
                            '--w-dim', '128', '--amp']},
-    'biggan': {'data': 'cifar10/train', 'batch': 50, 'k': 2, 'points': [4],
+    'biggan': {'data': 'cifar10/train', 'batch': 50, 'k': 2, 'points': [3],
                'flags': ['--res', '32', '--ch', '32', '--amp']},
 }
 
-# Published CIFAR-10 points, images shown to D -> FID. Sources are given in the README beside the table.
+# Published CIFAR-10 points: (source, images shown to D, FID, protocol). Sources, with the run each
+# comes from, are in docs/fid_curves.md. StudioGAN's early logs score 10k fakes against the 10k test
+# images with pytorch-fid's weights, as here; pytorch-gan-collections scores 50k fakes against the
+# 50k training images (a lower floor), after 100k steps of batch 128.
 PUBLISHED = {
-    'dcgan': [('StudioGAN', 1.28e6, 65.3, '10k fakes vs test'), ('pytorch-gan-collections', 12.8e6, 42.7, '50k fakes vs train')],
-    'wgan_gp': [('StudioGAN', 3.2e6, 41.3, '10k fakes vs test'), ('pytorch-gan-collections', 12.8e6, 19.8, '50k fakes vs train')],
-    'biggan': [('StudioGAN', 3.2e6, 28.6, '10k fakes vs test')],
-    'stylegan': [('StudioGAN (StyleGAN2)', 0.64e6, 36.0, '10k fakes vs test')],
+    'dcgan': [('StudioGAN', 1.28e6, 65.25, '10k fakes vs test'),
+              ('pytorch-gan-collections', 12.8e6, 42.72, '50k fakes vs train')],
+    'wgan_gp': [('StudioGAN, ResNet', 3.2e6, 41.30, '10k fakes vs test'),
+                ('pytorch-gan-collections, CNN', 12.8e6, 19.83, '50k fakes vs train')],
+    'biggan': [('StudioGAN', 3.2e6, 28.56, '10k fakes vs test')],
+    'stylegan': [('StudioGAN StyleGAN2, class-conditional', 0.64e6, 35.96, '50k fakes vs train')],
 }
 
 
@@ -295,25 +300,39 @@ def train_canonical(args):
 # -- report --------------------------------------------------------------------------------------------
 
 def report(args):
-    rows, curves = [], {}
-    for model in RECIPES:
-        pts = load_points(os.path.join(args.work, model))
-        if pts:
-            curves[model] = pts
+    """Two Markdown tables: one row per model at its last point (the README's), then every point."""
+    curves = {m: load_points(os.path.join(args.work, m)) for m in RECIPES}
+    curves = {m: pts for m, pts in curves.items() if pts}
     canon = curves.get('canonical', [])
-    print('| model | data | CPU recipe (flags) | images seen | minutes | FID (N fakes vs 10k test) | '
-          'canonical recipe at the same minutes | published |')
-    print('|---|---|---|---:|---:|---:|---:|---|')
-    for model, pts in curves.items():
+
+    def canonical_at(model, p):   # its point nearest in minutes, for the CIFAR-10 models
+        if not canon or model == 'canonical' or RECIPES[model]['data'] == 'mnist':
+            return ''
+        c = min(canon, key=lambda c: abs(c['minutes'] - p['minutes']))
+        return f'{c["fid"]:.1f} at {c["minutes"]:.1f} min'
+
+    def flags(model):
         r = RECIPES[model]
+        return ' '.join(r.get('flags', [])) + (f' --batch-size {r["batch"]}' if r['batch'] else '')
+
+    print('| model | data | CPU recipe | images seen | minutes | FID, 5k | FID, 10k | canonical recipe, same minutes '
+          '(FID, 5k) | published (images seen; protocol) |')
+    print('|---|---|---|---:|---:|---:|---:|---:|---|')
+    for model, pts in curves.items():
+        p = pts[-1]
+        pub = min(PUBLISHED.get(model, []), key=lambda q: abs(q[1] - p['images']), default=None)
+        pubs = f'{pub[2]} at {pub[1] / 1e6:.2f}M ({pub[0]}; {pub[3]})' if pub else ''
+        f10 = f'{p["fid_final"]:.1f}' if 'fid_final' in p else ''
+        print(f'| {model} | {"MNIST" if RECIPES[model]["data"] == "mnist" else "CIFAR-10"} | `{flags(model)}` | '
+              f'{p["images"] / 1e6:.3f}M | {p["minutes"]:.1f} | {p["fid"]:.1f} | {f10} | {canonical_at(model, p)} | '
+              f'{pubs} |')
+    print('\n| model | step | images seen | minutes | FID (N fakes) | canonical recipe, same minutes |')
+    print('|---|---:|---:|---:|---:|---:|')
+    for model, pts in curves.items():
         for p in pts:
-            near = min(canon, key=lambda c: abs(c['minutes'] - p['minutes'])) if canon and model != 'canonical' else None
-            c = f'{near["fid"]:.1f} ({near["minutes"]:.1f} min)' if near else ''
-            pub = min(PUBLISHED.get(model, []), key=lambda q: abs(q[1] - p['images']), default=None)
-            pubs = f'{pub[2]} at {pub[1] / 1e6:.2f}M ({pub[0]})' if pub else ''
-            flags = ' '.join(r.get('flags', ['(see the docstring)'])) + (f' --batch-size {r["batch"]}' if r['batch'] else '')
-            print(f'| {model} | {"MNIST" if r["data"] == "mnist" else "CIFAR-10"} | `{flags}` | '
-                  f'{p["images"] / 1e6:.3f}M | {p["minutes"]:.1f} | {p["fid"]:.1f} ({p["n"]}) | {c} | {pubs} |')
+            extra = f'; {p["fid_final"]:.2f} ({p["n_final"]})' if 'fid_final' in p else ''
+            print(f'| {model} | {p["step"]} | {p["images"] / 1e6:.3f}M | {p["minutes"]:.2f} | '
+                  f'{p["fid"]:.2f} ({p["n"]}){extra} | {canonical_at(model, p)} |')
     if not args.report:
         return
     import matplotlib

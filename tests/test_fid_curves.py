@@ -53,5 +53,7 @@ def test_segments_points_and_report(tmp_path, package_weights):
     assert both[0] == first[0] and both[1]['step'] > first[0]['step'] and both[1]['minutes'] > first[0]['minutes']
     assert (work / 'dcgan' / f'grid_{both[1]["step"]:07d}.png').is_file()
     rows = [line for line in out.splitlines() if line.startswith('| dcgan |')]
-    assert len(rows) == 2 and f'{both[1]["fid"]:.1f} (12)' in rows[1]
+    # one row at the last point (the README's table), then a row per point
+    assert len(rows) == 3 and f'| {both[1]["fid"]:.1f} |' in rows[0]
+    assert f'{first[0]["fid"]:.2f} (12)' in rows[1] and f'{both[1]["fid"]:.2f} (12)' in rows[2]
     assert (tmp_path / 'curves.png').stat().st_size > 1000

@@ -502,8 +502,9 @@ def train(args):
 def generate(args):
     ckpt = common.load_checkpoint(args.ckpt, 'biggan')
     targs = common.args_from_checkpoint(ckpt, args)
-    for k in [args.cls] + list(args.interpolate_class or []):
-        common.check_class(k, targs)
+    common.check_class(args.cls, targs)
+    for k in args.interpolate_class or []:
+        common.check_class(k, targs, '--interpolate-class')
     n_classes = len(targs.classes)
     device = common.get_device(args.device)
     G = Generator(targs)

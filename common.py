@@ -1206,15 +1206,16 @@ def args_from_checkpoint(ckpt, args):
     return targs
 
 
-def check_class(cls, ckpt_args):
-    """--class K must name one of the classes the checkpoint was trained on."""
+def check_class(cls, ckpt_args, flag='--class'):
+    """A class index given by `flag` must name one of the classes the checkpoint was trained on."""
     classes = ckpt_args.classes
     if cls is None:
         return
     if not classes:
-        raise UserError('--class needs a class-conditional checkpoint')
+        raise UserError(f'{flag} needs a class-conditional checkpoint')
     if not 0 <= cls < len(classes):
-        raise UserError(f'--class {cls} is out of range: this checkpoint has {len(classes)} classes (0..{len(classes) - 1})')
+        raise UserError(f'{flag} {cls} is out of range: this checkpoint has {len(classes)} classes '
+                        f'(0..{len(classes) - 1})')
 
 
 def check_training_flags(args):

@@ -27,11 +27,11 @@ running: the `--minutes` clock of each segment, which starts at the first step (
 decoding are not counted; scoring is not counted). Images seen = steps x batch size x D steps per G
 step (images shown to D, as StudioGAN counts them).
 
-The canonical recipe is what most people start from: torchvision's ImageFolder with PIL transforms
-behind a DataLoader (2 workers), and the PyTorch examples' DCGAN loop (D on real, D on G(z).detach(),
-then G through D on the same fakes; Adam 2e-4, betas (0.5, 0.999), batch 64, fp32), with ngf = ndf =
-64. The examples' network is for 64x64; here it is dcgan.py's network at --res 32 (the same blocks,
-one fewer). It runs in one process up to its last point, pausing its clock to save G at each point.
+The canonical recipe (benchmarks/canonical_dcgan.py) is what most people start from: torchvision's
+ImageFolder with PIL transforms behind a DataLoader (2 workers), and the PyTorch examples' DCGAN loop
+(Adam 2e-4, betas (0.5, 0.999), batch 64, fp32), with ngf = ndf = 64. The examples' network is for
+64x64; here it is dcgan.py's network at --res 32 (the same blocks, one fewer). It runs in one process
+up to its last point, pausing its clock while each point is scored.
 
 --report prints the Markdown table and draws FID against images seen, one line per model, with the
 published points marked (PUBLISHED below, with their sources).
@@ -218,11 +218,9 @@ def images_seen(model, out, step, r):
 
 def train_canonical(args):
     import torch
-    import torch.nn as nn
-    import torchvision.datasets as dset
-    import torchvision.transforms as T
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     sys.path.insert(0, ROOT)
-    import dcgan
+    import canonical_dcgan as canonical
     import common
 
     r = RECIPES['canonical']
@@ -238,16 +236,9 @@ def train_canonical(args):
         return
     # One process up to the last mark; the recipe has no resume, so a partial curve starts over.
     torch.manual_seed(0)
-    batch, res = r['batch'], 32
-    dataset = dset.ImageFolder(root=os.path.join(args.data, r['data']), transform=T.Compose([
-        T.Resize(res), T.CenterCrop(res), T.ToTensor(), T.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))]))
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=2, drop_last=True)
-    dargs = dcgan.get_args(['--res', str(res), '--ngf', '64', '--ndf', '64'])
-    dargs.channels = 3
-    netG, netD = dcgan.build(dargs)
-    criterion = nn.BCEWithLogitsLoss()   # dcgan.py's D outputs logits; the examples' D ends in sigmoid + BCELoss
-    optimizerD = torch.optim.Adam(netD.parameters(), lr=2e-4, betas=(0.5, 0.999))
-    optimizerG = torch.optim.Adam(netG.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    batch = r['batch']
+    loader, netG, netD, optimizerG, optimizerD, z_dim = canonical.setup(
+        os.path.join(args.data, r['data']), 32, batch, ['--ngf', '64', '--ndf', '64'])
     # The clock starts when the first batch has arrived (the workers' first start-up is not counted,
     # as the model files' data loading is not); their restart at every epoch is the recipe's and counts.
     points, step, clock, t0 = [], 0, 0.0, None
@@ -255,20 +246,7 @@ def train_canonical(args):
     while todo:
         for data, _ in loader:
             t0 = t0 or time.time()
-            netD.zero_grad()
-            label = torch.full((batch,), 1.0)
-            errD_real = criterion(netD(data), label)
-            errD_real.backward()
-            fake = netG(torch.randn(batch, dargs.z_dim))
-            label.fill_(0.0)
-            errD_fake = criterion(netD(fake.detach()), label)
-            errD_fake.backward()
-            optimizerD.step()
-            netG.zero_grad()
-            label.fill_(1.0)
-            errG = criterion(netD(fake), label)
-            errG.backward()
-            optimizerG.step()
+            canonical.step(data, netG, netD, optimizerG, optimizerD, z_dim)
             step += 1
             if clock + (time.time() - t0) < 60 * todo[0]:
                 continue
@@ -278,7 +256,7 @@ def train_canonical(args):
             def write(gen, n):
                 g = torch.Generator().manual_seed(1)
                 with torch.no_grad():
-                    x = torch.cat([netG(torch.randn(min(500, n - i), dargs.z_dim, generator=g))
+                    x = torch.cat([netG(torch.randn(min(500, n - i), z_dim, generator=g))
                                    for i in range(0, n, 500)])
                 common.write_samples(x, gen)
 

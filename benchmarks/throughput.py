@@ -70,44 +70,17 @@ def measure(out, stdout, warmup):
 
 
 def canonical_dcgan(args, res, batch, net_flags=()):
-    """The PyTorch examples' DCGAN loop, on dcgan.py's networks (its defaults, or `net_flags` such as
-    ['--ngf', '64', '--ndf', '64']), fed by ImageFolder + DataLoader."""
+    """The PyTorch examples' DCGAN loop (benchmarks/canonical_dcgan.py), on dcgan.py's networks (its
+    defaults, or `net_flags` such as ['--ngf', '64', '--ndf', '64']), fed by ImageFolder + DataLoader."""
     import torch
-    import torch.nn as nn
-    import torchvision.datasets as dset
-    import torchvision.transforms as T
-    import dcgan
+    import canonical_dcgan as canonical
 
     device = torch.device('cuda' if args.device in ('auto', 'cuda') and torch.cuda.is_available() else 'cpu')
     torch.backends.cudnn.benchmark = True   # the examples' main.py sets it too
-    dataset = dset.ImageFolder(root=args.data, transform=T.Compose([
-        T.Resize(res), T.CenterCrop(res), T.ToTensor(), T.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))]))
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=2, drop_last=True)
-    dargs = dcgan.get_args(['--res', str(res), '--batch-size', str(batch), *net_flags])
-    dargs.channels = 3
-    netG, netD = dcgan.build(dargs)
-    netG, netD = netG.to(device), netD.to(device)
-    criterion = nn.BCEWithLogitsLoss()   # our D outputs logits; the examples' D ends in a sigmoid + BCELoss
-    optimizerD = torch.optim.Adam(netD.parameters(), lr=2e-4, betas=(0.5, 0.999))
-    optimizerG = torch.optim.Adam(netG.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    loader, *nets = canonical.setup(args.data, res, batch, net_flags, device)
     stamps = []
-    for i, (data, _) in enumerate(loader):
-        netD.zero_grad()
-        real = data.to(device)
-        label = torch.full((batch,), 1.0, device=device)
-        errD_real = criterion(netD(real), label)
-        errD_real.backward()
-        noise = torch.randn(batch, dargs.z_dim, device=device)
-        fake = netG(noise)
-        label.fill_(0.0)
-        errD_fake = criterion(netD(fake.detach()), label)
-        errD_fake.backward()
-        optimizerD.step()
-        netG.zero_grad()
-        label.fill_(1.0)
-        errG = criterion(netD(fake), label)
-        errG.backward()
-        optimizerG.step()
+    for data, _ in loader:
+        canonical.step(data.to(device), *nets)
         if device.type == 'cuda':
             torch.cuda.synchronize()
         stamps.append(time.perf_counter())

@@ -181,12 +181,16 @@ def train_model(model, args):
         with open(os.path.join(out, 'losses.csv')) as f:
             rows = [line.split(',') for line in f.read().split('\n')[1:] if line]
         step = int(rows[-1][0])
-        # The segment's training minutes: its losses.csv clock from the first to the last step it ran
-        # (plus one step's time for that first step), not the start-up before it.
+        # The segment's training minutes, not counting the start-up before its first step: its
+        # --minutes budget when the budget ended it (the clock runs out during the last step), else
+        # (--steps ended it first) its losses.csv clock from the first step to the last, plus one
+        # step's time for the first.
         prev = points[-1]['step'] if points else 0
         times = [float(x[2]) for x in rows if int(x[0]) > prev]
         per = (times[-1] - times[0]) / max(1, len(times) - 1)
-        minutes = done + (times[-1] - times[0] + per) / 60
+        measured = (times[-1] - times[0] + per) / 60
+        capped = r.get('steps') and step >= r['steps']
+        minutes = done + (measured if capped else max(measured, target - done))
         batch = r['batch'] or json.load(open(os.path.join(out, 'config.json')))['batch_size']
         tag = f'{step:07d}'
         ckpt = os.path.join(out, f'ckpt_{tag}.pt')

@@ -37,6 +37,7 @@ up to its last point, pausing its clock while each point is scored.
 published points marked (PUBLISHED below, with their sources).
 """
 import argparse
+import csv
 import json
 import os
 import re
@@ -98,10 +99,14 @@ def run(cmd, log):
         sys.exit(f'error: {" ".join(cmd[:3])} ... failed (exit {r.returncode}); the end of {log}:\n{tail}')
 
 
+def metrics_cmd(args, *words):
+    """`metrics.py WORDS --amp`, with --inception-weights when given."""
+    weights = ['--inception-weights', args.inception_weights] if args.inception_weights else []
+    return [sys.executable, 'metrics.py', *words, '--amp', *weights]
+
+
 def fid_of(folder, ref, args, log):
-    cmd = [sys.executable, 'metrics.py', 'fid', folder, ref, '--amp', '--no-stats-cache']
-    if args.inception_weights:
-        cmd += ['--inception-weights', args.inception_weights]
+    cmd = metrics_cmd(args, 'fid', folder, ref, '--no-stats-cache')
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     with open(log, 'a') as f:
         f.write('$ ' + ' '.join(cmd) + '\n' + out.stdout + out.stderr[-500:])
@@ -116,10 +121,7 @@ def reference(args, data_sub, log):
     name = 'mnist' if data_sub == 'mnist' else 'cifar10/test'
     path = os.path.join(args.work, name.replace('/', '-') + '-amp.npz')
     if not os.path.exists(path):
-        cmd = [sys.executable, 'metrics.py', 'stats', os.path.join(args.data, name), '--amp', '--out', path]
-        if args.inception_weights:
-            cmd += ['--inception-weights', args.inception_weights]
-        run(cmd, log)
+        run(metrics_cmd(args, 'stats', os.path.join(args.data, name), '--out', path), log)
     return path
 
 
@@ -178,45 +180,33 @@ def train_model(model, args):
         t = time.time()
         run(cmd, log)
         wall = time.time() - t
-        with open(os.path.join(out, 'losses.csv')) as f:
-            rows = [line.split(',') for line in f.read().split('\n')[1:] if line]
-        step = int(rows[-1][0])
+        with open(os.path.join(out, 'losses.csv'), newline='') as f:
+            rows = list(csv.DictReader(f))
+        step = int(rows[-1]['step'])
         # The segment's training minutes, not counting the start-up before its first step: its
         # --minutes budget when the budget ended it (the clock runs out during the last step), else
         # (--steps ended it first) its losses.csv clock from the first step to the last, plus one
         # step's time for the first.
         prev = points[-1]['step'] if points else 0
-        times = [float(x[2]) for x in rows if int(x[0]) > prev]
+        times = [float(x['time']) for x in rows if int(x['step']) > prev]
         per = (times[-1] - times[0]) / max(1, len(times) - 1)
         measured = (times[-1] - times[0] + per) / 60
         capped = r.get('steps') and step >= r['steps']
         minutes = done + (measured if capped else max(measured, target - done))
-        batch = r['batch'] or json.load(open(os.path.join(out, 'config.json')))['batch_size']
         tag = f'{step:07d}'
         ckpt = os.path.join(out, f'ckpt_{tag}.pt')
         shutil.copy(os.path.join(out, 'last.pt'), ckpt)
         fid = score(model, ckpt, out, tag, args.n, args, ref, log)
-        points.append({'minutes': round(minutes, 3), 'step': step, 'images': images_seen(model, out, step, r),
+        # Images shown to D; ProGAN's batch changes with resolution, and its log counts them (kimg).
+        images = int(float(rows[-1]['kimg']) * 1000) if 'kimg' in rows[-1] else step * r['batch'] * r['k']
+        points.append({'minutes': round(minutes, 3), 'step': step, 'images': images,
                        'fid': round(fid, 2), 'n': args.n, 'wall_s': round(wall, 1)})
-        last = target == r['points'][-1] or (r.get('steps') and step >= r['steps'])
-        if last and r.get('final_n'):
+        if (target == r['points'][-1] or capped) and r.get('final_n'):
             points[-1]['fid_final'] = round(score(model, ckpt, out, tag, r['final_n'], args, ref, log), 2)
             points[-1]['n_final'] = r['final_n']
         save_points(out, points)
         print(f'{model}: step {step}, {minutes:.1f} min, {points[-1]["images"] / 1e6:.3f}M images: FID {fid:.2f}',
               flush=True)
-
-
-def images_seen(model, out, step, r):
-    """Images shown to D up to `step`. ProGAN's batch changes with resolution: its losses.csv logs
-    images seen (kimg) itself."""
-    if model == 'progan':
-        with open(os.path.join(out, 'losses.csv')) as f:
-            header = f.readline().strip().split(',')
-            last = [line.strip().split(',') for line in f if line.strip()][-1]
-        if 'kimg' in header:
-            return int(float(last[header.index('kimg')]) * 1000)
-    return step * r['batch'] * r['k']
 
 
 # -- the canonical recipe ----------------------------------------------------------------------------

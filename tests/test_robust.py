@@ -156,20 +156,43 @@ def test_orphan_temp_checkpoints_are_removed(tmp_path):
     assert (out / f'last.pt.tmp{os.getppid()}').exists()
 
 
-@pytest.mark.parametrize('length', [['--epochs', '100000'],   # stopped mid-training
-                                    []])                      # 400 steps: usually stopped while the end is written
-def test_ctrl_c_saves_the_step_that_finished(tmp_path, length):
-    out = tmp_path / 'run'
-    p = start(*TINY, '--data-root', tmp_path / 'c', '--out', out, '--steps', '100000', '--sample-every', '100000',
-              *length)
-    wait_for(out / 'losses.csv', p)
-    time.sleep(1.5)
+# The end of a run, held open: the loss plot (drawn after the final checkpoint is written and the
+# Ctrl-C handler is released) first leaves a mark, then waits, so that the signal lands there every
+# time instead of racing a run that may already have exited.
+HOLD_THE_END = """
+import runpy, sys, time
+sys.path.insert(0, {root!r})
+import common
+draw = common.plot_losses
+def held(*a):
+    open({mark!r}, 'w').close()
+    time.sleep(120)
+    draw(*a)
+common.plot_losses = held
+sys.argv = ['gan_mlp.py'] + sys.argv[1:]
+runpy.run_path({script!r}, run_name='__main__')
+"""
+
+
+@pytest.mark.parametrize('when', ['mid-training', 'while the end is written'])
+def test_ctrl_c_saves_the_step_that_finished(tmp_path, when):
+    out, mark = tmp_path / 'run', tmp_path / 'drawing-the-losses'
+    flags = [*TINY, '--data-root', tmp_path / 'c', '--out', out, '--sample-every', '100000']
+    if when == 'mid-training':
+        p = start(*flags, '--epochs', '100000')
+        wait_for(out / 'losses.csv', p)
+        time.sleep(1.5)
+    else:                                                                 # 400 steps, then the end
+        code = HOLD_THE_END.format(root=ROOT, mark=str(mark), script=os.path.join(ROOT, 'gan_mlp.py'))
+        p = subprocess.Popen([sys.executable, '-c', code, *map(str, flags)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env={**os.environ, 'PYTHONUNBUFFERED': '1'})
+        wait_for(mark, p)
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=120)
-    assert p.returncode == 130
+    assert p.returncode == 130, err
     assert 'Traceback' not in err
     step = common.load_checkpoint(str(out / 'last.pt'), 'gan_mlp')['step']
-    assert step > 0
+    assert step == 400 if when != 'mid-training' else step > 0
     assert f'{out / "last.pt"} holds step {step}; continue with --resume' in err.strip().splitlines()[-1]
     assert log_steps(out / 'losses.csv') == list(range(1, step + 1))
 

@@ -57,10 +57,10 @@ RECIPES = {
                   'recipe': 'PyTorch examples loop, ImageFolder + DataLoader, fp32, dcgan.py\'s net at '
                             '`--res 32 --ngf 64 --ndf 64`, batch 64'},
     'gan_mlp': {'data': 'mnist', 'batch': 100, 'k': 1, 'points': [3], 'flags': ['--amp']},
-    'cgan': {'data': 'cifar10/train', 'batch': 64, 'k': 1, 'points': [3],
-             'flags': ['--res', '32', '--amp']},
-    'wgan_gp': {'data': 'cifar10/train', 'batch': 64, 'k': 5, 'points': [3],
-                'flags': ['--res', '32', '--ngf', '64', '--ndf', '64', '--amp']},
+    'cgan': {'data': 'cifar10/train', 'batch': 32, 'k': 1, 'points': [3, 10],
+             'flags': ['--res', '32', '--cond', 'concat', '--amp']},
+    'wgan_gp': {'data': 'cifar10/train', 'batch': 64, 'k': 1, 'points': [3, 10],
+                'flags': ['--res', '32', '--ngf', '64', '--ndf', '64', '--d-steps', '1', '--lr', '2e-4', '--amp']},
     'progan': {'data': 'cifar10/train', 'batch': None, 'k': 1, 'points': [3],
                'flags': ['--res', '32', '--fmap-base', '2048', '--fmap-max', '256', '--kimg-per-phase', '5',
                          '--amp']},
@@ -140,6 +140,26 @@ def save_points(out, points):
     os.replace(tmp, os.path.join(out, 'points.json'))
 
 
+def check_recipe(model, out, points):
+    """A curve is one recipe: the points and checkpoint in WORK/<model>/ are continued only with the
+    flags, batch and data they were trained with (recipe.json); other ones are refused, not mixed in."""
+    r = RECIPES[model]
+    recipe = {'data': r['data'], 'flags': r['flags'], 'batch': r['batch']}
+    path = os.path.join(out, 'recipe.json')
+    if os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
+        if old != recipe:
+            sys.exit(f'error: {out} holds a curve of another {model} recipe ({" ".join(old["flags"])}, batch '
+                     f'{old["batch"]}); move it away or give another --work to start this one')
+    elif points:
+        sys.exit(f'error: {out} holds points but no recipe.json, so which flags made them is unknown; '
+                 f'move it away or give another --work')
+    else:
+        with open(path, 'w') as f:
+            json.dump(recipe, f, indent=1)
+
+
 def score(model, ckpt_or_gen, out, tag, n, args, ref, log):
     """FID of n samples drawn from a checkpoint (a model file's) or by a function (canonical)."""
     gen = os.path.join(out, f'gen_{tag}')
@@ -163,6 +183,7 @@ def train_model(model, args):
     log = os.path.join(out, 'log.txt')
     ref = reference(args, r['data'], log)
     points = load_points(out)
+    check_recipe(model, out, points)
     for target in r['points']:
         done = points[-1]['minutes'] if points else 0.0
         if done >= target or (points and r.get('steps') and points[-1]['step'] >= r['steps']):

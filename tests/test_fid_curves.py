@@ -50,3 +50,12 @@ def test_segments_points_and_report(tmp_path, package_weights):
     assert len(canonical) == 2 and all(c['step'] >= 1 and c['images'] == 64 * c['step'] for c in canonical)
     assert abs(canonical[1]['minutes'] - both[1]['minutes']) < 0.1     # within a step and an epoch's restart
     assert f'{canonical[1]["fid"]:.1f} at' in rows[0]
+    # A curve is one recipe: points made with other flags are refused, not continued.
+    recipe = json.loads((work / 'dcgan' / 'recipe.json').read_text())
+    assert '--amp' in recipe['flags'] and recipe['batch'] == 64
+    (work / 'dcgan' / 'recipe.json').write_text(json.dumps({**recipe, 'flags': ['--res', '32']}))
+    r = run_script('benchmarks/fid_curves.py', '--data', tmp_path / 'data', '--work', work, '--models', 'dcgan',
+                   '--points', '0.01,0.02,0.03', '--n', '12', '--inception-weights', package_weights)
+    assert r.returncode != 0 and r.stderr.strip().splitlines()[-1].startswith(
+        f'error: {work / "dcgan"} holds a curve of another dcgan recipe (--res 32, batch 64)')
+    assert json.loads((work / 'dcgan' / 'points.json').read_text()) == both

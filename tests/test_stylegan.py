@@ -65,7 +65,7 @@ def test_demodulated_conv_keeps_unit_std():
     assert y.std() > 1.5
 
 
-def test_grouped_conv_equals_per_sample_loop():
+def test_modulated_conv_equals_per_sample_weights():
     torch.manual_seed(0)
     x, weight, styles = torch.randn(5, 6, 8, 8), torch.randn(7, 6, 3, 3), torch.randn(5, 6)
     y = S.modulated_conv2d(x, weight, styles)
@@ -249,6 +249,12 @@ def test_minibatch_stddev_and_blur():
     same = S.minibatch_stddev(x[:1].expand(8, -1, -1, -1), 4)
     assert same[:, 5].max() < 1e-3                                     # identical images: std ~ 1e-4
     assert torch.allclose(S.blur_down(torch.ones(1, 2, 8, 8))[:, :, 1:-1, 1:-1], torch.ones(1, 2, 2, 2))
+    # the [1,3,3,1] filter's outer product, as a stride-2 depthwise conv zero-padded by one
+    x = torch.randn(2, 3, 8, 8)
+    k = torch.tensor([1., 3., 3., 1.])
+    k = (k[:, None] * k[None, :]) / 64
+    torch.testing.assert_close(S.blur_down(x), torch.nn.functional.conv2d(x, k.expand(3, 1, 4, 4), stride=2,
+                                                                          padding=1, groups=3))
 
 
 def test_diffaug_is_differentiable_and_random():

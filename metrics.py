@@ -67,7 +67,11 @@ Speed
 Usage
     python metrics.py fid REAL_DIR_OR_NPZ FAKE_DIR_OR_NPZ
     python metrics.py all --real REAL_DIR_OR_NPZ --fake FAKE_DIR
-    python metrics.py stats REAL_DIR --out real_stats.npz
+    python metrics.py stats REAL_DIR --out real_stats.npz [--features]
+    A statistics file holds mu and sigma under pytorch-fid's names, and the
+    weights, --amp and preprocessing it was made with (a run with other ones
+    refuses it); with --features also the pool features, so that `all`
+    computes KID and P/R against it without the images.
     Options: --inception-weights PATH, --amp, --stats-cache DIR,
     --no-stats-cache, --batch-size N, --device cuda|mps|cpu.
 
@@ -998,22 +1002,33 @@ class FIDTracker:
 # Statistics files and cache
 # ---------------------------------------------------------------------------
 
-def save_statistics(path, mu, sigma, n, res, source, key=None):
+def save_statistics(path, mu, sigma, n, res, source, key=None, pool=None):
     """Save statistics to .npz. The keys mu and sigma are pytorch-fid's, so
-    either tool reads the other's files. key: the cache key (JSON text)."""
+    either tool reads the other's files. key: the cache key (JSON text: the
+    weights, --amp and preprocessing the features were made with). pool: the
+    Inception pool features [N, 2048] themselves, stored as float32 (what the
+    network computes, so nothing is lost), for KID and precision/recall."""
     extra = {} if key is None else {"key": np.str_(key)}
+    if pool is not None:
+        extra["pool"] = np.asarray(pool, dtype=np.float32)
     np.savez(path, mu=mu, sigma=sigma, n=np.int64(n), res=np.str_(res), source=np.str_(source),
              **extra)
 
 
 def load_statistics(path):
-    """dict(mu, sigma, n, res, source, key); n = -1 and res/source "unknown"
-    for files that only hold mu and sigma (pytorch-fid's); key None unless
-    the file was written by the cache."""
+    """dict(mu, sigma, n, res, source, key, pool); n = -1 and res/source
+    "unknown" for files that only hold mu and sigma (pytorch-fid's); key None
+    unless the file was written by the cache or `stats`; pool (float64
+    [N, d]) None unless it was written by `stats --features`."""
     with np.load(path) as z:
         if "mu" not in z or "sigma" not in z:
             raise ValueError(f"{path} holds no FID statistics (needs arrays mu and sigma)")
+        pool = z["pool"].astype(np.float64) if "pool" in z else None
+        if pool is not None and (pool.ndim != 2 or pool.shape[1] != z["mu"].shape[-1]):
+            raise ValueError(f"{path}: pool features of shape {pool.shape} do not match mu "
+                             f"{z['mu'].shape}")
         return {
+            "pool": pool,
             "mu": z["mu"].astype(np.float64),
             "sigma": z["sigma"].astype(np.float64),
             "n": int(z["n"]) if "n" in z else -1,
@@ -1181,7 +1196,11 @@ class _Run:
         except ImageReadError as e:
             raise UsageError(str(e)) from None
 
-    def statistics(self, path, kind, value):
+    def statistics(self, path, kind, value, features=False):
+        """mu, sigma, n, res, source and key of a folder (from the cache when
+        it matches) or a statistics file; features: also the pool features
+        themselves ("pool"), which the cache does not hold, so the images are
+        read."""
         if kind == "npz":
             return value
         if len(value) < 2:
@@ -1195,12 +1214,32 @@ class _Run:
             pool, _ = self.features(value, path)
             mu, sigma = feature_statistics(pool)
             return {"mu": mu, "sigma": sigma, "n": len(pool), "res": res,
-                    "source": os.path.abspath(path)}
+                    "source": os.path.abspath(path), "pool": pool}
 
-        if self.args.no_stats_cache:
-            return compute()
         name, key = folder_cache_key(self.load(), path, value, res, self.args.amp)
+        if features or self.args.no_stats_cache:
+            return dict(compute(), key=key)
         return cached_statistics(self.args.stats_cache, name, key, compute)
+
+    def check_made_like(self, path, stats):
+        """Refuse statistics whose key says they were made with other weights,
+        --amp or preprocessing than this run: features of two networks do not
+        compare, and --amp moves them by only ~1%, so the mix would pass
+        unnoticed. Files that record nothing (pytorch-fid's, older ones) are
+        taken as they are."""
+        try:
+            made = json.loads(stats["key"]) if stats["key"] else {}
+        except ValueError:
+            made = {}
+        if not isinstance(made, dict):
+            made = {}
+        now = json.loads(_cache_key(self.load(), self.args.amp))
+        changed = [k for k in ("weights", "amp", "preprocess") if k in made and made[k] != now[k]]
+        if changed:
+            detail = "; ".join(f"{k} {made[k]} there, {now[k]} here" for k in changed)
+            raise UsageError(f"{path} was made with other {', '.join(changed)} than this run "
+                             f"({detail}): pass the same --inception-weights and --amp, or "
+                             f"rewrite it with metrics.py stats")
 
 
 def _describe(path, stats):
@@ -1211,6 +1250,10 @@ def _describe(path, stats):
 def cmd_fid(args):
     a, b = _source(args.a), _source(args.b)
     run = _Run(args)
+    if "dir" in (a[0], b[0]):    # a network runs: statistics files must come from the same one
+        for path, (kind, value) in ((args.a, a), (args.b, b)):
+            if kind == "npz":
+                run.check_made_like(path, value)
     sa, sb = run.statistics(args.a, *a), run.statistics(args.b, *b)
     fid = frechet_distance(sa["mu"], sa["sigma"], sb["mu"], sb["sigma"])
     print(f"FID: {fid:.4f}  ({_describe(args.a, sa)}; {_describe(args.b, sb)})")
@@ -1226,9 +1269,13 @@ def cmd_stats(args):
         raise UsageError(f"--out {out} is a folder; give the .npz file to write")
     if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
         raise UsageError(f"no such folder for --out: {os.path.dirname(os.path.abspath(out))}")
-    stats = _Run(args).statistics(args.folder, kind, paths)
-    save_statistics(out, stats["mu"], stats["sigma"], stats["n"], stats["res"], stats["source"])
-    print(f"saved statistics of {stats['n']} images ({stats['res']}) to {out}")
+    stats = _Run(args).statistics(args.folder, kind, paths, features=args.features)
+    # The key records the weights, --amp and preprocessing, so that `fid` and
+    # `all` can refuse the file in a run with other ones.
+    save_statistics(out, stats["mu"], stats["sigma"], stats["n"], stats["res"], stats["source"],
+                    key=stats["key"], pool=stats["pool"] if args.features else None)
+    what = "statistics and Inception features" if args.features else "statistics"
+    print(f"saved {what} of {stats['n']} images ({stats['res']}) to {out}")
 
 
 def cmd_all(args):
@@ -1238,6 +1285,8 @@ def cmd_all(args):
     for path, kind, value in ((args.real, real_kind, real), (args.fake, fake_kind, fake)):
         if kind == "dir" and len(value) < 2:
             raise UsageError(f"{path}: the metrics need at least 2 images, found {len(value)}")
+    if real_kind == "npz":
+        run.check_made_like(args.real, real)
     fake_pool, fake_logits = run.features(fake, args.fake)
     mu_f, sigma_f = feature_statistics(fake_pool)
     if real_kind == "dir":
@@ -1245,7 +1294,11 @@ def cmd_all(args):
         mu_r, sigma_r = feature_statistics(real_pool)
         n_real = len(real_pool)
     else:
-        real_pool, mu_r, sigma_r, n_real = None, real["mu"], real["sigma"], real["n"]
+        # The file's features (stats --features) give KID and P/R as the folder
+        # would; without them, FID and IS only.
+        real_pool, mu_r, sigma_r, n_real = real["pool"], real["mu"], real["sigma"], real["n"]
+        if real_pool is not None:
+            n_real = len(real_pool)
     n_fake = len(fake_pool)
 
     print(f"real: {args.real} ({n_real} images)   fake: {args.fake} ({n_fake} images)")
@@ -1312,7 +1365,8 @@ def parse_args(argv=None):
     p.set_defaults(func=cmd_fid)
 
     p = sub.add_parser("all", parents=[common], help="FID, IS, KID and precision/recall")
-    p.add_argument("--real", required=True, help="image folder (or .npz: FID and IS only)")
+    p.add_argument("--real", required=True,
+                   help="image folder, or .npz (KID and P/R only if written by stats --features)")
     p.add_argument("--fake", required=True, help="image folder")
     p.add_argument("--kid-subsets", type=_positive_int, default=100)
     p.add_argument("--kid-subset-size", type=_positive_int, default=1000)
@@ -1322,6 +1376,9 @@ def parse_args(argv=None):
     p = sub.add_parser("stats", parents=[common], help="save a folder's FID statistics to .npz")
     p.add_argument("folder")
     p.add_argument("--out", required=True, help="output .npz")
+    p.add_argument("--features", action="store_true",
+                   help="also store the Inception pool features (float32, 8 KB per image), so "
+                        "that `all --real OUT.npz` computes KID and precision/recall")
     p.set_defaults(func=cmd_stats)
     return parser.parse_args(argv)
 

@@ -826,3 +826,64 @@ def test_the_generate_grid_beside_the_samples_is_not_scored(tmp_path, capsys):
     assert [os.path.relpath(p, tmp_path) for p in paths] == ["000000.png", "000001.png",
                                                              os.path.join("sub", "grid.png")]
     assert "not scoring" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def real_and_fake_folders(tmp_path_factory):
+    """Six "real" and five "fake" 32x32 PNGs, different enough that KID and
+    P/R are not trivial."""
+    root = tmp_path_factory.mktemp("kid_folders")
+    rng = np.random.default_rng(3)
+    for name, n, offset in (("real", 6, 0), ("fake", 5, 60)):
+        for i in range(n):
+            a = (rng.random((3, 32, 32)) * 150 + offset).astype(np.uint8)
+            save_png(torch.from_numpy(a), root / name / f"{i}.png")
+    return root / "real", root / "fake"
+
+
+def _metric_lines(text):
+    """The result lines of `all`, without the first (which names the real source)."""
+    return [line for line in text.splitlines() if line.split(":")[0] in ("FID", "KID", "Precision")]
+
+
+def test_cli_all_against_a_features_file_equals_against_the_folder(package_weights, tmp_path, capsys,
+                                                                   real_and_fake_folders):
+    """`stats --features` stores the pool features, so `all --real FILE.npz` gives the KID and
+    P/R (and FID) that `all --real FOLDER` gives, without the images."""
+    real, fake = real_and_fake_folders
+    flags = ["--inception-weights", package_weights, "--device", "cpu", "--stats-cache", tmp_path / "cache"]
+    rc, out, err = main_in_process(capsys, "stats", real, "--out", tmp_path / "s.npz", "--features", *flags)
+    assert rc == 0, err
+    assert "statistics and Inception features of 6 images" in out
+    with np.load(tmp_path / "s.npz") as z:
+        assert {"mu", "sigma", "pool"} <= set(z.files)
+        assert z["pool"].shape == (6, 2048) and z["pool"].dtype == np.float32
+    rc, from_folder, err = main_in_process(capsys, "all", "--real", real, "--fake", fake, *flags)
+    assert rc == 0, err
+    rc, from_file, err = main_in_process(capsys, "all", "--real", tmp_path / "s.npz", "--fake", fake, *flags)
+    assert rc == 0, err
+    lines = _metric_lines(from_file)
+    assert [line.split(":")[0] for line in lines] == ["FID", "KID", "Precision"]
+    assert re.search(r"KID:\s+[-0-9.]+ \+- [0-9.]+\s+\(100 subsets of 5\)", from_file)
+    assert lines == _metric_lines(from_folder)
+    assert "(6 images)" in from_file and "KID, P/R" not in from_file
+    # Features made without --amp are not mixed with fakes scored under it.
+    rc, out, err = main_in_process(capsys, "all", "--real", tmp_path / "s.npz", "--fake", fake, "--amp", *flags)
+    assert (rc, out) == (1, "") and "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"error: {tmp_path / 's.npz'} was made with other amp than this run")
+    assert err.count("error") == 1
+
+
+def test_cli_all_against_statistics_without_features_skips_kid_and_pr(package_weights, tmp_path, capsys,
+                                                                      real_and_fake_folders):
+    real, fake = real_and_fake_folders
+    flags = ["--inception-weights", package_weights, "--device", "cpu", "--no-stats-cache"]
+    rc, out, err = main_in_process(capsys, "stats", real, "--out", tmp_path / "s.npz", *flags)
+    assert rc == 0, err
+    with np.load(tmp_path / "s.npz") as z:
+        assert "pool" not in z.files
+    rc, text, err = main_in_process(capsys, "all", "--real", tmp_path / "s.npz", "--fake", fake, *flags)
+    assert rc == 0, err
+    assert "KID, P/R:   skipped (they need real features, not a statistics file)" in text
+    assert [line.split(":")[0] for line in _metric_lines(text)] == ["FID"]

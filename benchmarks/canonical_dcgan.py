@@ -23,13 +23,18 @@ def setup(folder, res, batch, net_flags=(), device='cpu'):
     dataset = dset.ImageFolder(root=folder, transform=T.Compose([
         T.Resize(res), T.CenterCrop(res), T.ToTensor(), T.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))]))
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=2, drop_last=True)
+    netG, netD, z_dim = build(res, batch, net_flags, device)
+    optimizerD = torch.optim.Adam(netD.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    optimizerG = torch.optim.Adam(netG.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    return loader, netG, netD, optimizerG, optimizerD, z_dim
+
+
+def build(res, batch, net_flags=(), device='cpu'):
+    """(netG, netD, z_dim): dcgan.py's networks for RGB images at res x res."""
     dargs = dcgan.get_args(['--res', str(res), '--batch-size', str(batch), *net_flags])
     dargs.channels = 3
     netG, netD = dcgan.build(dargs)
-    netG, netD = netG.to(device), netD.to(device)
-    optimizerD = torch.optim.Adam(netD.parameters(), lr=2e-4, betas=(0.5, 0.999))
-    optimizerG = torch.optim.Adam(netG.parameters(), lr=2e-4, betas=(0.5, 0.999))
-    return loader, netG, netD, optimizerG, optimizerD, dargs.z_dim
+    return netG.to(device), netD.to(device), dargs.z_dim
 
 
 criterion = nn.BCEWithLogitsLoss()   # dcgan.py's D outputs logits; the examples' D ends in sigmoid + BCELoss

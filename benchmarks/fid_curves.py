@@ -12,15 +12,25 @@ checkpoint for the next segment. Resume is exact, so the segments train the same
 and a curve can be built across sessions: points already in WORK/<model>/points.json are kept.
 
 At each point the checkpoint is copied, `MODEL.py --generate N --ckpt ...` writes N samples as PNGs,
-and `metrics.py fid` scores that folder against the reference statistics:
+and `metrics.py all --real REF.npz --fake GEN --amp` scores that folder against the reference: FID
+(the number `metrics.py fid` gives: the same features and formula) and KID (metrics.py's defaults: the
+mean and std over 100 subsets of 1000, smaller subsets when N or the reference has fewer images):
 
   - Inception: the FID network with TF's 2015-12-05 weights (metrics.py's lookup), pytorch-fid's
     preprocessing (bilinear resize to 299x299, 2x - 1), under bf16 autocast (metrics.py --amp, which
     moved FID by -0.3% on 500 vs 500 CIFAR-10 images: see docs/metrics.md) to make the many
     evaluations affordable on a CPU;
   - reference: the 10,000 CIFAR-10 test images (MNIST: the 10,000 test digits, which is also the
-    data gan_mlp trains on here), as PyTorch-StudioGAN's published CIFAR-10 figures use;
-  - N = --n fakes (default 10,000, StudioGAN's count).
+    data gan_mlp trains on here), as PyTorch-StudioGAN's published CIFAR-10 figures use; their
+    statistics and Inception features are computed once (`metrics.py stats --features`, which KID
+    needs), and a reference file from an earlier run without the features is rebuilt;
+  - N = --n fakes (default 5,000; the last dcgan and canonical points also with 10,000, StudioGAN's
+    count).
+
+Points from earlier runs without a KID get one when their model is run again, before its new
+segments: the same N fakes (seed 1) from the copy of the weights kept at the point (ckpt_STEP.pt; the
+canonical recipe's G as g_STEP.pt), with a warning if the FID then differs from the stored one by
+more than 0.01. Canonical points from before g_STEP.pt was kept have no KID.
 
 "Minutes" are wall-clock training minutes on the machine the script runs on, with nothing else
 running: the `--minutes` clock of each segment, which starts at the first step (start-up and data
@@ -54,6 +64,7 @@ RECIPES = {
     'dcgan': {'data': 'cifar10/train', 'batch': 64, 'k': 1, 'points': [3, 10, 60], 'steps': 20000, 'final_n': 10000,
               'flags': ['--res', '32', '--ngf', '64', '--ndf', '64', '--amp']},
     'canonical': {'data': 'cifar10/train', 'batch': 64, 'k': 1, 'points': 'dcgan',
+                  'net': ['--ngf', '64', '--ndf', '64'],
                   'recipe': 'PyTorch examples loop, ImageFolder + DataLoader, fp32, dcgan.py\'s net at '
                             '`--res 32 --ngf 64 --ndf 64`, batch 64'},
     'gan_mlp': {'data': 'mnist', 'batch': 100, 'k': 1, 'points': [3], 'flags': ['--amp']},
@@ -105,23 +116,41 @@ def metrics_cmd(args, *words):
     return [sys.executable, 'metrics.py', *words, '--amp', *weights]
 
 
-def fid_of(folder, ref, args, log):
-    cmd = metrics_cmd(args, 'fid', folder, ref, '--no-stats-cache')
+def metrics_of(folder, ref, args, log):
+    """{'fid', 'kid', 'kid_std'} of the images in `folder` against the reference file (metrics.py all)."""
+    cmd = metrics_cmd(args, 'all', '--real', ref, '--fake', folder)
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     with open(log, 'a') as f:
         f.write('$ ' + ' '.join(cmd) + '\n' + out.stdout + out.stderr[-500:])
-    m = re.search(r'FID: ([\d.]+)', out.stdout)
-    if not m:
-        sys.exit(f'error: metrics.py fid failed: {out.stderr.strip().splitlines()[-1:]}')
-    return float(m.group(1))
+    fid = re.search(r'^FID:\s+([-\d.]+)', out.stdout, re.M)
+    kid = re.search(r'^KID:\s+([-\d.]+) \+- ([\d.]+)', out.stdout, re.M)
+    if out.returncode or not (fid and kid):
+        last = (out.stderr.strip().splitlines() or ['no FID and KID in its output'])[-1]
+        sys.exit(f'error: metrics.py all failed (exit {out.returncode}): {last.removeprefix("error: ")} (see {log})')
+    return {'fid': float(fid.group(1)), 'kid': float(kid.group(1)), 'kid_std': float(kid.group(2))}
+
+
+def has_features(path):
+    import numpy as np
+    try:
+        with np.load(path) as z:
+            return 'pool' in z.files
+    except Exception:      # e.g. a file left half-written by an interrupted run: rebuilt as well
+        return False
 
 
 def reference(args, data_sub, log):
-    """.npz statistics of the reference split, computed once (metrics.py stats --amp)."""
+    """.npz statistics and Inception features of the reference split, computed once (metrics.py
+    stats --features --amp). A file without the features (an earlier run's, before KID) is rebuilt."""
     name = 'mnist' if data_sub == 'mnist' else 'cifar10/test'
     path = os.path.join(args.work, name.replace('/', '-') + '-amp.npz')
-    if not os.path.exists(path):
-        run(metrics_cmd(args, 'stats', os.path.join(args.data, name), '--out', path), log)
+    if os.path.exists(path) and not has_features(path):
+        note = f'{path} holds no Inception features (KID needs them): rebuilding it with metrics.py stats --features'
+        print(note, flush=True)
+        with open(log, 'a') as f:
+            f.write(note + '\n')
+    if not os.path.exists(path) or not has_features(path):
+        run(metrics_cmd(args, 'stats', os.path.join(args.data, name), '--out', path, '--features'), log)
     return path
 
 
@@ -161,7 +190,8 @@ def check_recipe(model, out, points):
 
 
 def score(model, ckpt_or_gen, out, tag, n, args, ref, log):
-    """FID of n samples drawn from a checkpoint (a model file's) or by a function (canonical)."""
+    """{'fid', 'kid', 'kid_std'} of n samples drawn from a checkpoint (a model file's) or by a function
+    (canonical)."""
     gen = os.path.join(out, f'gen_{tag}')
     shutil.rmtree(gen, ignore_errors=True)
     if model == 'canonical':
@@ -169,10 +199,38 @@ def score(model, ckpt_or_gen, out, tag, n, args, ref, log):
     else:
         run([sys.executable, f'{model}.py', '--generate', str(n), '--ckpt', ckpt_or_gen, '--out', gen,
              '--seed', '1'], log)
-    fid = fid_of(gen, ref, args, log)
+    scores = metrics_of(gen, ref, args, log)
     shutil.copy(os.path.join(gen, 'grid.png'), os.path.join(out, f'grid_{tag}.png'))
     shutil.rmtree(gen)
-    return fid
+    return scores
+
+
+def add_missing_kid(model, out, points, args, ref, log):
+    """KID for the points scored before it was (no 'kid' in points.json), from the copy of the weights
+    kept at each point: the same n fakes with the same seed, so the FID must come out again; if it does
+    not (by more than the stored rounding), that is said and the KID is stored anyway."""
+    for i, p in enumerate(points):
+        if 'kid' in p:
+            continue
+        tag = f'{p["step"]:07d}'
+        copy = os.path.join(out, f'{"g" if model == "canonical" else "ckpt"}_{tag}.pt')
+        if not os.path.exists(copy):
+            print(f'{model}: step {p["step"]} has no {os.path.basename(copy)} to re-score, so no KID', flush=True)
+            continue
+        gen = canonical_writer(*canonical_generator(copy)) if model == 'canonical' else copy
+        s = score(model, gen, out, tag, p['n'], args, ref, log)
+        if abs(s['fid'] - p['fid']) > 0.01:
+            print(f'warning: {model} step {p["step"]}: re-scored FID {s["fid"]:.2f} differs from the stored '
+                  f'{p["fid"]:.2f}; storing the KID of the re-scored samples anyway', file=sys.stderr, flush=True)
+        new = {}
+        for k, v in p.items():                     # kid beside fid, as in points scored with it
+            new[k] = v
+            if k == 'fid':
+                new.update(kid=s['kid'], kid_std=s['kid_std'])
+        points[i] = new
+        save_points(out, points)
+        print(f'{model}: step {p["step"]}: KID {s["kid"] * 1e3:.1f} x 10^-3 added (re-scored FID {s["fid"]:.2f})',
+              flush=True)
 
 
 def train_model(model, args):
@@ -184,6 +242,7 @@ def train_model(model, args):
     ref = reference(args, r['data'], log)
     points = load_points(out)
     check_recipe(model, out, points)
+    add_missing_kid(model, out, points, args, ref, log)
     for target in r['points']:
         done = points[-1]['minutes'] if points else 0.0
         if done >= target or (points and r.get('steps') and points[-1]['step'] >= r['steps']):
@@ -217,27 +276,56 @@ def train_model(model, args):
         tag = f'{step:07d}'
         ckpt = os.path.join(out, f'ckpt_{tag}.pt')
         shutil.copy(os.path.join(out, 'last.pt'), ckpt)
-        fid = score(model, ckpt, out, tag, args.n, args, ref, log)
+        s = score(model, ckpt, out, tag, args.n, args, ref, log)
         # Images shown to D; ProGAN's batch changes with resolution, and its log counts them (kimg).
         images = int(float(rows[-1]['kimg']) * 1000) if 'kimg' in rows[-1] else step * r['batch'] * r['k']
-        points.append({'minutes': round(minutes, 3), 'step': step, 'images': images,
-                       'fid': round(fid, 2), 'n': args.n, 'wall_s': round(wall, 1)})
+        points.append({'minutes': round(minutes, 3), 'step': step, 'images': images, 'fid': round(s['fid'], 2),
+                       'kid': s['kid'], 'kid_std': s['kid_std'], 'n': args.n, 'wall_s': round(wall, 1)})
         if (target == r['points'][-1] or capped) and r.get('final_n'):
-            points[-1]['fid_final'] = round(score(model, ckpt, out, tag, r['final_n'], args, ref, log), 2)
+            points[-1]['fid_final'] = round(score(model, ckpt, out, tag, r['final_n'], args, ref, log)['fid'], 2)
             points[-1]['n_final'] = r['final_n']
         save_points(out, points)
-        print(f'{model}: step {step}, {minutes:.1f} min, {points[-1]["images"] / 1e6:.3f}M images: FID {fid:.2f}',
-              flush=True)
+        print(f'{model}: step {step}, {minutes:.1f} min, {points[-1]["images"] / 1e6:.3f}M images: FID {s["fid"]:.2f}, '
+              f'KID {s["kid"] * 1e3:.1f} x 10^-3', flush=True)
 
 
 # -- the canonical recipe ----------------------------------------------------------------------------
 
+def canonical_modules():
+    for folder in (ROOT, os.path.dirname(os.path.abspath(__file__))):
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+    import canonical_dcgan
+    import common
+    return canonical_dcgan, common
+
+
+def canonical_writer(netG, z_dim):
+    """write(gen, n): n samples of netG (in eval mode) as PNGs in gen, drawn with seed 1."""
+    import torch
+    _, common = canonical_modules()
+
+    def write(gen, n):
+        g = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            x = torch.cat([netG(torch.randn(min(500, n - i), z_dim, generator=g)) for i in range(0, n, 500)])
+        common.write_samples(x, gen)
+    return write
+
+
+def canonical_generator(path):
+    """(netG in eval mode, z_dim) from the G weights kept at a point (g_STEP.pt)."""
+    import torch
+    canonical, _ = canonical_modules()
+    r = RECIPES['canonical']
+    netG, _, z_dim = canonical.build(32, r['batch'], r['net'])
+    netG.load_state_dict(torch.load(path, map_location='cpu', weights_only=True))
+    return netG.eval(), z_dim
+
+
 def train_canonical(args):
     import torch
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    sys.path.insert(0, ROOT)
-    import canonical_dcgan as canonical
-    import common
+    canonical, _ = canonical_modules()
 
     r = RECIPES['canonical']
     out = os.path.join(args.work, 'canonical')
@@ -249,12 +337,13 @@ def train_canonical(args):
         sys.exit('error: the canonical recipe is scored at dcgan\'s points: run --models dcgan first')
     points = load_points(out)
     if points and points[-1]['minutes'] >= marks[-1] - 1e-3:
+        add_missing_kid('canonical', out, points, args, ref, log)
         return
     # One process up to the last mark; the recipe has no resume, so a partial curve starts over.
     torch.manual_seed(0)
     batch = r['batch']
     loader, netG, netD, optimizerG, optimizerD, z_dim = canonical.setup(
-        os.path.join(args.data, r['data']), 32, batch, ['--ngf', '64', '--ndf', '64'])
+        os.path.join(args.data, r['data']), 32, batch, r['net'])
     # The clock starts when the first batch has arrived (the workers' first start-up is not counted,
     # as the model files' data loading is not); their restart at every epoch is the recipe's and counts.
     points, step, clock, t0 = [], 0, 0.0, None
@@ -268,25 +357,22 @@ def train_canonical(args):
                 continue
             clock += time.time() - t0                           # pause the clock while scoring
             netG.eval()
-
-            def write(gen, n):
-                g = torch.Generator().manual_seed(1)
-                with torch.no_grad():
-                    x = torch.cat([netG(torch.randn(min(500, n - i), z_dim, generator=g))
-                                   for i in range(0, n, 500)])
-                common.write_samples(x, gen)
-
-            fid = score('canonical', write, out, f'{step:07d}', args.n, args, ref, log)
-            points.append({'minutes': round(clock / 60, 3), 'step': step, 'images': step * batch, 'fid': round(fid, 2),
-                           'n': args.n})
+            tag = f'{step:07d}'
+            # G's weights at the point, so that a later run can score these samples again (as the
+            # model files' ckpt_STEP.pt copies allow).
+            torch.save(netG.state_dict(), os.path.join(out, f'g_{tag}.pt'))
+            write = canonical_writer(netG, z_dim)
+            s = score('canonical', write, out, tag, args.n, args, ref, log)
+            points.append({'minutes': round(clock / 60, 3), 'step': step, 'images': step * batch,
+                           'fid': round(s['fid'], 2), 'kid': s['kid'], 'kid_std': s['kid_std'], 'n': args.n})
             if len(todo) == 1 and RECIPES['dcgan'].get('final_n'):
                 n = RECIPES['dcgan']['final_n']
-                points[-1].update(fid_final=round(score('canonical', write, out, f'{step:07d}', n, args, ref, log), 2),
+                points[-1].update(fid_final=round(score('canonical', write, out, tag, n, args, ref, log)['fid'], 2),
                                   n_final=n)
             netG.train()
             save_points(out, points)
-            print(f'canonical: step {step}, {clock / 60:.1f} min, {step * batch / 1e6:.3f}M images: FID {fid:.2f}',
-                  flush=True)
+            print(f'canonical: step {step}, {clock / 60:.1f} min, {step * batch / 1e6:.3f}M images: '
+                  f'FID {s["fid"]:.2f}, KID {s["kid"] * 1e3:.1f} x 10^-3', flush=True)
             todo.pop(0)
             t0 = time.time()
             if not todo:
@@ -313,24 +399,27 @@ def report(args):
             return r['recipe']
         return '`' + ' '.join(r['flags']) + (f' --batch-size {r["batch"]}' if r['batch'] else '') + '`'
 
-    print('| model | data | CPU recipe | images seen | minutes | FID, 5k | FID, 10k | canonical recipe, same minutes '
-          '(FID, 5k) | published (images seen; protocol) |')
-    print('|---|---|---|---:|---:|---:|---:|---:|---|')
+    def kid(p):                   # x 10^3, as KID is usually quoted; blank for points scored before it
+        return f'{p["kid"] * 1e3:.1f}' if 'kid' in p else ''
+
+    print('| model | data | CPU recipe | images seen | minutes | FID, 5k | KID x 10³, 5k | FID, 10k | '
+          'canonical recipe, same minutes (FID, 5k) | published (images seen; protocol) |')
+    print('|---|---|---|---:|---:|---:|---:|---:|---:|---|')
     for model, pts in curves.items():
         p = pts[-1]
         pub = min(PUBLISHED.get(model, []), key=lambda q: abs(q[1] - p['images']), default=None)
         pubs = f'{pub[2]} at {pub[1] / 1e6:.2f}M ({pub[0]}; {pub[3]})' if pub else ''
         f10 = f'{p["fid_final"]:.1f}' if 'fid_final' in p else ''
         print(f'| {model} | {"MNIST" if RECIPES[model]["data"] == "mnist" else "CIFAR-10"} | {flags(model)} | '
-              f'{p["images"] / 1e6:.3f}M | {p["minutes"]:.1f} | {p["fid"]:.1f} | {f10} | {canonical_at(model, p)} | '
-              f'{pubs} |')
-    print('\n| model | step | images seen | minutes | FID (N fakes) | canonical recipe, same minutes |')
-    print('|---|---:|---:|---:|---:|---:|')
+              f'{p["images"] / 1e6:.3f}M | {p["minutes"]:.1f} | {p["fid"]:.1f} | {kid(p)} | {f10} | '
+              f'{canonical_at(model, p)} | {pubs} |')
+    print('\n| model | step | images seen | minutes | FID (N fakes) | KID x 10³ | canonical recipe, same minutes |')
+    print('|---|---:|---:|---:|---:|---:|---:|')
     for model, pts in curves.items():
         for p in pts:
             extra = f'; {p["fid_final"]:.2f} ({p["n_final"]})' if 'fid_final' in p else ''
             print(f'| {model} | {p["step"]} | {p["images"] / 1e6:.3f}M | {p["minutes"]:.2f} | '
-                  f'{p["fid"]:.2f} ({p["n"]}){extra} | {canonical_at(model, p)} |')
+                  f'{p["fid"]:.2f} ({p["n"]}){extra} | {kid(p)} | {canonical_at(model, p)} |')
     if not args.report:
         return
     import matplotlib

@@ -1,6 +1,7 @@
 """benchmarks/fid_curves.py on a tiny CIFAR-10-shaped folder: it trains a model file in --minutes
-segments with exact resume, scores each point with the real FID Inception, keeps the points of an
-earlier run, trains the canonical recipe for the same minutes, and draws the report."""
+segments with exact resume, scores each point (FID and KID) with the real FID Inception, keeps the
+points of an earlier run, trains the canonical recipe for the same minutes, draws the report, and gives
+points of an earlier run without KID one from the weights kept at each point."""
 import json
 import os
 
@@ -29,20 +30,25 @@ def test_segments_points_and_report(tmp_path, package_weights):
                        '--points', points, '--n', '12', '--inception-weights', package_weights, *extra, timeout=300)
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
         with open(work / 'dcgan' / 'points.json') as f:
-            return r.stdout, json.load(f)
+            return r, json.load(f)
 
     _, first = curves('0.01')
     assert len(first) == 1 and first[0]['step'] >= 1 and first[0]['n'] == 12
     assert first[0]['images'] == 64 * first[0]['step'] and 0 < first[0]['fid'] < 1000
-    assert (work / 'cifar10-test-amp.npz').is_file()            # the reference statistics, computed once
+    assert abs(first[0]['kid']) < 10 and first[0]['kid_std'] >= 0
+    ref = work / 'cifar10-test-amp.npz'              # the reference statistics and features, computed once
+    with np.load(ref) as z:
+        assert z['pool'].shape == (20, 2048)
     # A later run with one more point keeps the first and resumes from its checkpoint.
-    out, both = curves('0.01,0.02', '--report', tmp_path / 'curves.png', models='dcgan,canonical')
+    r, both = curves('0.01,0.02', '--report', tmp_path / 'curves.png', models='dcgan,canonical')
+    out = r.stdout
     assert both[0] == first[0] and both[1]['step'] > first[0]['step'] and both[1]['minutes'] > first[0]['minutes']
     assert (work / 'dcgan' / f'grid_{both[1]["step"]:07d}.png').is_file()
     rows = [line for line in out.splitlines() if line.startswith('| dcgan |')]
     # one row at the last point (the README's table), then a row per point
-    assert len(rows) == 3 and f'| {both[1]["fid"]:.1f} |' in rows[0]
-    assert f'{first[0]["fid"]:.2f} (12)' in rows[1] and f'{both[1]["fid"]:.2f} (12)' in rows[2]
+    assert len(rows) == 3 and f'| {both[1]["fid"]:.1f} | {both[1]["kid"] * 1e3:.1f} |' in rows[0]
+    assert f'{first[0]["fid"]:.2f} (12) | {first[0]["kid"] * 1e3:.1f} |' in rows[1]
+    assert f'{both[1]["fid"]:.2f} (12) | {both[1]["kid"] * 1e3:.1f} |' in rows[2]
     assert (tmp_path / 'curves.png').stat().st_size > 1000
     # the canonical recipe, scored at dcgan's minutes, and beside each dcgan point in the report
     with open(work / 'canonical' / 'points.json') as f:
@@ -50,6 +56,30 @@ def test_segments_points_and_report(tmp_path, package_weights):
     assert len(canonical) == 2 and all(c['step'] >= 1 and c['images'] == 64 * c['step'] for c in canonical)
     assert abs(canonical[1]['minutes'] - both[1]['minutes']) < 0.1     # within a step and an epoch's restart
     assert f'{canonical[1]["fid"]:.1f} at' in rows[0]
+    assert all('kid' in c and (work / 'canonical' / f'g_{c["step"]:07d}.pt').is_file() for c in canonical)
+
+    # Points of an earlier run without KID get it from the weights kept at each point, and an earlier
+    # reference file without the features is rebuilt, not used.
+    with np.load(ref) as z:
+        np.savez(ref, **{k: z[k] for k in z.files if k != 'pool'})
+    old = [{k: v for k, v in p.items() if k not in ('kid', 'kid_std')} if i == 0 else p for i, p in enumerate(both)]
+    (work / 'dcgan' / 'points.json').write_text(json.dumps(old))
+    c0, c1 = ({k: v for k, v in c.items() if k not in ('kid', 'kid_std')} for c in canonical)
+    c0['fid'] += 5                                          # a stored FID the samples no longer give
+    (work / 'canonical' / 'points.json').write_text(json.dumps([c0, c1]))
+    (work / 'canonical' / f'g_{c1["step"]:07d}.pt').unlink()   # as before G was kept: no KID to be had
+    r, again = curves('0.01,0.02', models='dcgan,canonical')
+    assert f'{ref} holds no Inception features' in r.stdout
+    with np.load(ref) as z:
+        assert 'pool' in z.files
+    assert again == both                                    # the same FID, the same KID, beside it
+    assert 'warning: dcgan' not in r.stderr
+    rescored = json.loads((work / 'canonical' / 'points.json').read_text())
+    assert rescored[0] == {**c0, 'kid': canonical[0]['kid'], 'kid_std': canonical[0]['kid_std']}
+    assert f'warning: canonical step {c0["step"]}: re-scored FID {canonical[0]["fid"]:.2f} differs' in r.stderr
+    assert rescored[1] == c1 and f'step {c1["step"]} has no g_{c1["step"]:07d}.pt' in r.stdout
+    row = next(line for line in r.stdout.splitlines() if line.startswith(f'| canonical | {c1["step"]} |'))
+    assert row.split('|')[6].strip() == ''                  # its KID cell is blank
     # A curve is one recipe: points made with other flags are refused, not continued.
     recipe = json.loads((work / 'dcgan' / 'recipe.json').read_text())
     assert '--amp' in recipe['flags'] and recipe['batch'] == 64

@@ -146,13 +146,14 @@ def reference(args, data_sub, log):
     stats --features --amp). A file without the features (an earlier run's, before KID) is rebuilt."""
     name = 'mnist' if data_sub == 'mnist' else 'cifar10/test'
     path = os.path.join(args.work, name.replace('/', '-') + '-amp.npz')
-    if os.path.exists(path) and not has_features(path):
+    if os.path.exists(path) and has_features(path):
+        return path
+    if os.path.exists(path):
         note = f'{path} holds no Inception features (KID needs them): rebuilding it with metrics.py stats --features'
         print(note, flush=True)
         with open(log, 'a') as f:
             f.write(note + '\n')
-    if not os.path.exists(path) or not has_features(path):
-        run(metrics_cmd(args, 'stats', os.path.join(args.data, name), '--out', path, '--features'), log)
+    run(metrics_cmd(args, 'stats', os.path.join(args.data, name), '--out', path, '--features'), log)
     return path
 
 

@@ -12,8 +12,9 @@ images *of that class*, so the game of eq. 2 of Mirza & Osindero,
 
 is won only when p_g(x|y) = p_data(x|y) for every class, and sampling class k gives class k.
 
-`--cond concat` (Mirza & Osindero, Sec. 3.2): y enters as an extra input. G gets [z, embed(y)];
-D gets embed(y) broadcast to feature maps and stacked onto the image as extra channels.
+`--cond concat` (Mirza & Osindero, Sec. 3.2): y enters as an extra input, a one-hot vector. G gets
+[z, onehot(y)]; D gets onehot(y) broadcast to feature maps and stacked onto the image as extra
+channels. The first layer's weights on those inputs are what G and D learn about each class.
 
 `--cond projection` (the default; Miyato & Koyama, Sec. 3 and eq. 3): D's logit is
 
@@ -46,8 +47,9 @@ Deviations from the papers:
     - The optimiser is DCGAN's (Adam 2e-4, betas (0.5, 0.999), one D step per G step) for both
       schemes. Miyato & Koyama's CIFAR-10 ResNet recipe is Adam 2e-4, betas (0, 0.9), 5 D steps:
       `--betas 0 0.9 --n-dis 5` (`--n-dis` is this file's name for --d-steps).
-    - y is a learned embedding in concat mode, where Mirza & Osindero feed a one-hot vector to a
-      hidden layer; an embedding is exactly a one-hot vector times a weight matrix.
+    - G's update reuses the fakes (and their classes) of the last D step, as the PyTorch examples'
+      DCGAN and dcgan.py do, instead of drawing new ones: one G forward fewer per step. The
+      papers do not say which; the fakes are fresh to the updated D either way.
     - z ~ N(0, I) (the DCGAN reference code) where Mirza & Osindero draw it uniformly.
     - D outputs a logit; the BCE loss is computed with logits (log D without overflow).
 """
@@ -73,13 +75,10 @@ def get_args(argv=None):
     g = p.add_argument_group('Mirza & Osindero 2014 / Miyato & Koyama 2018, on the DCGAN backbone')
     g.add_argument('--cond', default='projection', choices=['projection', 'concat'],
                    help='projection: conditional BN in G, projection D with SN (Miyato & Koyama, the default); '
-                        'concat: label embedding joined to z and to the image channels (Mirza & Osindero)')
+                        'concat: the one-hot label joined to z and to the image channels (Mirza & Osindero)')
     g.add_argument('--z-dim', type=int, default=100, help='noise dimension')
     g.add_argument('--ngf', type=int, default=64, help="G's channels at the last hidden layer (doubling towards 4x4)")
     g.add_argument('--ndf', type=int, default=64, help="D's channels at the first layer (doubling towards 4x4)")
-    g.add_argument('--embed-dim', type=int,
-                   help='concat only: size of the learned label embedding (default 10, the size of the '
-                        "one-hot label Mirza & Osindero feed in for MNIST's 10 classes)")
     g.add_argument('--loss', choices=['hinge', 'bce'],
                    help='hinge (Miyato & Koyama; the default with projection) or the non-saturating '
                         'BCE of eq. 2 (Mirza & Osindero; the default with concat)')
@@ -90,14 +89,9 @@ def get_args(argv=None):
                    help='Adam betas')
     common.add_interpolate_args(p, steps=10)
     args = common.parse(p, argv, valid_res=VALID_RES)
-    if args.cond == 'projection' and args.embed_dim is not None:
-        raise common.UserError('--embed-dim applies to --cond concat only (projection embeds y in D\'s feature '
-                               'size and conditions G by BatchNorm)')
-    if args.embed_dim is None:
-        args.embed_dim = 10
     if args.loss is None:
         args.loss = 'hinge' if args.cond == 'projection' else 'bce'
-    for name in ['z_dim', 'ngf', 'ndf', 'embed_dim', 'n_dis']:
+    for name in ['z_dim', 'ngf', 'ndf', 'n_dis']:
         if getattr(args, name) < 1:
             flag = '--d-steps (--n-dis)' if name == 'n_dis' else f'--{name.replace("_", "-")}'
             raise common.UserError(f'{flag} must be at least 1')
@@ -145,19 +139,16 @@ class Generator(nn.Module):
     then n = log2(res / 4) transposed convs (4x4, stride 2) that double the size and halve the
     channels, the last one to the image channels with tanh and no BN. ReLU after every BN.
 
-    concat:     the input is [z, embed(y)], [B, z_dim + embed_dim, 1, 1]; every BN is plain BN.
+    concat:     the input is [z, onehot(y)], [B, z_dim + classes, 1, 1]; every BN is plain BN.
     projection: the input is z alone; every BN is class-conditional (ConditionalBatchNorm).
     """
 
-    def __init__(self, z_dim, ngf, channels, res, num_classes, cond, embed_dim):
+    def __init__(self, z_dim, ngf, channels, res, num_classes, cond):
         super().__init__()
-        self.cond = cond
+        self.cond, self.num_classes = cond, num_classes
         n = int(math.log2(res // 4))
         chans = [ngf * 2 ** (n - 1 - i) for i in range(n)] + [channels]   # e.g. res 32: 256, 128, 64, C
-        z_in = z_dim
-        if cond == 'concat':
-            self.embed = nn.Embedding(num_classes, embed_dim)
-            z_in += embed_dim
+        z_in = z_dim + (num_classes if cond == 'concat' else 0)
         # Bias-free convs: the BN that follows each one would cancel a bias anyway.
         self.convs = nn.ModuleList([nn.ConvTranspose2d(z_in, chans[0], 4, 1, 0, bias=False)])    # 1x1 -> 4x4
         for i in range(n):
@@ -174,7 +165,7 @@ class Generator(nn.Module):
     def forward(self, z, y):
         h = z
         if self.cond == 'concat':
-            h = torch.cat([z, self.embed(y)], 1)                          # [B, z_dim + embed_dim]
+            h = torch.cat([z, F.one_hot(y, self.num_classes).to(z.dtype)], 1)   # [B, z_dim + classes]
         h = h[:, :, None, None]                                            # [B, ., 1, 1]
         for conv, norm in zip(self.convs, self.norms):
             h = conv(h)
@@ -188,7 +179,7 @@ class Discriminator(nn.Module):
     DCGAN's D: n = log2(res / 4) convs (4x4, stride 2) that halve the size and double the channels
     from ndf, LeakyReLU 0.2 after each, down to a 4x4 map of ndf * 2^(n-1) channels.
 
-    concat:     the input is [x, embed(y) broadcast to res x res], [B, C + embed_dim, res, res];
+    concat:     the input is [x, onehot(y) broadcast to res x res], [B, C + classes, res, res];
                 BN after every conv but the first (no BN on D's input, DCGAN Sec. 3); a final
                 4x4 valid conv gives the logit.
     projection: no BN; spectral norm on every conv, on psi and on the class embedding. The 4x4 map
@@ -196,12 +187,12 @@ class Discriminator(nn.Module):
                     f(x, y) = psi(phi(x)) + <embed(y), phi(x)>          (Miyato & Koyama eq. 3)
     """
 
-    def __init__(self, ndf, channels, res, num_classes, cond, embed_dim):
+    def __init__(self, ndf, channels, res, num_classes, cond):
         super().__init__()
-        self.cond = cond
+        self.cond, self.num_classes = cond, num_classes
         n = int(math.log2(res // 4))
         chans = [ndf * 2 ** i for i in range(n)]                           # e.g. res 32: 64, 128, 256
-        c_in = channels + (embed_dim if cond == 'concat' else 0)
+        c_in = channels + (num_classes if cond == 'concat' else 0)
         convs, norms = [], []
         for i in range(n):
             # A conv followed by BN needs no bias; SN convs keep theirs (no BN after them).
@@ -211,7 +202,6 @@ class Discriminator(nn.Module):
         self.convs, self.norms = nn.ModuleList(convs), nn.ModuleList(norms)
         init_weights(self)
         if cond == 'concat':
-            self.embed = nn.Embedding(num_classes, embed_dim)
             self.out = nn.Conv2d(chans[-1], 1, 4, 1, 0)                   # 4x4 -> 1x1 logit
             nn.init.normal_(self.out.weight, 0.0, 0.02)
         else:
@@ -239,7 +229,8 @@ class Discriminator(nn.Module):
         """The conv stack: [B, C, res, res] -> [B, ndf * 2^(n-1), 4, 4]."""
         h = x
         if self.cond == 'concat':
-            e = self.embed(y)[:, :, None, None].expand(-1, -1, x.shape[2], x.shape[3])   # [B, E, res, res]
+            e = F.one_hot(y, self.num_classes).to(x.dtype)[:, :, None, None]     # [B, classes, 1, 1]
+            e = e.expand(-1, -1, x.shape[2], x.shape[3])                           # [B, classes, res, res]
             h = torch.cat([x, e], 1)
         for conv, norm in zip(self.convs, self.norms):
             h = F.leaky_relu(norm(conv(h)), 0.2)
@@ -293,15 +284,18 @@ def train_step(G, D, opt_G, opt_D, x, y, args):
     """x: [n_dis * B, C, H, W] real images in [-1, 1], y: [n_dis * B] their classes;
     one fresh minibatch for each of the n_dis D steps."""
     num_classes = len(args.classes)
+    chunks = list(zip(x.chunk(args.n_dis), y.chunk(args.n_dis)))
     D.requires_grad_(True)
-    for x_real, y_real in zip(x.chunk(args.n_dis), y.chunk(args.n_dis)):
+    for i, (x_real, y_real) in enumerate(chunks):
         B = len(x_real)
         z = torch.randn(B, args.z_dim, device=x.device)
         y_fake = sample_labels(B, num_classes, x.device)
-        with torch.no_grad():                                              # D's step must not reach into G
-            x_fake = G(z, y_fake)
+        # The last D step's fakes keep their graph and the G step below reuses them (see Deviations).
+        with torch.set_grad_enabled(i == len(chunks) - 1):
+            x_fake = G(z, y_fake)                                          # [B, C, H, W]
         # Real images are judged with their own labels, fakes with the labels they were made for.
-        real_logit, fake_logit = D(x_real, y_real), D(x_fake, y_fake)
+        # detach: D's step must not reach into G.
+        real_logit, fake_logit = D(x_real, y_real), D(x_fake.detach(), y_fake)
         loss_D = d_loss(real_logit, fake_logit, args.loss)
         opt_D.zero_grad(set_to_none=True)
         loss_D.backward()
@@ -311,9 +305,7 @@ def train_step(G, D, opt_G, opt_D, x, y, args):
     # them (and D is called outside DDP, which would wait for those gradients).
     D.requires_grad_(False)
     D_frozen = common.without_ddp(D)
-    z = torch.randn(B, args.z_dim, device=x.device)
-    y_fake = sample_labels(B, num_classes, x.device)
-    loss_G = g_loss(D_frozen(G(z, y_fake), y_fake), args.loss)
+    loss_G = g_loss(D_frozen(x_fake, y_fake), args.loss)
     opt_G.zero_grad(set_to_none=True)
     loss_G.backward()
     opt_G.step()
@@ -327,8 +319,8 @@ def train_step(G, D, opt_G, opt_D, x, y, args):
 
 def build(args):
     num_classes = len(args.classes)
-    G = Generator(args.z_dim, args.ngf, args.channels, args.res, num_classes, args.cond, args.embed_dim)
-    D = Discriminator(args.ndf, args.channels, args.res, num_classes, args.cond, args.embed_dim)
+    G = Generator(args.z_dim, args.ngf, args.channels, args.res, num_classes, args.cond)
+    D = Discriminator(args.ndf, args.channels, args.res, num_classes, args.cond)
     return G, D
 
 

@@ -5,6 +5,7 @@ import os
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 import cgan
 import common
@@ -41,9 +42,6 @@ def test_defaults_follow_the_scheme():
     a = cgan.get_args([])
     assert (a.cond, a.loss, a.z_dim, a.lr, a.betas, a.n_dis) == ('projection', 'hinge', 100, 2e-4, [0.5, 0.999], 1)
     assert cgan.get_args(['--cond', 'concat']).loss == 'bce'
-    assert cgan.get_args(['--cond', 'concat']).embed_dim == 10
-    with pytest.raises(common.UserError, match='--embed-dim applies to --cond concat only'):
-        cgan.get_args(['--cond', 'projection', '--embed-dim', '8'])
     with pytest.raises(common.UserError, match='cannot build --res 48'):
         cgan.get_args(['--res', '48'])
 
@@ -61,9 +59,31 @@ def test_dcgan_backbone_init_and_bn_placement():
     assert not any(isinstance(m, nn.BatchNorm2d) for m in D.modules())
 
 
+def test_concat_feeds_the_one_hot_label():
+    """Mirza & Osindero: y enters as a one-hot vector, joined to z in G and stacked onto the image
+    channels in D; the first layer's weights on those inputs are all that is learned per class."""
+    args = tiny_args('concat', 32)
+    G, D = cgan.build(args)
+    k = len(args.classes)
+    assert G.convs[0].in_channels == args.z_dim + k and D.convs[0].in_channels == 3 + k
+    z, y = torch.randn(3, args.z_dim), torch.tensor([0, k - 1, 1])
+    onehot = torch.eye(k)[y]
+    # G's first layer on [z, onehot(y)] is its first layer on z plus the row of weights of class y
+    h = G.convs[0](torch.cat([z, onehot], 1)[:, :, None, None])
+    h_z = F.conv_transpose2d(z[:, :, None, None], G.convs[0].weight[:args.z_dim])
+    assert torch.allclose(h, h_z + G.convs[0].weight[args.z_dim + y].to(h.dtype), atol=1e-6)
+    # D's first layer sees the image and, as extra channels, the one-hot map of its class
+    x = torch.randn(3, 3, 32, 32)
+    seen = []
+    D.convs[0].register_forward_hook(lambda m, inp, out: seen.append(inp[0]))
+    D(x, y)
+    assert torch.equal(seen[0][:, :3], x)
+    assert torch.equal(seen[0][:, 3:], onehot[:, :, None, None].expand(-1, -1, 32, 32))
+
+
 def test_label_changes_the_sample():
     """Both schemes feed y to G: the same z with two labels gives two images (once CBN's gains
-    have left their init; the concat embedding differs from the start)."""
+    have left their init; concat's one-hot input differs from the start)."""
     for cond in ['projection', 'concat']:
         G, _ = cgan.build(tiny_args(cond))
         if cond == 'projection':
@@ -74,7 +94,7 @@ def test_label_changes_the_sample():
         G.eval()
         z = torch.randn(1, 100).repeat(2, 1)
         x = G(z, torch.tensor([0, 3]))
-        assert (x[0] - x[1]).abs().max() > 1e-3
+        assert (x[0] - x[1]).abs().max() > 1e-3 * x.abs().max()
 
 
 # ---------------------------------------------------------------- the projection discriminator
@@ -191,11 +211,30 @@ def test_one_training_step_changes_both_nets(cond):
     assert all(torch.isfinite(torch.tensor(v)) for v in logs.values())
     assert any(not torch.equal(a, b) for a, b in zip(g0, G.parameters()))
     assert any(not torch.equal(a, b) for a, b in zip(d0, D.parameters()))
-    # the label pathways learn too: G's class embedding (concat) or CBN gains (projection), D's embedding
-    g_cls = G.embed.weight if cond == 'concat' else G.norms[0].gamma.weight
-    assert g_cls.grad is not None and g_cls.grad.abs().sum() > 0
-    d_cls = D.embed.parametrizations.weight.original if cond == 'projection' else D.embed.weight
-    assert d_cls.grad is not None and d_cls.grad.abs().sum() > 0
+    # the label pathways learn too: concat's first-layer weights on the one-hot inputs, or the
+    # projection's CBN gains in G and SN class embedding in D
+    if cond == 'concat':
+        g_cls, d_cls = G.convs[0].weight.grad[args.z_dim:], D.convs[0].weight.grad[:, 3:]
+    else:
+        g_cls, d_cls = G.norms[0].gamma.weight.grad, D.embed.parametrizations.weight.original.grad
+    assert g_cls is not None and g_cls.abs().sum() > 0
+    assert d_cls is not None and d_cls.abs().sum() > 0
+
+
+@pytest.mark.parametrize('n_dis', [1, 2])
+def test_g_step_reuses_the_last_d_steps_fakes(n_dis):
+    """One G forward per D step and none more: the G update scores the last D step's fakes (with
+    their labels) against the updated D."""
+    args = tiny_args('concat', extra=['--n-dis', str(n_dis)])
+    G, D = cgan.build(args)
+    opt_G, opt_D = cgan.make_optimizers(G, D, args)
+    x, y = data_batch(args, n=8 * n_dis)
+    made, scored = [], []
+    G.register_forward_hook(lambda m, inp, out: made.append((out.detach().clone(), inp[1].clone())))
+    D.register_forward_hook(lambda m, inp, out: scored.append((inp[0].detach().clone(), inp[1].clone())))
+    cgan.train_step(G, D, opt_G, opt_D, x, y, args)
+    assert len(made) == n_dis
+    assert torch.equal(scored[-1][0], made[-1][0]) and torch.equal(scored[-1][1], made[-1][1])
 
 
 def test_d_step_leaves_g_without_grads():

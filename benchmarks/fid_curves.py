@@ -100,6 +100,11 @@ PUBLISHED = {
 }
 
 
+# A segment whose slowest stretch ran this many times slower than its median is reported as
+# disturbed (see slowdown).
+SLOW = 1.5
+
+
 def run(cmd, log):
     """Run a command, its output appended to `log`; stop with the log's tail if it fails."""
     with open(log, 'a') as f:
@@ -238,6 +243,19 @@ def add_missing_kid(model, out, points, args, ref, log):
               flush=True)
 
 
+def slowdown(times, windows=20, min_steps=50):
+    """How much slower the slowest stretch of a segment ran than its typical one: the segment's
+    per-step clock cut into `windows` runs of steps (at least min_steps each), seconds per step in
+    each, the slowest over the median. About 1 on a quiet machine; a job sharing the CPU for part of
+    the segment shows as a stretch several times slower, and the point's minutes then hold fewer
+    steps than the recipe gives."""
+    size = max(min_steps, len(times) // windows)
+    rates = [(times[i + size] - times[i]) / size for i in range(0, len(times) - size, size)]
+    if len(rates) < 3:
+        return 1.0
+    return max(rates) / sorted(rates)[len(rates) // 2]
+
+
 def train_model(model, args):
     """Segments of `MODEL.py ... --minutes M [--resume]`, one per scoring point not yet in points.json."""
     r = RECIPES[model]
@@ -286,7 +304,12 @@ def train_model(model, args):
         # Images shown to D; ProGAN's batch changes with resolution, and its log counts them (kimg).
         images = int(float(rows[-1]['kimg']) * 1000) if 'kimg' in rows[-1] else step * r['batch'] * r['k']
         points.append({'minutes': round(minutes, 3), 'step': step, 'images': images, 'fid': round(s['fid'], 2),
-                       'kid': s['kid'], 'kid_std': s['kid_std'], 'n': args.n, 'wall_s': round(wall, 1)})
+                       'kid': s['kid'], 'kid_std': s['kid_std'], 'n': args.n, 'wall_s': round(wall, 1),
+                       'slowdown': round(slowdown(times), 2)})
+        if points[-1]['slowdown'] > SLOW:
+            print(f'warning: {model}: part of the segment to step {step} ran {points[-1]["slowdown"]:.1f}x slower '
+                  f'than the rest (was the CPU shared?), so this point has fewer steps than its minutes give '
+                  f'on a quiet machine; the report marks it', file=sys.stderr, flush=True)
         if (target == r['points'][-1] or capped) and r.get('final_n'):
             points[-1]['fid_final'] = round(score(model, ckpt, out, tag, r['final_n'], args, ref, log)['fid'], 2)
             points[-1]['n_final'] = r['final_n']
@@ -405,6 +428,9 @@ def report(args):
             return r['recipe']
         return '`' + ' '.join(r['flags']) + (f' --batch-size {r["batch"]}' if r['batch'] else '') + '`'
 
+    def mins(p, digits):          # marked when its segment was disturbed (see slowdown)
+        return f'{p["minutes"]:.{digits}f}' + (' †' if p.get('slowdown', 1.0) > SLOW else '')
+
     def kid(p):                   # x 10^3, as KID is usually quoted; blank for points scored before it
         return f'{p["kid"] * 1e3:.1f}' if 'kid' in p else ''
 
@@ -417,15 +443,18 @@ def report(args):
         pubs = f'{pub[2]} at {pub[1] / 1e6:.2f}M ({pub[0]}; {pub[3]})' if pub else ''
         f10 = f'{p["fid_final"]:.1f}' if 'fid_final' in p else ''
         print(f'| {model} | {"MNIST" if RECIPES[model]["data"] == "mnist" else "CIFAR-10"} | {flags(model)} | '
-              f'{p["images"] / 1e6:.3f}M | {p["minutes"]:.1f} | {p["fid"]:.1f} | {kid(p)} | {f10} | '
+              f'{p["images"] / 1e6:.3f}M | {mins(p, 1)} | {p["fid"]:.1f} | {kid(p)} | {f10} | '
               f'{canonical_at(model, p)} | {pubs} |')
     print('\n| model | step | images seen | minutes | FID (N fakes) | KID x 10³ | canonical recipe, same minutes |')
     print('|---|---:|---:|---:|---:|---:|---:|')
     for model, pts in curves.items():
         for p in pts:
             extra = f'; {p["fid_final"]:.2f} ({p["n_final"]})' if 'fid_final' in p else ''
-            print(f'| {model} | {p["step"]} | {p["images"] / 1e6:.3f}M | {p["minutes"]:.2f} | '
+            print(f'| {model} | {p["step"]} | {p["images"] / 1e6:.3f}M | {mins(p, 2)} | '
                   f'{p["fid"]:.2f} ({p["n"]}){extra} | {kid(p)} | {canonical_at(model, p)} |')
+    if any(p.get('slowdown', 1.0) > SLOW for pts in curves.values() for p in pts):
+        print(f'\n† part of the segment ran more than {SLOW}x slower than the rest (a shared CPU): fewer steps '
+              f'than its minutes give on a quiet machine.')
     if not args.report:
         return
     import matplotlib

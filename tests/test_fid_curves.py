@@ -4,11 +4,12 @@ points of an earlier run, trains the canonical recipe for the same minutes, draw
 points of an earlier run without KID one from the weights kept at each point."""
 import json
 import os
+import sys
 
 import numpy as np
 from PIL import Image
 
-from conftest import run_script
+from conftest import ROOT, run_script
 
 
 def tiny_cifar(root):
@@ -89,3 +90,28 @@ def test_segments_points_and_report(tmp_path, package_weights):
     assert r.returncode != 0 and r.stderr.strip().splitlines()[-1].startswith(
         f'error: {work / "dcgan"} holds a curve of another dcgan recipe (--res 32, batch 64)')
     assert json.loads((work / 'dcgan' / 'points.json').read_text()) == both
+
+
+def test_a_disturbed_segment_is_measured_and_marked(tmp_path):
+    """A stretch of a segment run several times slower (a job sharing the CPU) is measured from its
+    per-step clock, and the report marks the point: its minutes hold fewer steps than they should."""
+    sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
+    import fid_curves
+    quiet = [0.1 * i for i in range(2000)]
+    assert abs(fid_curves.slowdown(quiet) - 1) < 1e-6
+    shared = quiet[:1000] + [quiet[999] + 0.3 * (i + 1) for i in range(200)]
+    shared += [shared[-1] + 0.1 * (i + 1) for i in range(800)]
+    assert abs(fid_curves.slowdown(shared) - 3) < 1e-6
+    assert fid_curves.slowdown(quiet[:60]) == 1.0            # too short to tell
+    work = tmp_path / 'work'
+    for name, pts in (('wgan_gp', [{'minutes': 3.0, 'step': 10, 'images': 640, 'fid': 200.0, 'n': 50,
+                                    'slowdown': 1.1},
+                                   {'minutes': 10.0, 'step': 20, 'images': 1280, 'fid': 100.0, 'n': 50,
+                                    'slowdown': 2.4}]),):
+        os.makedirs(work / name)
+        (work / name / 'points.json').write_text(json.dumps(pts))
+    r = run_script('benchmarks/fid_curves.py', '--work', work)
+    assert r.returncode == 0, r.stderr
+    rows = [line for line in r.stdout.splitlines() if line.startswith('| wgan_gp |')]
+    assert '| 10.0 † |' in rows[0] and '| 3.00 |' in rows[1] and '| 10.00 † |' in rows[2]
+    assert '† part of the segment ran more than 1.5x slower' in r.stdout

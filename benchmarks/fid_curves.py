@@ -3,7 +3,7 @@
     python benchmarks/prepare_data.py --mnist PATH/MNIST/raw --cifar PATH/cifar10-jpg.tar --out /tmp/gan-data
     python benchmarks/fid_curves.py --data /tmp/gan-data --work /tmp/fid-curves            # train + score
     python benchmarks/fid_curves.py --data /tmp/gan-data --work /tmp/fid-curves --models dcgan,canonical
-    python benchmarks/fid_curves.py --work /tmp/fid-curves --report docs/fid_curves.png    # table + plot only
+    python benchmarks/fid_curves.py --work /tmp/fid-curves --report docs/fid_curves.png --record docs/fid_curves.json
 
 Each model trains on CIFAR-10 at 32x32 (gan_mlp on MNIST) with its CPU recipe (RECIPES below: the
 flags, a batch size and the training minutes at which it is scored). The run is the model file's own
@@ -44,7 +44,10 @@ ImageFolder with PIL transforms behind a DataLoader (2 workers), and the PyTorch
 up to its last point, pausing its clock while each point is scored.
 
 --report prints the Markdown table and draws FID against images seen, one line per model, with the
-published points marked (PUBLISHED below, with their sources).
+published points marked (PUBLISHED below, with their sources). --record keeps every curve's points and
+recipe in a JSON file in the repo, so that the report can be drawn again when the work folder (the
+checkpoints) is gone: a model without points in WORK is read from the record, if it was made with the
+model's current recipe.
 """
 import argparse
 import csv
@@ -73,12 +76,14 @@ RECIPES = {
              'flags': ['--res', '32', '--cond', 'concat', '--amp']},
     'wgan_gp': {'data': 'cifar10/train', 'batch': 64, 'k': 1, 'points': [3, 10],
                 'flags': ['--res', '32', '--ngf', '64', '--ndf', '64', '--d-steps', '1', '--lr', '2e-4', '--amp']},
-    'progan': {'data': 'cifar10/train', 'batch': 64, 'k': 1, 'points': [3],
-               'flags': ['--res', '32', '--fmap-base', '512', '--fmap-max', '64', '--kimg-per-phase', '2',
-                         '--amp']},
+    # --ema-beta 0.99: the sampled G averages over ~100 steps where the paper's 0.999 (at 50k steps a
+    # phase) averages over ~1000, which here is longer than all of training at 32x32 (docs/fid_curves.md).
+    'progan': {'data': 'cifar10/train', 'batch': 64, 'k': 1, 'points': [3, 10],
+               'flags': ['--res', '32', '--fmap-base', '256', '--fmap-max', '32', '--kimg-per-phase', '2',
+                         '--ema-beta', '0.99', '--amp']},
     # FID is of untruncated samples, as the papers report it: psi 1 (--generate's default, 0.7, is for pictures).
-    'stylegan': {'data': 'cifar10/train', 'batch': 32, 'k': 1, 'points': [3], 'sample': ['--psi', '1'],
-                 'flags': ['--res', '32', '--fmap-base', '1024', '--fmap-max', '64', '--z-dim', '128',
+    'stylegan': {'data': 'cifar10/train', 'batch': 32, 'k': 1, 'points': [3, 10], 'sample': ['--psi', '1'],
+                 'flags': ['--res', '32', '--fmap-base', '1024', '--fmap-max', '32', '--z-dim', '128',
                            '--w-dim', '128', '--mapping-layers', '2', '--lr', '0.0025', '--r1-gamma', '0.01',
                            '--pl-weight', '0', '--ema-kimg', '1', '--amp']},
     'biggan': {'data': 'cifar10/train', 'batch': 32, 'k': 1, 'points': [3],     # benchmarks/biggan_cifar10.sh's
@@ -177,13 +182,20 @@ def save_points(out, points):
     os.replace(tmp, os.path.join(out, 'points.json'))
 
 
+def recipe_of(model):
+    """What makes a curve one recipe: data, batch, and the model file's flags (the canonical recipe's
+    network) with the sampling flags of its scored fakes."""
+    r = RECIPES[model]
+    recipe = {'data': r['data'], 'flags': r.get('flags', r.get('net')), 'batch': r['batch']}
+    if 'sample' in r:
+        recipe['sample'] = r['sample']
+    return recipe
+
+
 def check_recipe(model, out, points):
     """A curve is one recipe: the points and checkpoint in WORK/<model>/ are continued only with the
     flags, batch and data they were trained with (recipe.json); other ones are refused, not mixed in."""
-    r = RECIPES[model]
-    recipe = {'data': r['data'], 'flags': r['flags'], 'batch': r['batch']}
-    if 'sample' in r:
-        recipe['sample'] = r['sample']
+    recipe = recipe_of(model)
     path = os.path.join(out, 'recipe.json')
     if os.path.exists(path):
         with open(path) as f:
@@ -410,10 +422,38 @@ def train_canonical(args):
 
 # -- report --------------------------------------------------------------------------------------------
 
+def merge_record(curves, path):
+    """The curves of WORK, and for every model it has none of, the points kept in the record (a JSON
+    file in the repo: {model: {'recipe': ..., 'points': [...]}}, written by an earlier report), when
+    they were made with the model's current recipe; a record of another recipe is left out, and said."""
+    if not os.path.exists(path):
+        return curves
+    try:
+        with open(path) as f:
+            record = json.load(f)
+        kept = {m: (c['recipe'], list(c['points'])) for m, c in record.items() if m in RECIPES}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        sys.exit(f'error: cannot read the record {path}: {type(e).__name__}: {e}')
+    merged = {}
+    for m in RECIPES:                                     # in RECIPES' order, as the tables are
+        if m in curves:
+            merged[m] = curves[m]
+        elif m in kept and kept[m][0] == recipe_of(m):
+            merged[m] = kept[m][1]
+        elif m in kept:
+            print(f'{path}: its {m} curve was made with another recipe ({kept[m][0]}); not shown, and dropped '
+                  f'from the record', flush=True)
+    return merged
+
+
 def report(args):
-    """Two Markdown tables: one row per model at its last point (the README's), then every point."""
+    """Two Markdown tables: one row per model at its last point (the README's), then every point.
+    With --record, the models WORK holds no points of come from that file, and it is rewritten with
+    every curve shown."""
     curves = {m: load_points(os.path.join(args.work, m)) for m in RECIPES}
     curves = {m: pts for m, pts in curves.items() if pts}
+    if args.record:
+        curves = merge_record(curves, args.record)
     canon = curves.get('canonical', [])
 
     def canonical_at(model, p):   # its point nearest in minutes, for the CIFAR-10 models
@@ -455,6 +495,13 @@ def report(args):
     if any(p.get('slowdown', 1.0) > SLOW for pts in curves.values() for p in pts):
         print(f'\n† part of the segment ran more than {SLOW}x slower than the rest (a shared CPU): fewer steps '
               f'than its minutes give on a quiet machine.')
+    if args.record:
+        record = {m: {'recipe': recipe_of(m), 'points': pts} for m, pts in curves.items()}
+        tmp = args.record + '.tmp'
+        with open(tmp, 'w') as f:
+            json.dump(record, f, indent=1)
+        os.replace(tmp, args.record)
+        print(f'wrote {args.record}')
     if not args.report:
         return
     import matplotlib
@@ -492,6 +539,9 @@ def main():
                                     'instead of its recipe\'s (a quick check: --points 0.2,0.4 --n 200)')
     p.add_argument('--inception-weights', metavar='PATH')
     p.add_argument('--report', metavar='PNG', help='also draw the curves to this file')
+    p.add_argument('--record', metavar='JSON', help='the curves kept in the repo (docs/fid_curves.json): models '
+                                                 'without points in --work are read from it, and it is '
+                                                 'rewritten with every curve shown')
     args = p.parse_args()
     models = [m for m in args.models.split(',') if m]
     bad = [m for m in models if m not in RECIPES]

@@ -115,3 +115,33 @@ def test_a_disturbed_segment_is_measured_and_marked(tmp_path):
     rows = [line for line in r.stdout.splitlines() if line.startswith('| wgan_gp |')]
     assert '| 10.0 † |' in rows[0] and '| 3.00 |' in rows[1] and '| 10.00 † |' in rows[2]
     assert '† part of the segment ran more than 1.5x slower' in r.stdout
+
+
+def test_the_record_redraws_curves_whose_work_folder_is_gone(tmp_path):
+    """--record: a model without points in WORK is read from the record in the repo when it was made
+    with the current recipe (another recipe's curve is dropped, and said); WORK's own points win; the
+    record is rewritten with every curve shown."""
+    sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
+    import fid_curves
+    point = {'minutes': 3.0, 'step': 10, 'images': 640, 'fid': 123.45, 'n': 50}
+    record = tmp_path / 'fid_curves.json'
+    stale = {**fid_curves.recipe_of('cgan'), 'flags': ['--res', '32']}
+    record.write_text(json.dumps({
+        'dcgan': {'recipe': fid_curves.recipe_of('dcgan'), 'points': [point]},
+        'cgan': {'recipe': stale, 'points': [{**point, 'fid': 99.0}]},
+        'biggan': {'recipe': fid_curves.recipe_of('biggan'), 'points': [{**point, 'fid': 77.0}]}}))
+    work = tmp_path / 'work'
+    os.makedirs(work / 'biggan')
+    (work / 'biggan' / 'points.json').write_text(json.dumps([{**point, 'fid': 55.5}]))
+    r = run_script('benchmarks/fid_curves.py', '--work', work, '--record', record)
+    assert r.returncode == 0, r.stderr
+    assert '| dcgan | 10 | 0.001M | 3.00 | 123.45 (50) |' in r.stdout
+    assert '| biggan | 10 | 0.001M | 3.00 | 55.50 (50) |' in r.stdout and '77.00' not in r.stdout
+    assert '| cgan |' not in r.stdout
+    assert "its cgan curve was made with another recipe ({'data': 'cifar10/train', 'flags': ['--res', '32']," in r.stdout
+    kept = json.loads(record.read_text())
+    assert sorted(kept) == ['biggan', 'dcgan'] and kept['biggan']['points'][0]['fid'] == 55.5
+    assert kept['dcgan'] == {'recipe': fid_curves.recipe_of('dcgan'), 'points': [point]}
+    record.write_text('{not json')
+    r = run_script('benchmarks/fid_curves.py', '--work', work, '--record', record)
+    assert r.returncode != 0 and r.stderr.strip().startswith(f'error: cannot read the record {record}')

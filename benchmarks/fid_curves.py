@@ -86,7 +86,7 @@ RECIPES = {
                  'flags': ['--res', '32', '--fmap-base', '1024', '--fmap-max', '32', '--z-dim', '128',
                            '--w-dim', '128', '--mapping-layers', '2', '--lr', '0.0025', '--r1-gamma', '0.01',
                            '--pl-weight', '0', '--ema-kimg', '1', '--amp']},
-    'biggan': {'data': 'cifar10/train', 'batch': 32, 'k': 1, 'points': [3],     # benchmarks/biggan_cifar10.sh's
+    'biggan': {'data': 'cifar10/train', 'batch': 32, 'k': 1, 'points': [3, 10],     # benchmarks/biggan_cifar10.sh's
                'flags': ['--res', '32', '--ch', '16', '--lr-g', '2e-4', '--lr-d', '8e-4', '--d-steps', '1',
                          '--ema-start', '1000', '--ema-decay', '0.999', '--amp']},
 }

@@ -422,6 +422,16 @@ def train_canonical(args):
 
 # -- report --------------------------------------------------------------------------------------------
 
+def work_recipe(work, model):
+    """The recipe a curve was made with: WORK/<model>/recipe.json where its run wrote one (the
+    canonical recipe writes none), else the model's current one (a curve read from the record)."""
+    path = os.path.join(work, model, 'recipe.json')
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    return recipe_of(model)
+
+
 def merge_record(curves, path):
     """The curves of WORK, and for every model it has none of, the points kept in the record (a JSON
     file in the repo: {model: {'recipe': ..., 'points': [...]}}, written by an earlier report), when
@@ -496,7 +506,7 @@ def report(args):
         print(f'\n† part of the segment ran more than {SLOW}x slower than the rest (a shared CPU): fewer steps '
               f'than its minutes give on a quiet machine.')
     if args.record:
-        record = {m: {'recipe': recipe_of(m), 'points': pts} for m, pts in curves.items()}
+        record = {m: {'recipe': work_recipe(args.work, m), 'points': pts} for m, pts in curves.items()}
         tmp = args.record + '.tmp'
         with open(tmp, 'w') as f:
             json.dump(record, f, indent=1)

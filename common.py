@@ -1382,12 +1382,14 @@ class Run:
             self._keys = None
 
     def wrap(self, module, find_unused_parameters=False):
-        """The network as training calls it: channels_last on CUDA, --compile, --amp, and
+        """The network as training calls it: channels_last, --compile, --amp, and
         DistributedDataParallel under torchrun (gradients averaged across ranks). Checkpoints
         always hold the bare network's weights (see unwrap), so they load anywhere.
-        find_unused_parameters: for networks where some layers sit out a step (ProGAN's growing)."""
-        if self.device.type == 'cuda':
-            module = module.to(memory_format=torch.channels_last)
+        find_unused_parameters: for networks where some layers sit out a step (ProGAN's growing).
+
+        channels_last on the CPU too: oneDNN's convolutions are faster in that layout, in fp32 and
+        bf16 (12% to 59% more steps a minute, docs/throughput.md). Only the memory layout changes."""
+        module = module.to(memory_format=torch.channels_last)
         if self.args.compile:
             module = torch.compile(module)
         if self.args.amp:

@@ -47,7 +47,7 @@ up to its last point, pausing its clock while each point is scored.
 published points marked (PUBLISHED below, with their sources). --record keeps every curve's points and
 recipe in a JSON file in the repo, so that the report can be drawn again when the work folder (the
 checkpoints) is gone: a model without points in WORK is read from the record, if it was made with the
-model's current recipe.
+model's current recipe. A WORK folder of another recipe (an older one) is not shown, nor recorded.
 """
 import argparse
 import csv
@@ -78,8 +78,8 @@ RECIPES = {
                 'flags': ['--res', '32', '--ngf', '64', '--ndf', '64', '--d-steps', '1', '--lr', '2e-4', '--amp']},
     # --ema-beta 0.99: the sampled G averages over ~100 steps where the paper's 0.999 (at 50k steps a
     # phase) averages over ~1000, which here is longer than all of training at 32x32 (docs/fid_curves.md).
-    'progan': {'data': 'cifar10/train', 'batch': 64, 'k': 1, 'points': [3, 10],
-               'flags': ['--res', '32', '--fmap-base', '256', '--fmap-max', '32', '--kimg-per-phase', '2',
+    'progan': {'data': 'cifar10/train', 'batch': 16, 'k': 1, 'points': [3, 10],
+               'flags': ['--res', '32', '--fmap-base', '256', '--fmap-max', '32', '--kimg-per-phase', '8',
                          '--ema-beta', '0.99', '--amp']},
     # FID is of untruncated samples, as the papers report it: psi 1 (--generate's default, 0.7, is for pictures).
     'stylegan': {'data': 'cifar10/train', 'batch': 32, 'k': 1, 'points': [3, 10], 'sample': ['--psi', '1'],
@@ -422,14 +422,25 @@ def train_canonical(args):
 
 # -- report --------------------------------------------------------------------------------------------
 
-def work_recipe(work, model):
-    """The recipe a curve was made with: WORK/<model>/recipe.json where its run wrote one (the
-    canonical recipe writes none), else the model's current one (a curve read from the record)."""
-    path = os.path.join(work, model, 'recipe.json')
-    if os.path.exists(path):
-        with open(path) as f:
-            return json.load(f)
-    return recipe_of(model)
+def work_curves(work):
+    """{model: points} of the curves in WORK made with the model's current recipe. A folder left by
+    another recipe (its recipe.json; the canonical recipe writes none) is left out, and said: its
+    points would be shown, and recorded, under flags that did not make them."""
+    curves = {}
+    for m in RECIPES:
+        out = os.path.join(work, m)
+        pts = load_points(out)
+        path = os.path.join(out, 'recipe.json')
+        if pts and os.path.exists(path):
+            with open(path) as f:
+                made_with = json.load(f)
+            if made_with != recipe_of(m):
+                print(f'{out} holds a curve of another {m} recipe ({" ".join(made_with["flags"])}, batch '
+                      f'{made_with["batch"]}); not shown', flush=True)
+                continue
+        if pts:
+            curves[m] = pts
+    return curves
 
 
 def merge_record(curves, path):
@@ -458,10 +469,9 @@ def merge_record(curves, path):
 
 def report(args):
     """Two Markdown tables: one row per model at its last point (the README's), then every point.
-    With --record, the models WORK holds no points of come from that file, and it is rewritten with
-    every curve shown."""
-    curves = {m: load_points(os.path.join(args.work, m)) for m in RECIPES}
-    curves = {m: pts for m, pts in curves.items() if pts}
+    With --record, the models WORK holds no points of (of the current recipe) come from that file,
+    and it is rewritten with every curve shown."""
+    curves = work_curves(args.work)
     if args.record:
         curves = merge_record(curves, args.record)
     canon = curves.get('canonical', [])
@@ -506,7 +516,7 @@ def report(args):
         print(f'\n† part of the segment ran more than {SLOW}x slower than the rest (a shared CPU): fewer steps '
               f'than its minutes give on a quiet machine.')
     if args.record:
-        record = {m: {'recipe': work_recipe(args.work, m), 'points': pts} for m, pts in curves.items()}
+        record = {m: {'recipe': recipe_of(m), 'points': pts} for m, pts in curves.items()}
         tmp = args.record + '.tmp'
         with open(tmp, 'w') as f:
             json.dump(record, f, indent=1)

@@ -119,8 +119,8 @@ def test_a_disturbed_segment_is_measured_and_marked(tmp_path):
 
 def test_the_record_redraws_curves_whose_work_folder_is_gone(tmp_path):
     """--record: a model without points in WORK is read from the record in the repo when it was made
-    with the current recipe (another recipe's curve is dropped, and said); WORK's own points win; the
-    record is rewritten with every curve shown."""
+    with the current recipe (another recipe's curve is dropped, and said); WORK's own points win unless
+    another recipe made them; the record is rewritten with every curve shown."""
     sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
     import fid_curves
     point = {'minutes': 3.0, 'step': 10, 'images': 640, 'fid': 123.45, 'n': 50}
@@ -133,9 +133,14 @@ def test_the_record_redraws_curves_whose_work_folder_is_gone(tmp_path):
     work = tmp_path / 'work'
     os.makedirs(work / 'biggan')
     (work / 'biggan' / 'points.json').write_text(json.dumps([{**point, 'fid': 55.5}]))
+    # a WORK folder left by an older dcgan recipe: neither shown under today's flags nor recorded
+    os.makedirs(work / 'dcgan')
+    (work / 'dcgan' / 'points.json').write_text(json.dumps([{**point, 'fid': 11.1}]))
+    (work / 'dcgan' / 'recipe.json').write_text(json.dumps({**fid_curves.recipe_of('dcgan'), 'flags': ['--res', '32']}))
     r = run_script('benchmarks/fid_curves.py', '--work', work, '--record', record)
     assert r.returncode == 0, r.stderr
-    assert '| dcgan | 10 | 0.001M | 3.00 | 123.45 (50) |' in r.stdout
+    assert f'{work / "dcgan"} holds a curve of another dcgan recipe (--res 32, batch 64); not shown' in r.stdout
+    assert '| dcgan | 10 | 0.001M | 3.00 | 123.45 (50) |' in r.stdout and '11.10' not in r.stdout
     assert '| biggan | 10 | 0.001M | 3.00 | 55.50 (50) |' in r.stdout and '77.00' not in r.stdout
     assert '| cgan |' not in r.stdout
     assert "its cgan curve was made with another recipe ({'data': 'cifar10/train', 'flags': ['--res', '32']," in r.stdout

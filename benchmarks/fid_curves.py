@@ -72,14 +72,14 @@ RECIPES = {
                   'recipe': 'PyTorch examples loop, ImageFolder + DataLoader, fp32, dcgan.py\'s net at '
                             '`--res 32 --ngf 64 --ndf 64`, batch 64'},
     'gan_mlp': {'data': 'mnist', 'batch': 100, 'k': 1, 'points': [3], 'flags': ['--amp']},
-    'cgan': {'data': 'cifar10/train', 'batch': 32, 'k': 1, 'points': [3, 10],
+    'cgan': {'data': 'cifar10/train', 'batch': 64, 'k': 1, 'points': [3, 10],
              'flags': ['--res', '32', '--cond', 'concat', '--amp']},
     'wgan_gp': {'data': 'cifar10/train', 'batch': 64, 'k': 1, 'points': [3, 10],
                 'flags': ['--res', '32', '--ngf', '64', '--ndf', '64', '--d-steps', '1', '--lr', '2e-4', '--amp']},
     # --ema-beta 0.99: the sampled G averages over ~100 steps where the paper's 0.999 (at 50k steps a
     # phase) averages over ~1000, which here is longer than all of training at 32x32 (docs/fid_curves.md).
     'progan': {'data': 'cifar10/train', 'batch': 16, 'k': 1, 'points': [3, 10],
-               'flags': ['--res', '32', '--fmap-base', '256', '--fmap-max', '32', '--kimg-per-phase', '8',
+               'flags': ['--res', '32', '--fmap-base', '512', '--fmap-max', '32', '--kimg-per-phase', '8',
                          '--ema-beta', '0.99', '--amp']},
     # FID is of untruncated samples, as the papers report it: psi 1 (--generate's default, 0.7, is for pictures).
     'stylegan': {'data': 'cifar10/train', 'batch': 32, 'k': 1, 'points': [3, 10], 'sample': ['--psi', '1'],
@@ -255,17 +255,30 @@ def add_missing_kid(model, out, points, args, ref, log):
               flush=True)
 
 
-def slowdown(times, windows=20, min_steps=50):
+def slowdown(times, groups=None, windows=20, min_steps=50):
     """How much slower the slowest stretch of a segment ran than its typical one: the segment's
     per-step clock cut into `windows` runs of steps (at least min_steps each), seconds per step in
     each, the slowest over the median. About 1 on a quiet machine; a job sharing the CPU for part of
     the segment shows as a stretch several times slower, and the point's minutes then hold fewer
-    steps than the recipe gives."""
+    steps than the recipe gives.
+
+    groups: a label per step for steps that cost alike (ProGAN's resolution, whose 32x32 steps cost
+    several of its 4x4 ones). The clock is then cut within each stretch of one label, and each
+    window is compared with the median of its own label's windows."""
+    groups = [None] * len(times) if groups is None else groups
     size = max(min_steps, len(times) // windows)
-    rates = [(times[i + size] - times[i]) / size for i in range(0, len(times) - size, size)]
-    if len(rates) < 3:
-        return 1.0
-    return max(rates) / sorted(rates)[len(rates) // 2]
+    rates, start = {}, 0
+    for end in range(1, len(times) + 1):
+        if end == len(times) or groups[end] != groups[start]:
+            run = times[start:end]
+            rates.setdefault(groups[start], []).extend(
+                (run[i + size] - run[i]) / size for i in range(0, len(run) - size, size))
+            start = end
+    worst = 1.0
+    for r in rates.values():
+        if len(r) >= 3:
+            worst = max(worst, max(r) / sorted(r)[len(r) // 2])
+    return worst
 
 
 def train_model(model, args):
@@ -305,6 +318,7 @@ def train_model(model, args):
         # step's time for the first.
         prev = points[-1]['step'] if points else 0
         times = [float(x['time']) for x in rows if int(x['step']) > prev]
+        res = [x.get('res') for x in rows if int(x['step']) > prev]       # ProGAN's resolution; else None
         per = (times[-1] - times[0]) / max(1, len(times) - 1)
         measured = (times[-1] - times[0] + per) / 60
         capped = r.get('steps') and step >= r['steps']
@@ -317,7 +331,7 @@ def train_model(model, args):
         images = int(float(rows[-1]['kimg']) * 1000) if 'kimg' in rows[-1] else step * r['batch'] * r['k']
         points.append({'minutes': round(minutes, 3), 'step': step, 'images': images, 'fid': round(s['fid'], 2),
                        'kid': s['kid'], 'kid_std': s['kid_std'], 'n': args.n, 'wall_s': round(wall, 1),
-                       'slowdown': round(slowdown(times), 2)})
+                       'slowdown': round(slowdown(times, res), 2)})
         if points[-1]['slowdown'] > SLOW:
             print(f'warning: {model}: part of the segment to step {step} ran {points[-1]["slowdown"]:.1f}x slower '
                   f'than the rest (was the CPU shared?), so this point has fewer steps than its minutes give '

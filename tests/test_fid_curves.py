@@ -103,6 +103,14 @@ def test_a_disturbed_segment_is_measured_and_marked(tmp_path):
     shared += [shared[-1] + 0.1 * (i + 1) for i in range(800)]
     assert abs(fid_curves.slowdown(shared) - 3) < 1e-6
     assert fid_curves.slowdown(quiet[:60]) == 1.0            # too short to tell
+    # ProGAN: 1000 steps at 8x8, then 1000 at 32x32 that each cost 4 of them, is no slowdown, but a
+    # stretch of the 32x32 steps at 3x their own pace still is
+    grown = quiet[:1000] + [quiet[999] + 0.4 * (i + 1) for i in range(1000)]
+    res = [8] * 1000 + [32] * 1000
+    assert fid_curves.slowdown(grown) > 3 and abs(fid_curves.slowdown(grown, res) - 1) < 1e-6
+    late = grown[:1500] + [grown[1499] + 1.2 * (i + 1) for i in range(100)]
+    late += [late[-1] + 0.4 * (i + 1) for i in range(400)]
+    assert 2.9 < fid_curves.slowdown(late, res) <= 3        # a window holds the one step after the stretch
     work = tmp_path / 'work'
     for name, pts in (('wgan_gp', [{'minutes': 3.0, 'step': 10, 'images': 640, 'fid': 200.0, 'n': 50,
                                     'slowdown': 1.1},

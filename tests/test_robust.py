@@ -118,10 +118,13 @@ def log_steps(path):
 
 def test_sigkill_leaves_a_log_that_matches_the_checkpoint(tmp_path):
     out = tmp_path / 'run'
-    flags = [*TINY, '--data-root', tmp_path / 'c', '--out', out, '--sample-every', '100000', '--ckpt-every', '3']
-    p = start(*flags, '--steps', '100000')
+    # --epochs: so that the run is still going when killed (TINY's 100 epochs are 400 steps, under a second)
+    flags = [*TINY, '--data-root', tmp_path / 'c', '--out', out, '--sample-every', '100000', '--ckpt-every', '3',
+             '--epochs', '1000000']
+    p = start(*flags, '--steps', '10000000')
     wait_for(out / 'last.pt', p)
     time.sleep(1)
+    assert p.poll() is None, 'the run ended before it was killed'
     p.kill()
     p.communicate()
     step = common.load_checkpoint(str(out / 'last.pt'), 'gan_mlp')['step']

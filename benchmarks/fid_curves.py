@@ -51,6 +51,7 @@ model's current recipe. A WORK folder of another recipe (an older one) is not sh
 """
 import argparse
 import csv
+import itertools
 import json
 import os
 import re
@@ -192,23 +193,30 @@ def recipe_of(model):
     return recipe
 
 
+def other_recipe(model, out):
+    """'FLAGS, batch B' when WORK/<model>/ holds a curve of a recipe other than the model's current one
+    (its recipe.json says which), else None (the same recipe, or no recipe.json)."""
+    path = os.path.join(out, 'recipe.json')
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        made_with = json.load(f)
+    return None if made_with == recipe_of(model) else f'{" ".join(made_with["flags"])}, batch {made_with["batch"]}'
+
+
 def check_recipe(model, out, points):
     """A curve is one recipe: the points and checkpoint in WORK/<model>/ are continued only with the
     flags, batch and data they were trained with (recipe.json); other ones are refused, not mixed in."""
-    recipe = recipe_of(model)
-    path = os.path.join(out, 'recipe.json')
-    if os.path.exists(path):
-        with open(path) as f:
-            old = json.load(f)
-        if old != recipe:
-            sys.exit(f'error: {out} holds a curve of another {model} recipe ({" ".join(old["flags"])}, batch '
-                     f'{old["batch"]}); move it away or give another --work to start this one')
-    elif points:
-        sys.exit(f'error: {out} holds points but no recipe.json, so which flags made them is unknown; '
-                 f'move it away or give another --work')
-    else:
-        with open(path, 'w') as f:
-            json.dump(recipe, f, indent=1)
+    other = other_recipe(model, out)
+    if other:
+        sys.exit(f'error: {out} holds a curve of another {model} recipe ({other}); move it away or give another '
+                 f'--work to start this one')
+    if not os.path.exists(os.path.join(out, 'recipe.json')):
+        if points:
+            sys.exit(f'error: {out} holds points but no recipe.json, so which flags made them is unknown; '
+                     f'move it away or give another --work')
+        with open(os.path.join(out, 'recipe.json'), 'w') as f:
+            json.dump(recipe_of(model), f, indent=1)
 
 
 def score(model, ckpt_or_gen, out, tag, n, args, ref, log):
@@ -267,13 +275,10 @@ def slowdown(times, groups=None, windows=20, min_steps=50):
     window is compared with the median of its own label's windows."""
     groups = [None] * len(times) if groups is None else groups
     size = max(min_steps, len(times) // windows)
-    rates, start = {}, 0
-    for end in range(1, len(times) + 1):
-        if end == len(times) or groups[end] != groups[start]:
-            run = times[start:end]
-            rates.setdefault(groups[start], []).extend(
-                (run[i + size] - run[i]) / size for i in range(0, len(run) - size, size))
-            start = end
+    rates = {}
+    for label, run in itertools.groupby(zip(groups, times), key=lambda step: step[0]):
+        run = [t for _, t in run]
+        rates.setdefault(label, []).extend((run[i + size] - run[i]) / size for i in range(0, len(run) - size, size))
     worst = 1.0
     for r in rates.values():
         if len(r) >= 3:
@@ -317,8 +322,9 @@ def train_model(model, args):
         # (--steps ended it first) its losses.csv clock from the first step to the last, plus one
         # step's time for the first.
         prev = points[-1]['step'] if points else 0
-        times = [float(x['time']) for x in rows if int(x['step']) > prev]
-        res = [x.get('res') for x in rows if int(x['step']) > prev]       # ProGAN's resolution; else None
+        segment = [x for x in rows if int(x['step']) > prev]
+        times = [float(x['time']) for x in segment]
+        res = [x.get('res') for x in segment]                              # ProGAN's resolution; else None
         per = (times[-1] - times[0]) / max(1, len(times) - 1)
         measured = (times[-1] - times[0] + per) / 60
         capped = r.get('steps') and step >= r['steps']
@@ -444,15 +450,10 @@ def work_curves(work):
     for m in RECIPES:
         out = os.path.join(work, m)
         pts = load_points(out)
-        path = os.path.join(out, 'recipe.json')
-        if pts and os.path.exists(path):
-            with open(path) as f:
-                made_with = json.load(f)
-            if made_with != recipe_of(m):
-                print(f'{out} holds a curve of another {m} recipe ({" ".join(made_with["flags"])}, batch '
-                      f'{made_with["batch"]}); not shown', flush=True)
-                continue
-        if pts:
+        other = other_recipe(m, out) if pts else None
+        if other:
+            print(f'{out} holds a curve of another {m} recipe ({other}); not shown', flush=True)
+        elif pts:
             curves[m] = pts
     return curves
 

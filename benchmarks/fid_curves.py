@@ -73,8 +73,9 @@ RECIPES = {
                   'recipe': 'PyTorch examples loop, ImageFolder + DataLoader, fp32, dcgan.py\'s net at '
                             '`--res 32 --ngf 64 --ndf 64`, batch 64'},
     'gan_mlp': {'data': 'mnist', 'batch': 100, 'k': 1, 'points': [3], 'flags': ['--amp']},
+    # --betas 0 0.9: Miyato & Koyama's Adam betas, where the file's default optimiser is DCGAN's (docs/cgan.md).
     'cgan': {'data': 'cifar10/train', 'batch': 64, 'k': 1, 'points': [3, 10],
-             'flags': ['--res', '32', '--cond', 'concat', '--loss', 'hinge', '--amp']},
+             'flags': ['--res', '32', '--cond', 'projection', '--betas', '0', '0.9', '--amp']},
     'wgan_gp': {'data': 'cifar10/train', 'batch': 64, 'k': 1, 'points': [3, 10],
                 'flags': ['--res', '32', '--ngf', '64', '--ndf', '64', '--d-steps', '1', '--lr', '2e-4', '--amp']},
     # --ema-beta 0.99: the sampled G averages over ~100 steps where the paper's 0.999 (at 50k steps a

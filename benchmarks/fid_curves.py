@@ -212,11 +212,12 @@ def check_recipe(model, out, points):
     if other:
         sys.exit(f'error: {out} holds a curve of another {model} recipe ({other}); move it away or give another '
                  f'--work to start this one')
-    if not os.path.exists(os.path.join(out, 'recipe.json')):
+    path = os.path.join(out, 'recipe.json')
+    if not os.path.exists(path):
         if points:
             sys.exit(f'error: {out} holds points but no recipe.json, so which flags made them is unknown; '
                      f'move it away or give another --work')
-        with open(os.path.join(out, 'recipe.json'), 'w') as f:
+        with open(path, 'w') as f:
             json.dump(recipe_of(model), f, indent=1)
 
 

@@ -66,22 +66,39 @@ def cli(main):
     except OSError as e:
         _fail(os_error_message(e))
     except (RuntimeError, MemoryError) as e:  # torch raises RuntimeError (OutOfMemoryError on CUDA)
-        if not _is_out_of_memory(e):
-            raise
-        _fail(out_of_memory_message(e))
+        if _is_out_of_memory(e):
+            _fail(out_of_memory_message(e))
+        if _is_peer_failure(e):
+            _fail(f'another process of this torchrun job died ({str(e).strip().splitlines()[0][:100]}); '
+                  + _where_to_resume())
+        raise
     except KeyboardInterrupt as e:
         run = _active_run
         _end_progress()
+        # SIGTERM (what schedulers send before SIGKILL) is handled as Ctrl-C is; its exit status is 128 + 15
+        name, status = ('terminated', 143) if run is not None and run._signal == signal.SIGTERM else ('interrupted', 130)
         if str(e):
-            print(f'interrupted: {e}', file=sys.stderr)
-        elif run is not None and run._last_ckpt:
-            print(f'interrupted: {run._last_ckpt[0]} holds step {run._last_ckpt[1]}; '
-                  f'continue with --resume {run._last_ckpt[0]}', file=sys.stderr)
-        elif run is not None:
-            print('interrupted before the first checkpoint: nothing was saved', file=sys.stderr)
+            print(f'{name}: {e}', file=sys.stderr)
         else:
-            print('interrupted', file=sys.stderr)
-        sys.exit(130)
+            print(f'{name}: {_where_to_resume()}', file=sys.stderr)
+        sys.exit(status)
+
+
+def _where_to_resume():
+    run = _active_run
+    if run is not None and run._last_ckpt:
+        return f'{run._last_ckpt[0]} holds step {run._last_ckpt[1]}; continue with --resume {run._last_ckpt[0]}'
+    return 'nothing was saved before the first checkpoint' if run is not None else 'no run had started'
+
+
+def _is_peer_failure(e):
+    """A collective (all-reduce, broadcast) whose peer process is gone: gloo says the connection was
+    reset or closed, NCCL that the communicator was aborted."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return False
+    m = str(e).lower()
+    return any(s in m for s in ('connection reset', 'connection closed', 'broken pipe', 'peer', 'nccl communicator',
+                                'timed out', 'socket'))
 
 
 def _fail(message):
@@ -94,6 +111,8 @@ def _end_progress():
     """Close the progress bar of a run in progress, so that the last line is the message alone."""
     if _active_run is not None and getattr(_active_run, 'bar', None) is not None:
         _active_run.bar.close()
+    if _active_run is not None:
+        _active_run._release_interrupt()
 
 
 def os_error_message(e):
@@ -163,7 +182,7 @@ def check_memory(nbytes, what, device='cpu'):
 # Arguments: the CLI core. Each model file adds its paper's hyperparameters with paper defaults.
 # ----------------------------------------------------------------------------------------------
 
-DATASETS = ['mnist', 'fashion-mnist', 'cifar10', 'flowers102', 'lfw', 'shapes']
+DATASETS = ['mnist', 'fashion-mnist', 'cifar10', 'flowers102', 'shapes']
 
 
 # Flag value types: argparse checks each value as it parses it, and a bad one is one line
@@ -225,6 +244,9 @@ def base_parser(doc, model, dataset, res, batch_size, epochs, sample_every=500, 
     g.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda', 'mps'])
     g.add_argument('--out', help=f'output folder (default runs/{model}; with --generate, where images go)')
     g.add_argument('--resume', metavar='PATH', help='continue training from a checkpoint')
+    g.add_argument('--allow-changes', action='store_true',
+                   help='with --resume: continue even where the data, batch size, architecture or loss flags '
+                        'differ from the checkpoint\'s (refused otherwise)')
     g.add_argument('--sample-every', type=positive_int, default=sample_every, help='steps between sample grids')
     g.add_argument('--ckpt-every', type=positive_int, default=ckpt_every, help='steps between checkpoints')
     g = p.add_argument_group('evaluation')
@@ -250,6 +272,9 @@ def base_parser(doc, model, dataset, res, batch_size, epochs, sample_every=500, 
 def parse(p, argv=None, valid_res=None):
     """Parse and check the core flags. `valid_res` lists the resolutions the model can build."""
     args = p.parse_args(argv)
+    global _resumable
+    _resumable = RESUMABLE | {a.dest for g in p._action_groups for a in g._group_actions
+                              if any(w in (g.title or '') for w in ('sampling', 'speed', 'evaluation', 'diagnostics'))}
     for name, v in vars(args).items():  # a float flag of any file: NaN or inf is never a valid setting
         if any(isinstance(x, float) and not math.isfinite(x) for x in (v if isinstance(v, list) else [v])):
             raise UserError(f'--{name.replace("_", "-")} {v}: not a finite number')
@@ -493,8 +518,6 @@ def _torchvision_dataset(name, root):
         return tvd.CIFAR10(root, train=True, download=True)
     if name == 'flowers102':
         return tvd.Flowers102(root, split='train', download=True)
-    if name == 'lfw':
-        return tvd.LFWPeople(root, split='train', download=True)
     raise UserError(f'unknown dataset {name}')
 
 
@@ -508,7 +531,14 @@ def _load_torchvision(name, res, root):
     except UserError:
         raise
     except Exception as e:  # torchvision raises URLError, RuntimeError, OSError... on a failed download
-        raise UserError(f'could not download {name} into {root} ({type(e).__name__}: {str(e).splitlines()[0][:120]}). '
+        # The reason in one line and whole words: the first sentence of the first line (torchvision
+        # may run sentences together, "download.Please"), and a long one cut at a space.
+        first = (str(e).strip().splitlines() or ['no message'])[0]
+        m = re.match(r'.*?[.!?](?=\s|$|[A-Z][a-z])', first)
+        reason = (m.group(0) if m else first).rstrip('.')
+        if len(reason) > 200:
+            reason = reason[:200].rsplit(' ', 1)[0] + ' ...'
+        raise UserError(f'could not download {name} into {root} ({type(e).__name__}: {reason}). '
                         'Check your internet connection, or train on a folder with --data DIR, '
                         'or on the built-in dataset with --dataset shapes') from None
     if name in ('mnist', 'fashion-mnist'):
@@ -532,7 +562,10 @@ def _load_torchvision(name, res, root):
 def _to_rgb(img):
     """Any PIL image -> 8-bit RGB. A 16-bit (or 32-bit integer) grayscale image is scaled down,
     0..65535 -> 0..255: PIL's own convert would clip it at 255 (a solid white image)."""
-    from PIL import Image
+    from PIL import Image, ImageOps
+    # A camera's JPEG stores its pixels as the sensor saw them and the way up in its EXIF
+    # orientation tag; viewers apply it, so the model must too (else portraits train sideways).
+    img = ImageOps.exif_transpose(img)
     if img.mode.startswith('I'):
         a = np.asarray(img).astype(np.float64)
         img = Image.fromarray((np.clip(a, 0, 65535) / 257).round().astype(np.uint8), 'L')
@@ -613,11 +646,16 @@ def _load_folder(path, files, all_labels, classes, res, root):
     from PIL import Image
 
     # The cache is valid for exactly these files: each one's path below the folder (which decides
-    # its class), size and modification time, and the decode settings. A file moved to another
-    # class, replaced by a copy that kept an older time (cp -p, rsync -t, tar x) or added changes
-    # the key, and the folder is decoded again.
-    stats = [(os.path.relpath(f, path), st.st_size, st.st_mtime_ns) for f, st in ((f, os.stat(f)) for f in files)]
-    key = hashlib.sha1(json.dumps([stats, res, 'v3']).encode()).hexdigest()
+    # its class) and its bytes, and the decode settings. Keyed on content, not on size and time: a
+    # file replaced by another of the same size and date (cp -p, a tar extracted with its dates,
+    # fixed-size BMP/PPM) changes the key, and the folder is decoded again. Hashing reads each file
+    # once, far cheaper than decoding it.
+    key = hashlib.blake2b(json.dumps([res, 'v4']).encode(), digest_size=20)
+    for f in files:
+        key.update(os.path.relpath(f, path).encode() + b'\0')
+        with open(f, 'rb') as fh:
+            key.update(hashlib.blake2b(fh.read()).digest())
+    key = key.hexdigest()
     name = hashlib.sha1(f'{os.path.abspath(path)}|{res}'.encode()).hexdigest()[:16]
     cache = os.path.join(root, 'cache', f'folder-{name}.pt')
     d = _read_cache(cache, ['images', 'labels', 'key'])
@@ -997,6 +1035,9 @@ class CollapseMonitor:
         self.armed, self.warned = False, False
         real = real.float() / 127.5 - 1 if real.dtype == torch.uint8 else real
         self.real = diversity(real)
+        if self.real == 0:   # a ratio to zero means nothing: say so once, and log no figure
+            print('warning: the real images are all identical, so `diversity` (samples against real images) is '
+                  'undefined for this data and is not logged', file=sys.stderr)
         self.clf = None
         if args.classifier:
             if not os.path.isfile(args.classifier):
@@ -1027,7 +1068,7 @@ class CollapseMonitor:
     @torch.no_grad()
     def __call__(self, fake, step=0):
         fake = fake.float().cpu()
-        logs = {'diversity': diversity(fake) / self.real}
+        logs = {'diversity': diversity(fake) / self.real} if self.real > 0 else {}
         if self.clf is not None:
             share = torch.bincount(self.clf(fake).argmax(1), minlength=self.k).double() / len(fake)
             logs['classes_covered'] = int((share >= 0.5 / self.k).sum())
@@ -1035,6 +1076,8 @@ class CollapseMonitor:
             if self.out:
                 with open(os.path.join(self.out, 'class_shares.csv'), 'a', newline='') as f:
                     csv.writer(f).writerow([step] + [f'{v:.4f}' for v in share.tolist()])
+        if 'diversity' not in logs:
+            return logs
         self.armed = self.armed or logs['diversity'] >= self.threshold or step >= self.warmup
         if self.armed and logs['diversity'] < self.threshold and not self.warned:
             from tqdm import tqdm
@@ -1146,12 +1189,83 @@ def load_checkpoint(path, model):
     except Exception as e:
         raise UserError(f'checkpoint {path} could not be read ({type(e).__name__}); '
                         'is it a checkpoint written by this project?') from None
-    if not isinstance(ckpt, dict) or 'model' not in ckpt:
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get('model'), str):
         raise UserError(f'checkpoint {path} was not written by this project')
     if ckpt['model'] != model:
         raise UserError(f'checkpoint {path} is a {ckpt["model"]} checkpoint; use {ckpt["model"]}.py for it, '
                         f'or give a {model} checkpoint')
+    problem = _checkpoint_problem(ckpt)
+    if problem:
+        raise UserError(f'checkpoint {path} is damaged: {problem}')
     return ckpt
+
+
+def _checkpoint_problem(ckpt):
+    """What is wrong with a checkpoint's structure (a hand-made or damaged file), or None. Weights
+    that hold NaN or inf (saved after training diverged) would sample black images and train on
+    nothing: refused here, for --resume and every sampling mode alike."""
+    step = ckpt.get('step')
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        return f'its step is {step!r}, not a count >= 0'
+    for k, kind in (('args', dict), ('nets', dict), ('rng', dict)):
+        if not isinstance(ckpt.get(k), kind):
+            return f'it has no {k}' if k not in ckpt else f'its {k} is a {type(ckpt[k]).__name__}, not a {kind.__name__}'
+    for name, state in ckpt['nets'].items():
+        if not isinstance(state, dict):
+            return f'its {name} is a {type(state).__name__}, not a state dict'
+        if 'param_groups' in state:                     # an optimizer: its moments may be anything finite or not
+            continue
+        for k, v in state.items():
+            if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all():
+                return (f'{name}.{k} holds NaN or inf (saved after training diverged?); '
+                        'use an earlier checkpoint')
+    return None
+
+
+def check_checkpoint_args(ckpt, args, path):
+    """The stored training flags must hold every flag this file defines, each of the type its parser
+    gives (a hand-edited 'res': 'abc' is refused here, not as a TypeError deep in the networks)."""
+    saved = ckpt['args']
+    missing = [k for k in vars(args) if k not in saved and k not in ('classes', 'channels')]
+    if missing:
+        raise UserError(f'checkpoint {path} lacks the training flags {", ".join(_flag(k) for k in missing[:5])}: '
+                        f'it was written by another version of {args.model}.py, or damaged')
+    for k, v in saved.items():
+        ours = getattr(args, k, None)
+        number = (int, float)
+        if ours is None or v is None or isinstance(v, type(ours)) or (
+                isinstance(ours, number) and isinstance(v, number) and not isinstance(v, bool)):
+            continue
+        raise UserError(f'checkpoint {path} is damaged: its {_flag(k)} is {v!r}, not a {type(ours).__name__}')
+
+
+def _flag(dest):
+    return '--' + dest.replace('_', '-')
+
+
+# Flags that a resumed run may change: how long and how often, where, how fast, and the optimiser's
+# settings (lr and betas come from the flags on resume, see _load_optimizer). Everything else (the
+# data, the batch size, the architecture, the loss, the seed) changes what the checkpoint means, and
+# a change is refused unless --allow-changes says so. parse() adds the sampling, evaluation, speed
+# and diagnostics groups of each file.
+RESUMABLE = {'data_root', 'max_memory_gb', 'workers', 'epochs', 'steps', 'minutes', 'device', 'out', 'resume',
+             'sample_every', 'ckpt_every', 'allow_changes', 'sampling', 'betas', 'momentum', 'momentum_epochs',
+             'lr_decay', 'lr_min', 'decay_epochs', 'adam_eps'}
+_resumable = set(RESUMABLE)
+
+
+def check_resume_changes(ckpt, args, path):
+    """Refuse a resume whose flags change the run's meaning, naming what differs."""
+    def same(k, a, b):
+        if k == 'data' and a and b:
+            return os.path.abspath(a) == os.path.abspath(b)
+        return a == b or (isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and list(a) == list(b))
+    changed = [k for k, v in ckpt['args'].items() if k in vars(args) and k not in _resumable
+               and not (k == 'lr' or k.startswith('lr_')) and not same(k, v, getattr(args, k))]
+    if changed and not getattr(args, 'allow_changes', False):
+        diff = ', '.join(f'{_flag(k)} {ckpt["args"][k]!r} -> {getattr(args, k)!r}' for k in changed[:4])
+        raise UserError(f'--resume {path}: these flags differ from the run it continues: {diff}. Give its flags '
+                        '(config.json beside it), or --allow-changes to continue with the new ones')
 
 
 def load_nets(nets, ckpt, path='the checkpoint'):
@@ -1196,6 +1310,7 @@ def args_from_checkpoint(ckpt, args):
     RNGs are seeded from --seed (a sampling path that draws from them, e.g. StyleGAN's per-layer
     noise, writes the same images for the same --ckpt and --seed), and --generate N is refused
     before allocating if N images cannot fit. (--class exists only in the conditional files.)"""
+    check_checkpoint_args(ckpt, args, getattr(args, 'ckpt', None) or 'the checkpoint')
     targs = argparse.Namespace(**{**ckpt['args'], 'device': args.device})
     if getattr(args, 'seed', None) is not None:
         seed_everything(args.seed)
@@ -1236,6 +1351,8 @@ def check_training_flags(args):
 
 class Run:
     def __init__(self, args):
+        if _active_run is not None:   # runs in one process follow each other: the one before has ended
+            _active_run._unlock()
         self.args = args
         check_training_flags(args)
         self.device = get_device(args.device)
@@ -1257,8 +1374,10 @@ class Run:
         self._csv, self.fid = None, None
         self._deadline = None                              # --minutes: set when the first step begins
         self._last_ckpt = None                             # (path, step) of the newest whole checkpoint
-        self._stop = False                                 # Ctrl-C: save after the step in progress, then stop
-        self._sigint = None                                # the SIGINT handler to put back
+        self._stop = False                                 # Ctrl-C / SIGTERM: save after the step in progress, then stop
+        self._signal = None                                # which of the two came
+        self._handlers = {}                                # the handlers to put back
+        self._lock = None                                  # the open lock file of --out
 
     # -- start: resume if asked, write config and the real grid, open the logs
     def start(self, nets, data, batches_per_step=1):
@@ -1267,9 +1386,15 @@ class Run:
         self.k = batches_per_step
         if args.resume:
             ckpt = load_checkpoint(args.resume, args.model)
+            check_checkpoint_args(ckpt, args, args.resume)
+            check_resume_changes(ckpt, args, args.resume)
             load_nets(nets, ckpt, args.resume)
             self.step_num = ckpt['step']
-            set_rng_state(ckpt['rng'])
+            try:
+                set_rng_state(ckpt['rng'])
+            except (RuntimeError, TypeError, ValueError, KeyError) as e:
+                raise UserError(f'checkpoint {args.resume} is damaged: its RNG state does not load '
+                                f'({type(e).__name__})') from None
             self._last_ckpt = (args.resume, self.step_num)
         if self.rank > 0:  # every rank built the same networks from one seed; now each draws its own z
             torch.manual_seed(args.seed * 1000 + self.rank + self.step_num)
@@ -1291,6 +1416,7 @@ class Run:
         if not self.main:
             return
         os.makedirs(os.path.join(self.out, 'samples'), exist_ok=True)
+        self._lock_out()
         remove_orphan_temp_files(self.out)
         with open(os.path.join(self.out, 'config.json'), 'w') as f:
             json.dump(vars(args), f, indent=2, default=str)
@@ -1340,23 +1466,53 @@ class Run:
                      f'({params / 1e6:.3g}M parameters)', self.device)
 
     def _catch_interrupt(self):
-        """The first Ctrl-C lets the step in progress finish, saves it, and stops (see step());
-        a second one stops at once."""
-        def on_sigint(signum, frame):
+        """The first Ctrl-C, or SIGTERM (what Slurm, Kubernetes and most schedulers send some
+        seconds before SIGKILL), lets the step in progress finish, saves it, and stops (see step()).
+        A signal during a save lets the save finish: the finished step is never lost. A second
+        signal stops at once, and the checkpoint before stays whole (atomic_save)."""
+        def on_signal(signum, frame):
             if self._stop:
                 raise KeyboardInterrupt
-            self._stop = True
-            print(f'\ninterrupt: finishing step {self.step_num + 1}, saving it, then stopping '
-                  '(Ctrl-C again to stop at once)', file=sys.stderr)
-        try:
-            self._sigint = signal.signal(signal.SIGINT, on_sigint)
-        except ValueError:                                 # not the main thread: keep Python's own
-            self._sigint = None
+            self._stop, self._signal = True, signum
+            what = 'Ctrl-C' if signum == signal.SIGINT else 'SIGTERM'
+            print(f'\n{what}: finishing step {self.step_num + 1}, saving it, then stopping '
+                  f'({what} again to stop at once)', file=sys.stderr)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._handlers[sig] = signal.signal(sig, on_signal)
+            except ValueError:                             # not the main thread: keep Python's own
+                pass
 
     def _release_interrupt(self):
-        if self._sigint is not None:
-            signal.signal(signal.SIGINT, self._sigint)
-            self._sigint = None
+        for sig, handler in self._handlers.items():
+            signal.signal(sig, handler)
+        self._handlers = {}
+
+    def _lock_out(self):
+        """Hold --out for this run: a second run started into the same folder would interleave its
+        log rows and checkpoints with ours. flock is released by the kernel when the process ends,
+        however it ends, so a killed run never leaves the folder locked."""
+        import fcntl
+        path = os.path.join(self.out, '.lock')
+        f = open(path, 'a+')
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip() or 'another process'
+            f.close()
+            raise UserError(f'--out {self.out} is in use by another run ({holder}); wait for it to end, '
+                            'or give another --out') from None
+        f.seek(0)
+        f.truncate()
+        f.write(f'pid {os.getpid()} on {os.uname().nodename}')
+        f.flush()
+        self._lock = f
+
+    def _unlock(self):
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     def _open_log(self):
         """losses.csv. On resume it keeps exactly the rows up to the checkpoint's step: rows a killed
@@ -1443,7 +1599,8 @@ class Run:
         logs = {k: float(v) for k, v in logs.items()}
         if self.fid is not None and eval_fn is not None and self.step_num % self.args.eval_every == 0:
             n = self.args.eval_n
-            fakes = torch.cat([eval_fn(min(250, n - i)).cpu() for i in range(0, n, 250)])
+            b = self.args.batch_size   # chunks of a training batch: a device that trains at B can sample B
+            fakes = torch.cat([eval_fn(min(b, n - i)).cpu() for i in range(0, n, b)])
             logs['fid'] = self.fid(fakes)
             self.bar.write(f'step {self.step_num}: FID {logs["fid"]:.2f} ({n} samples vs {n} training images)')
         if self._keys is None:
@@ -1530,6 +1687,7 @@ class Run:
             self.sample(sample_fn)
         plot_losses(os.path.join(self.out, 'losses.csv'), os.path.join(self.out, 'losses.png'))
         self._csv.close()
+        self._unlock()
         _active_run = None
         mins = (time.time() - self._t0) / 60
         print(f'done: {self.step_num} steps in {mins:.1f} min, peak memory {peak_memory_gb(self.device):.2f} GB. '

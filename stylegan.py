@@ -20,8 +20,9 @@ outputs), a residual discriminator, lazy R1 regularisation and path-length regul
 
 Usage:
     python stylegan.py --dataset shapes --res 32 --fmap-base 512 --fmap-max 64 --z-dim 64 --w-dim 64 --steps 300
-    python stylegan.py                                               # LFW faces (downloaded) at 256x256
-    python stylegan.py --res 256 --epochs 50 --data DIR              # StyleGAN2 config F widths
+    python stylegan.py --res 256 --epochs 50                         # config F widths on the built-in shapes (offline)
+    python stylegan.py --res 256 --dataset flowers102                # photos, downloaded on first use (over 256 px)
+    python stylegan.py --res 256 --epochs 50 --data DIR              # a folder of your own images
     python stylegan.py --style adain --data DIR                      # the 2019 AdaIN generator
     python stylegan.py --augment diffaug --data SMALL_DIR            # small datasets (Zhao et al. 2020)
     python stylegan.py --d-steps 2                                   # 2 D steps per G step (the papers: 1)
@@ -65,7 +66,10 @@ PAPER_PSIS = [1.0, 0.7, 0.5, 0.0, -0.5, -1.0]       # StyleGAN Fig. 8
 
 
 def get_args(argv=None):
-    p = common.base_parser(__doc__, model='stylegan', dataset='lfw', res=256, batch_size=32, epochs=50)
+    # The default data is the built-in shapes, which exist offline at every --res: torchvision no longer
+    # downloads LFW, the faces this default once was. Photos: --dataset flowers102 (larger than 256 px,
+    # still downloaded on first use) or --data DIR.
+    p = common.base_parser(__doc__, model='stylegan', dataset='shapes', res=256, batch_size=32, epochs=50)
     g = p.add_argument_group('StyleGAN / StyleGAN2 (Karras et al. 2019, 2020)')
     g.add_argument('--style', default='demod', choices=['demod', 'adain'],
                    help='demod: StyleGAN2 weight (de)modulation (default); adain: StyleGAN AdaIN')
@@ -648,11 +652,17 @@ def make_optimizers(G, D, args):
     return opt_G, opt_D
 
 
+# Sampling draws its images `chunk` at a time, and every caller passes the training batch size: a
+# no-grad forward of B images needs less memory than the training step that fits B images forward
+# and backward, so a machine that trains at batch B can also write its grids. At 256x256 with config
+# F widths, the 64-image grid in one chunk took a CPU run at batch 2 from 4.3 GB to 18.4 GB.
+
 @torch.no_grad()
-def sample(G, z, psi=1.0, cutoff=None):
+def sample(G, z, chunk, psi=1.0, cutoff=None):
+    """z [N, z_dim] -> images [N, C, res, res], `chunk` at a time, with G in eval mode."""
     was = G.training
     G.eval()
-    x = torch.cat([G(zb, psi=psi, cutoff=cutoff) for zb in z.split(64)])
+    x = torch.cat([G(zb, psi=psi, cutoff=cutoff) for zb in z.split(chunk)])
     G.train(was)
     return x
 
@@ -671,8 +681,9 @@ def train(args):
     # the EMA moves once per G update, whose batch is batch_size (whatever --d-steps)
     beta = ema_beta(args.batch_size * run.world, args.ema_kimg)
     fixed_z = torch.randn(64, args.z_dim, generator=torch.Generator().manual_seed(args.seed)).to(run.device)
-    sample_fn = lambda: sample(G_ema, fixed_z)                                      # noqa: E731
-    eval_fn = lambda n: sample(G_ema, torch.randn(n, args.z_dim, device=run.device))  # noqa: E731
+    b = args.batch_size
+    sample_fn = lambda: sample(G_ema, fixed_z, b)                                      # noqa: E731
+    eval_fn = lambda n: sample(G_ema, torch.randn(n, args.z_dim, device=run.device), b)  # noqa: E731
 
     for x, _ in run.batches(data):
         logs = train_step(G, D, G_ema, opt_G, opt_D, pl, x, run.step_num, beta, args)
@@ -711,42 +722,43 @@ def ws_of(G, z, psi, cutoff):
 
 
 @torch.no_grad()
-def synth(G, ws):
-    return torch.cat([G.synthesis(wb) for wb in ws.split(64)])
+def synth(G, ws, chunk):
+    """ws [N, num_ws, w_dim] -> images [N, C, res, res], `chunk` at a time (see sample)."""
+    return torch.cat([G.synthesis(wb) for wb in ws.split(chunk)])
 
 
-def style_mix_grid(G, gen, args, name, n_a=6, n_b=5):
+def style_mix_grid(G, gen, args, name, chunk, n_a=6, n_b=5):
     """StyleGAN Fig. 3: sources A across the top, B down the left; cell (i, j) is A_j with the
     `name` band of styles copied from B_i. Returns (images, nrow)."""
     dev = G.w_avg.device
     wa = ws_of(G, torch.randn(n_a, G.z_dim, generator=gen).to(dev), args.psi, args.trunc_cutoff)
     wb = ws_of(G, torch.randn(n_b, G.z_dim, generator=gen).to(dev), args.psi, args.trunc_cutoff)
     lo, hi = mix_range(name, G.num_ws)
-    img_a, img_b = synth(G, wa), synth(G, wb)
+    img_a, img_b = synth(G, wa, chunk), synth(G, wb, chunk)
     rows = [torch.cat([torch.ones_like(img_a[:1]), img_a])]                # a white corner cell
     for i in range(n_b):
         ws = wa.clone()
         ws[:, lo:hi] = wb[i, lo:hi]
-        rows.append(torch.cat([img_b[i:i + 1], synth(G, ws)]))
+        rows.append(torch.cat([img_b[i:i + 1], synth(G, ws, chunk)]))
     return torch.cat(rows), n_a + 1
 
 
-def interpolation_grid(G, gen, args, legs=common.INTERP_ROWS):
+def interpolation_grid(G, gen, args, chunk, legs=common.INTERP_ROWS):
     """A walk in W: linear from w_0 to w_1 in the first row, w_1 to w_2 in the next, and so on."""
     dev = G.w_avg.device
     keys = ws_of(G, torch.randn(legs + 1, G.z_dim, generator=gen).to(dev), args.psi, args.trunc_cutoff)
     t = torch.linspace(0, 1, args.interp_steps, device=dev).view(1, -1, 1, 1)
     ws = keys[:-1, None].lerp(keys[1:, None], t)                            # [legs, STEPS, num_ws, w_dim]
-    return synth(G, ws.flatten(0, 1)), args.interp_steps
+    return synth(G, ws.flatten(0, 1), chunk), args.interp_steps
 
 
-def truncation_grid(G, gen, args, rows=6):
+def truncation_grid(G, gen, args, chunk, rows=6):
     """StyleGAN Fig. 8: each row one z, each column one psi."""
     psis = args.truncation_sweep or PAPER_PSIS
     dev = G.w_avg.device
     w = G.mapping(torch.randn(rows, G.z_dim, generator=gen).to(dev))[:, None].repeat(1, G.num_ws, 1)
     ws = torch.stack([truncate(w, G.w_avg, psi, args.trunc_cutoff) for psi in psis], 1)
-    return synth(G, ws.flatten(0, 1)), len(psis)
+    return synth(G, ws.flatten(0, 1), chunk), len(psis)
 
 
 @torch.no_grad()
@@ -758,22 +770,23 @@ def generate(args):
     G.load_state_dict(ckpt['nets']['G_ema'])
     G.to(device).eval()
     gen = torch.Generator().manual_seed(args.seed)
+    chunk = targs.batch_size                     # the checkpoint's training batch (see sample)
     os.makedirs(args.out, exist_ok=True)
     if args.generate:
         z = torch.randn(args.generate, targs.z_dim, generator=gen).to(device)
-        common.write_samples(sample(G, z, args.psi, args.trunc_cutoff), args.out)
+        common.write_samples(sample(G, z, chunk, args.psi, args.trunc_cutoff), args.out)
         print(f'wrote {args.generate} images (psi {args.psi}) and grid.png to {args.out}')
     if args.style_mix is not None:
         for name in args.style_mix or ['coarse', 'middle', 'fine']:
-            x, nrow = style_mix_grid(G, gen, args, name)
+            x, nrow = style_mix_grid(G, gen, args, name, chunk)
             common.save_grid(x, os.path.join(args.out, f'style_mix_{name}.png'), nrow)
             print(f'wrote {args.out}/style_mix_{name}.png')
     if args.interpolate:
-        x, nrow = interpolation_grid(G, gen, args)
+        x, nrow = interpolation_grid(G, gen, args, chunk)
         common.save_grid(x, os.path.join(args.out, 'interpolate.png'), nrow)
         print(f'wrote {args.out}/interpolate.png')
     if args.truncation_sweep is not None:
-        x, nrow = truncation_grid(G, gen, args)
+        x, nrow = truncation_grid(G, gen, args, chunk)
         common.save_grid(x, os.path.join(args.out, 'truncation_sweep.png'), nrow)
         print(f'wrote {args.out}/truncation_sweep.png')
 

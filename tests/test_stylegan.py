@@ -370,3 +370,34 @@ def test_end_to_end_train_and_sample(tmp_path):
 def test_compile_is_refused_with_double_backward_regularisers():
     with pytest.raises(S.common.UserError, match='--compile cannot be used with R1'):
         S.get_args(['--compile'])
+
+
+def test_default_command_trains_offline(tmp_path):
+    # `python stylegan.py --res 256 --epochs 50` as the README gives it, with only sizes appended to
+    # make it fast: the default dataset must exist without a download
+    r = run_script('stylegan.py', '--res', '256', '--epochs', '50', '--steps', '1', '--shapes-n', '8',
+                   '--batch-size', '2', '--fmap-base', '64', '--fmap-max', '16', '--z-dim', '16', '--w-dim', '16',
+                   '--mapping-layers', '1', '--out', tmp_path / 'run', cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / 'run' / 'last.pt').exists()
+
+
+def test_sampling_never_runs_more_than_a_training_batch(tmp_path, monkeypatch):
+    # the 64-image grid, the FID samples and every sampling mode go through G at most --batch-size
+    # images at a time, and the FID samples reach eval_fn in chunks of that size too
+    batches, drawn, fid_sizes = [], [], []
+    forward, sample = S.Synthesis.forward, S.sample
+    monkeypatch.setattr(S.Synthesis, 'forward', lambda self, ws, *a, **k: (batches.append(len(ws)),
+                                                                           forward(self, ws, *a, **k))[1])
+    monkeypatch.setattr(S, 'sample', lambda G, z, *a, **k: (drawn.append(len(z)), sample(G, z, *a, **k))[1])
+    monkeypatch.setattr(common.Run, '_fid_tracker',
+                        lambda self, data: lambda fakes: fid_sizes.append(len(fakes)) or 1.0)
+    out = tmp_path / 'run'
+    S.main(TINY + ['--batch-size', '2', '--mapping-layers', '1', '--shapes-n', '8', '--steps', '1', '--sample-every',
+                   '1', '--eval-every', '1', '--eval-n', '5', '--out', str(out), '--data-root', str(tmp_path / 'data')])
+    assert fid_sizes == [5] and sorted(n for n in drawn if n != 64) == [1, 2, 2]
+    assert 64 in drawn and max(batches) == 2
+    batches.clear()
+    S.main(['--generate', '9', '--ckpt', str(out / 'last.pt'), '--style-mix', '--interpolate', '--truncation-sweep',
+            '--out', str(tmp_path / 'gen')])
+    assert len(batches) > 20 and max(batches) == 2

@@ -858,8 +858,9 @@ def to_uint8(x):
     """float [N, C, H, W] in [-1, 1] -> uint8 [N, C, H, W] on the same device (uint8 passes through).
 
     The project's one rule for 8-bit pixels, torchvision.utils.save_image's: floor((x + 1) / 2 * 255
-    + 0.5), clamped to [0, 255] (the cast truncates, which is floor on values >= 0). metrics.py uses
-    this same function, so FID measured during training equals FID of the saved PNG files."""
+    + 0.5), clamped to [0, 255] (the cast truncates, which is floor on values >= 0). metrics.py, which
+    stands alone, repeats this rule (tests hold the two equal), so FID measured during training equals
+    FID of the saved PNG files."""
     if x.dtype == torch.uint8:
         return x
     if not x.is_floating_point():
@@ -1140,11 +1141,21 @@ def unwrap(m):
     return m
 
 
+class DDP(torch.nn.parallel.DistributedDataParallel):
+    """DistributedDataParallel that steps aside for a forward whose parameters take no gradient
+    (D in the G step, frozen with requires_grad_(False)): through DDP such a forward would make
+    every rank wait for D gradients that never come, and the next D step would fail. The model
+    files call D the same way in every step and need not know."""
+
+    def forward(self, *args, **kwargs):
+        if not any(p.requires_grad for p in self.module.parameters()):
+            return self.module(*args, **kwargs)
+        return super().forward(*args, **kwargs)
+
+
 def without_ddp(m):
-    """m without its DistributedDataParallel wrapper, for a forward whose parameters take no gradient
-    (D in the G step, frozen with requires_grad_(False)). Through DDP, such a forward makes every
-    rank wait for D gradients that never come, and the next D step fails."""
-    return m.module if isinstance(m, torch.nn.parallel.DistributedDataParallel) else m
+    """Kept for code written against older versions of this file: Run.wrap's DDP now does this itself."""
+    return m
 
 
 class Autocast(torch.nn.Module):
@@ -1552,8 +1563,7 @@ class Run:
             module = Autocast(module, self.device.type)
         if self.world > 1:
             ids = [self.device.index] if self.device.type == 'cuda' else None
-            module = torch.nn.parallel.DistributedDataParallel(
-                module, device_ids=ids, broadcast_buffers=False, find_unused_parameters=find_unused_parameters)
+            module = DDP(module, device_ids=ids, broadcast_buffers=False, find_unused_parameters=find_unused_parameters)
         return module
 
     # -- batches: epochs of shuffled batches, from the resumed position, up to the step cap.

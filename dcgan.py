@@ -339,16 +339,15 @@ def train_step(G, D, opt_G, opt_D, x, args, noise_std=0.0):
         opt_D.step()
 
     # G step, through the updated D. D's weights are frozen so that no gradient is computed for
-    # them (and D is called outside DDP, which would wait for those gradients).
+    # them.
     D.requires_grad_(False)
-    D_frozen = common.without_ddp(D)
     if args.feature_matching:
         with torch.no_grad():
-            _, real_features = D_frozen(noisy(x_real), features=True)
-        _, fake_features = D_frozen(noisy(x_fake), features=True)
+            _, real_features = D(noisy(x_real), features=True)
+        _, fake_features = D(noisy(x_fake), features=True)
         loss_G = feature_matching_loss(real_features, fake_features)
     else:
-        loss_G = g_loss(D_frozen(noisy(x_fake)), args.loss)
+        loss_G = g_loss(D(noisy(x_fake)), args.loss)
     opt_G.zero_grad(set_to_none=True)
     loss_G.backward()
     opt_G.step()

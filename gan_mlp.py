@@ -285,17 +285,16 @@ def train_step(G, D, opt_G, opt_D, x, args, noise_std=0.0):
         opt_D.step()
 
     # G step, through the updated D. D's weights are frozen so that no gradient is computed for
-    # them (and D is called outside DDP, which would wait for those gradients).
+    # them.
     D.requires_grad_(False)
-    D_frozen = common.without_ddp(D)
     z = torch.randn(len(x_real), args.z_dim, device=x.device)   # a fresh minibatch of noise (Algorithm 1)
     if args.feature_matching:
         with torch.no_grad():
-            _, real_features = D_frozen(noisy(x_real), features=True)
-        _, fake_features = D_frozen(noisy(G(z)), features=True)
+            _, real_features = D(noisy(x_real), features=True)
+        _, fake_features = D(noisy(G(z)), features=True)
         loss_G = feature_matching_loss(real_features, fake_features)
     else:
-        loss_G = g_loss(D_frozen(noisy(G(z))), args.loss)
+        loss_G = g_loss(D(noisy(G(z))), args.loss)
     opt_G.zero_grad(set_to_none=True)
     loss_G.backward()
     opt_G.step()

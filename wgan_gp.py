@@ -240,11 +240,10 @@ def train_step(G, D, opt_G, opt_D, x, args):
         w_est.append((real_score.mean() - fake_score.mean()).item())
 
     # G step, through the updated critic. Its weights are frozen so that no gradient is computed for
-    # them (and it is called outside DDP, which would wait for those gradients).
+    # them.
     D.requires_grad_(False)
-    D_frozen = common.without_ddp(D)
     z = torch.randn(len(x_real), args.z_dim, device=x.device)
-    loss_G = g_loss(D_frozen(G(z)))
+    loss_G = g_loss(D(G(z)))
     opt_G.zero_grad(set_to_none=True)
     loss_G.backward()
     opt_G.step()

@@ -8,6 +8,25 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
+def pytest_addoption(parser):
+    parser.addoption('--e2e', action='store_true',
+                     help='also run the e2e tests: every documented command, end to end (minutes)')
+
+
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'e2e: runs a documented command end to end; only with --e2e')
+
+
+def pytest_collection_modifyitems(config, items):
+    # the quick `python -m pytest tests -q` stays quick: the e2e runs are a separate CI step
+    if config.getoption('--e2e'):
+        return
+    e2e = [item for item in items if 'e2e' in item.keywords]
+    if e2e:
+        config.hook.pytest_deselected(items=e2e)
+        items[:] = [item for item in items if 'e2e' not in item.keywords]
+
+
 @pytest.fixture
 def image_folder(tmp_path):
     """A folder with two class subfolders of small PNGs, and one corrupt file."""

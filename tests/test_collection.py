@@ -1,7 +1,9 @@
 """The model files as one collection: the same flags, names and outputs wherever they mean the same thing."""
 import importlib
+import os
 
 import pytest
+import torch
 
 import common
 
@@ -28,27 +30,62 @@ def test_every_file_has_the_shared_sampling_flags(name):
             m.get_args(['--generate', '3', '--ckpt', 'x.pt', '--class', '1'])
 
 
+# The smallest networks each file builds, on 16 shapes images, for one training step.
+TINY = {
+    'gan_mlp': ['--res', '8', '--g-hidden', '16', '--d-units', '8'],
+    'dcgan': ['--res', '32', '--ngf', '4', '--ndf', '4'],
+    'cgan': ['--res', '16', '--ngf', '4', '--ndf', '4'],
+    'wgan_gp': ['--res', '32', '--ngf', '4', '--ndf', '4'],
+    'progan': ['--res', '8', '--fmap-base', '16', '--fmap-max', '4'],
+    'stylegan': ['--res', '32', '--fmap-base', '32', '--fmap-max', '8', '--z-dim', '8', '--w-dim', '8',
+                 '--mapping-layers', '1', '--r1-gamma', '0', '--pl-weight', '0'],
+    'biggan': ['--res', '32', '--ch', '2', '--z-dim', '20', '--shared-dim', '8', '--attn-res', '16'],
+    'cyclegan': ['--res', '32', '--ngf', '4', '--ndf', '4', '--n-blocks', '1'],
+}
+
+
 @pytest.mark.parametrize('name', sorted(D_STEPS))
-def test_d_steps_and_the_papers_name(name):
+def test_d_steps_and_the_papers_name(name, tmp_path):
+    """--d-steps K, or the paper's own name for it, makes one training step take K D updates: after
+    one step, every parameter of D has been through K Adam steps."""
     m = importlib.import_module(name)
     alias, dest = D_STEPS[name]
     assert getattr(m.get_args(['--d-steps', '3']), dest) == 3
-    if alias:
-        assert getattr(m.get_args([alias, '3']), dest) == 3
+    out = tmp_path / 'run'
+    m.main(['--dataset', 'shapes', '--shapes-n', '16', '--batch-size', '2', '--steps', '1', '--data-root',
+            str(tmp_path / 'c'), '--out', str(out), *TINY[name], alias or '--d-steps', '3'])
+    opt_D = torch.load(out / 'last.pt', weights_only=True)['nets']['opt_D']
+    assert {int(s['step']) for s in opt_D['state'].values()} == {3}
 
 
 def test_one_name_per_idea():
-    mods = {n: importlib.import_module(n) for n in MODELS}
-    for n in ['progan', 'stylegan']:
-        assert hasattr(mods[n], 'EqualizedConv2d') and hasattr(mods[n], 'EqualizedLinear')
-        assert hasattr(mods[n], 'minibatch_stddev') and hasattr(mods[n], 'lrelu')
-    for n in ['progan', 'stylegan', 'biggan']:
-        assert hasattr(mods[n], 'ema_update')
-    mods['cyclegan'] = importlib.import_module('cyclegan')
-    for n in ['dcgan', 'wgan_gp', 'cgan', 'cyclegan']:
-        assert hasattr(mods[n], 'init_weights')
-    for n in ['cgan', 'biggan']:
-        assert hasattr(mods[n], 'ConditionalBatchNorm')
+    """Where two files implement the same idea under the same name, they compute the same thing."""
+    import progan
+    import stylegan
+    torch.manual_seed(0)
+    x = torch.randn(8, 3, 4, 4)
+    # minibatch stddev (ProGAN Sec. 3): one extra channel, the same in both files
+    assert torch.allclose(progan.minibatch_stddev(x, 4), stylegan.minibatch_stddev(x, 4), atol=1e-6)
+    # the leaky ReLU of both papers: slope 0.2 (stylegan folds He's gain sqrt(2) into it)
+    t = torch.tensor([-1.0, 2.0])
+    assert torch.allclose(progan.lrelu(t), torch.tensor([-0.2, 2.0]))
+    assert torch.allclose(stylegan.lrelu(t), torch.tensor([-0.2, 2.0]) * 2 ** 0.5)
+    # equalized learning rate (ProGAN Sec. 4.1): stored N(0, 1) weights scaled at run time by 1/sqrt(fan_in)
+    for m in (progan.EqualizedLinear(16, 4, gain=1.0), stylegan.EqualizedLinear(16, 4)):
+        v = torch.randn(2, 16)
+        assert torch.allclose(m(v), v @ m.weight.t() / 4 + m.bias, atol=1e-6)
+    # the generator EMA of progan and stylegan: G_ema <- beta G_ema + (1 - beta) G
+    for mod in (progan, stylegan):
+        a, b = torch.nn.Linear(3, 3), torch.nn.Linear(3, 3)
+        want = 0.9 * a.weight.detach() + 0.1 * b.weight.detach()
+        mod.ema_update(a, b, 0.9)
+        assert torch.allclose(a.weight, want)
+    # DCGAN's N(0, 0.02) init, wherever a file says init_weights
+    for name in ['dcgan', 'wgan_gp', 'cgan', 'cyclegan']:
+        net = torch.nn.Sequential(torch.nn.Conv2d(64, 64, 3), torch.nn.ConvTranspose2d(64, 64, 3))
+        importlib.import_module(name).init_weights(net)
+        w = torch.cat([net[0].weight.flatten(), net[1].weight.flatten()])
+        assert abs(w.std().item() - 0.02) < 0.001 and abs(w.mean().item()) < 0.001, name
     assert common.SAMPLING_MODES[0] == 'generate'
 
 
@@ -112,3 +149,28 @@ def test_a_download_failure_is_one_line_of_whole_words(tmp_path, monkeypatch):
         common._load_torchvision('cifar10', 32, str(tmp_path))
     reason = str(e.value).split('(OSError: ')[1].split(')')[0]
     assert reason.endswith(' ...') and set(reason[:-4].split()) == {'unreachable'}
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize('name', ALL_MODELS)
+def test_a_model_file_with_common_alone_trains_and_samples(name, tmp_path):
+    """The README's promise: a model file plus common.py is all you need to copy. In an empty
+    folder with those two files only (no metrics.py, no tests), one training step and --generate."""
+    import shutil
+    import subprocess
+    import sys
+    from conftest import ROOT
+    alone = tmp_path / 'alone'
+    alone.mkdir()
+    for f in (f'{name}.py', 'common.py'):
+        shutil.copy(os.path.join(ROOT, f), alone)
+    env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+
+    def run(*argv):
+        r = subprocess.run([sys.executable, f'{name}.py', *argv], cwd=alone, capture_output=True, text=True,
+                           env=env, timeout=600)
+        assert r.returncode == 0 and 'Traceback' not in r.stderr, r.stderr[-3000:]
+    run('--dataset', 'shapes', '--shapes-n', '16', '--batch-size', '2', '--steps', '1', *TINY[name])
+    run('--generate', '4', '--ckpt', os.path.join('runs', name, 'last.pt'))
+    pngs = [f for _, _, fs in os.walk(alone / 'runs' / name / 'generated') for f in fs if f.endswith('.png')]
+    assert len(pngs) >= 4                                # class-conditional files write class subfolders

@@ -211,13 +211,17 @@ def minibatch_stddev(x, group_size=4):
     n = len(x)
     g = min(group_size, n)
     groups = max(1, n // g)
-    gid = torch.arange(n, device=x.device) % groups                         # [N] group of each image
-    count = torch.bincount(gid, minlength=groups).to(x.dtype)               # [M] images per group
+    # Sums over a group and copies of a group's value to its images are products with a 0/1
+    # membership matrix, not index_add and x[gid]: on a multi-threaded CPU the backward of x[gid]
+    # adds into the shared rows with atomic float adds in whatever order the threads arrive, so the
+    # gradients, and every run and resume, would differ in the last bits from one run to the next.
+    member = F.one_hot(torch.arange(n, device=x.device) % groups, groups).to(x.dtype)  # [N, M]
+    count = member.sum(0)[:, None]                                          # [M, 1] images per group
     flat = x.reshape(n, -1)                                                 # [N, CHW]
-    mean = torch.zeros(groups, flat.shape[1], dtype=x.dtype, device=x.device).index_add(0, gid, flat) / count[:, None]
-    var = torch.zeros_like(mean).index_add(0, gid, (flat - mean[gid]).pow(2)) / count[:, None]
+    mean = member.t() @ flat / count                                        # [M, CHW]
+    var = member.t() @ (flat - member @ mean).pow(2) / count
     std = torch.sqrt(var + 1e-8).mean(dim=1)                                # [M] one number per group
-    feature = std[gid].view(n, 1, 1, 1).expand(n, 1, *x.shape[2:])         # [N, 1, H, W]
+    feature = (member @ std).view(n, 1, 1, 1).expand(n, 1, *x.shape[2:])   # [N, 1, H, W]
     return torch.cat([x, feature], dim=1)
 
 

@@ -152,6 +152,33 @@ def test_minibatch_stddev_identical_group_and_uneven_batch():
     assert progan.minibatch_stddev(torch.randn(3, 8, 4, 4), 4).shape == (3, 9, 4, 4)  # smaller than a group
 
 
+@pytest.fixture
+def threads():
+    """At least two CPU threads for the test: PyTorch's CPU kernels that add into shared rows with
+    atomic float adds (the backward of x[index]) only take that path with more than one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(2, before))
+    yield
+    torch.set_num_threads(before)
+
+
+def test_minibatch_stddev_gradients_are_the_same_every_time(threads):
+    # the penalty's pattern, a gradient with create_graph and a backward through it, on a 4x4 head
+    # of 512 maps at batch 16 (the default widths; big enough for the threaded kernels)
+    torch.manual_seed(0)
+    x = torch.randn(16, 512, 4, 4).to(memory_format=torch.channels_last).requires_grad_(True)
+    w = torch.randn(16, 513, 4, 4)
+
+    def grads():
+        g, = torch.autograd.grad((progan.minibatch_stddev(x, 4) * w).square().sum(), x, create_graph=True)
+        gg, = torch.autograd.grad(g.square().sum(), x)
+        return g.detach(), gg
+
+    first = grads()
+    for _ in range(3):
+        assert all(torch.equal(a, b) for a, b in zip(grads(), first))
+
+
 def test_minibatch_stddev_and_lrelu_are_stylegans_where_both_mean_the_same():
     import stylegan
     x = torch.randn(8, 5, 4, 4)
@@ -326,9 +353,9 @@ def test_grow_4_8_16_resume_mid_fade_and_generate(tmp_path):
     # Adam was reset when the last phase began: its step count is that phase's 8 steps, not 24
     opt_state = common.load_checkpoint(str(full / 'last.pt'), 'progan')['nets']['opt_G']['state']
     assert max(int(s['step']) for s in opt_state.values()) == 8
-    a = common.load_checkpoint(str(full / 'last.pt'), 'progan')['nets']['G_ema']
-    b = common.load_checkpoint(str(part / 'last.pt'), 'progan')['nets']['G_ema']
-    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    a = common.load_checkpoint(str(full / 'last.pt'), 'progan')['nets']
+    b = common.load_checkpoint(str(part / 'last.pt'), 'progan')['nets']
+    assert all(torch.equal(a[net][k], b[net][k]) for net in ('G', 'D', 'G_ema') for k in a[net])
 
     # the growing loop honours a --minutes budget too: one step outlasts 60 microseconds
     progan.main([*map(str, common_flags), '--out', str(tmp_path / 'brief'), '--minutes', '1e-6'])
@@ -340,6 +367,21 @@ def test_grow_4_8_16_resume_mid_fade_and_generate(tmp_path):
     assert (out / 'grid.png').exists() and len(list(out.glob('0*.png'))) == 6
     from PIL import Image
     assert Image.open(out / '000000.png').size == (16, 16)
+
+
+def test_two_identical_runs_give_bit_identical_checkpoints(tmp_path, threads):
+    # widths and batch such that D's 4x4 head is big enough for the threaded CPU kernels (batch 16
+    # x 128 maps x 16 pixels), through a fade-in; TINY's are not, and would pass anyway
+    flags = ['--dataset', 'shapes', '--shapes-n', '32', '--res', '8', '--data-root', str(tmp_path / 'data'),
+             '--fmap-base', '256', '--fmap-max', '128', '--batch-size', '16', '--kimg-per-phase', '0.032',
+             '--steps', '3', '--sample-every', '100']
+    for out in ('a', 'b'):
+        progan.main(flags + ['--out', str(tmp_path / out)])
+    a, b = (common.load_checkpoint(str(tmp_path / out / 'last.pt'), 'progan')['nets'] for out in ('a', 'b'))
+    differ = [f'{net}.{k}' for net in ('G', 'D', 'G_ema') for k in a[net] if not torch.equal(a[net][k], b[net][k])]
+    differ += [f'{opt}.{i}.{k}' for opt in ('opt_G', 'opt_D') for i, s in a[opt]['state'].items()
+               for k in s if not torch.equal(s[k], b[opt]['state'][i][k])]
+    assert not differ, f'{len(differ)} tensors differ between two identical runs: {differ[:5]}'
 
 
 def test_bad_flags():

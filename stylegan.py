@@ -73,26 +73,26 @@ def get_args(argv=None):
     g = p.add_argument_group('StyleGAN / StyleGAN2 (Karras et al. 2019, 2020)')
     g.add_argument('--style', default='demod', choices=['demod', 'adain'],
                    help='demod: StyleGAN2 weight (de)modulation (default); adain: StyleGAN AdaIN')
-    g.add_argument('--z-dim', type=int, default=512)
-    g.add_argument('--w-dim', type=int, default=512, help='size of w, and width of the mapping layers')
-    g.add_argument('--mapping-layers', type=int, default=8)
-    g.add_argument('--mapping-lrmul', type=float, default=0.01, help='learning-rate multiplier of the mapping net')
-    g.add_argument('--fmap-base', type=int, default=16384,
+    g.add_argument('--z-dim', type=common.positive_int, default=512)
+    g.add_argument('--w-dim', type=common.positive_int, default=512, help='size of w, and width of the mapping layers')
+    g.add_argument('--mapping-layers', type=common.positive_int, default=8)
+    g.add_argument('--mapping-lrmul', type=common.positive_float, default=0.01, help='lr multiplier of the mapping net')
+    g.add_argument('--fmap-base', type=common.positive_int, default=16384,
                    help='channels at resolution r are min(2*fmap_base/r, fmap_max) (16384: config F)')
-    g.add_argument('--fmap-max', type=int, default=512)
-    g.add_argument('--mbstd-group', type=int, default=4, help='minibatch-stddev group size in D')
+    g.add_argument('--fmap-max', type=common.positive_int, default=512)
+    g.add_argument('--mbstd-group', type=common.positive_int, default=4, help='minibatch-stddev group size in D')
     g.add_argument('--lr', type=common.positive_float, default=0.002)
     g.add_argument('--betas', type=common.decay_rate, nargs=2, default=[0.0, 0.99], metavar=('B1', 'B2'))
     g.add_argument('--r1-gamma', type=common.nonneg_float, default=10.0, help='R1 weight gamma (0: off)')
-    g.add_argument('--r1-every', type=int, default=16, help='lazy R1: D regularisation interval, in D steps')
+    g.add_argument('--r1-every', type=common.positive_int, default=16, help='lazy R1: D reg. interval, in D steps')
     g.add_argument('--pl-weight', type=common.nonneg_float, default=2.0,
                    help='path-length regularisation weight (0: off)')
-    g.add_argument('--pl-every', type=int, default=4, help='lazy path length: G regularisation interval')
+    g.add_argument('--pl-every', type=common.positive_int, default=4, help='lazy path length: G regularisation interval')
     g.add_argument('--pl-decay', type=common.probability, default=0.01, help='decay of the running mean path length')
-    g.add_argument('--pl-batch-shrink', type=int, default=2, help='the path-length batch is batch_size / this')
-    g.add_argument('--mixing-prob', type=float, default=0.9, help='style-mixing regularisation probability')
+    g.add_argument('--pl-batch-shrink', type=common.positive_int, default=2, help='path-length batch: batch_size / this')
+    g.add_argument('--mixing-prob', type=common.probability, default=0.9, help='style-mixing regularisation probability')
     g.add_argument('--w-avg-beta', type=common.decay_rate, default=0.995, help='EMA decay of the tracked w_avg')
-    g.add_argument('--ema-kimg', type=float, default=10.0, help='half-life of the G EMA, in thousands of images')
+    g.add_argument('--ema-kimg', type=common.positive_float, default=10.0, help='G EMA half-life, in thousand images')
     g.add_argument('--d-steps', type=common.positive_int, default=1, metavar='K',
                    help='D steps per G step, each on a fresh real batch (both papers: 1)')
     g.add_argument('--augment', default='none', choices=['none', 'diffaug'],
@@ -100,27 +100,17 @@ def get_args(argv=None):
     g = p.add_argument_group('StyleGAN sampling (all read --ckpt and write PNGs to --out)')
     g.add_argument('--psi', type=common.finite_float, default=0.7,
                    help='truncation psi for --generate/--style-mix/--interpolate')
-    g.add_argument('--trunc-cutoff', type=int, metavar='L',
+    g.add_argument('--trunc-cutoff', type=common.nonneg_int, metavar='L',
                    help='truncate only the first L style layers (StyleGAN used 8; default: all layers)')
     g.add_argument('--style-mix', nargs='*', choices=['coarse', 'middle', 'fine'], metavar='RANGE',
                    help='style-mixing grids for the ranges coarse, middle, fine (default: all three)')
-    g.add_argument('--truncation-sweep', type=float, nargs='*', metavar='PSI',
+    g.add_argument('--truncation-sweep', type=common.finite_float, nargs='*', metavar='PSI',
                    help=f'one z per row across psi values (default {" ".join(map(str, PAPER_PSIS))})')
     common.add_interpolate_args(p, steps=8)           # walks in W, truncated by --psi
     args = common.parse(p, argv, valid_res=VALID_RES)
     if args.compile and (args.r1_gamma > 0 or args.pl_weight > 0):
         raise common.UserError('--compile cannot be used with R1 or path-length regularisation: torch.compile has '
                                'no double backward, which both need; drop --compile (or set --r1-gamma 0 --pl-weight 0)')
-    if args.trunc_cutoff is not None and args.trunc_cutoff < 0:
-        raise common.UserError('--trunc-cutoff must be >= 0')
-    for name in ['z_dim', 'w_dim', 'mapping_layers', 'fmap_base', 'fmap_max', 'mbstd_group',
-                 'r1_every', 'pl_every', 'pl_batch_shrink']:
-        if getattr(args, name) < 1:
-            raise common.UserError(f'--{name.replace("_", "-")} must be at least 1')
-    if not 0 <= args.mixing_prob <= 1:
-        raise common.UserError('--mixing-prob must be in [0, 1]')
-    if args.lr <= 0 or args.ema_kimg <= 0:
-        raise common.UserError('--lr and --ema-kimg must be positive')
     # Minibatch stddev splits D's batch into groups; a batch that does not split evenly would mix
     # a partial group into the statistic (a known bug), so refuse it.
     if args.batch_size % min(args.mbstd_group, args.batch_size):
@@ -225,13 +215,12 @@ def modulated_conv2d(x, weight, styles, demodulate=True, padding=1):
     x: [B, I, H, W]; weight: [O, I, k, k] (already scaled by 1/sqrt(fan_in)); styles s: [B, I].
     """
     # eq. 1: conv(x, s_i * w_ijk) = conv(s_i * x, w_ijk)
-    out = F.conv2d(x * styles[:, :, None, None].to(x.dtype), weight, padding=padding)   # [B, O, H, W]
+    out = F.conv2d(x * styles[:, :, None, None], weight, padding=padding)          # [B, O, H, W]
     if demodulate:
         # eq. 3: w''_ijk = w'_ijk / sqrt(sum_{i,k} w'_ijk^2 + eps), and sum_{i,k} (s_i w_ijk)^2 =
-        # sum_i s_i^2 (sum_k w_ijk^2): a [B, I] x [I, O] product. Computed in fp32: eps = 1e-8 would
-        # round to 0 in fp16.
-        d = torch.rsqrt(styles.float().square() @ weight.float().square().sum([2, 3]).t() + 1e-8)   # [B, O]
-        out = out * d[:, :, None, None].to(out.dtype)
+        # sum_i s_i^2 (sum_k w_ijk^2): a [B, I] x [I, O] product
+        d = torch.rsqrt(styles.square() @ weight.square().sum([2, 3]).t() + 1e-8)     # [B, O]
+        out = out * d[:, :, None, None]
     return out
 
 
@@ -378,21 +367,21 @@ class Generator(nn.Module):
 
     def __init__(self, args):
         super().__init__()
-        self.z_dim = args.z_dim
+        self.z_dim, self.w_avg_beta = args.z_dim, args.w_avg_beta
         self.mapping = MappingNetwork(args.z_dim, args.w_dim, args.mapping_layers, args.mapping_lrmul)
         self.synthesis = Synthesis(args.res, args.channels, args.w_dim, args.style, args)
         self.num_ws = self.synthesis.num_ws
         self.register_buffer('w_avg', torch.zeros(args.w_dim))
 
-    def forward(self, z, psi=1.0, cutoff=None, mixing_prob=0.0, w_avg_beta=None, return_ws=False, noise=True):
+    def forward(self, z, psi=1.0, cutoff=None, mixing_prob=0.0, return_ws=False, noise=True):
         """mixing_prob > 0 mixes in a second z for that fraction of the samples (training);
-        w_avg_beta updates w_avg from this batch's unmixed w (training G only);
-        return_ws also returns the ws that entered the synthesis (for the path-length gradient)."""
+        return_ws also returns the ws that entered the synthesis (for the path-length gradient).
+        In training mode every call moves w_avg towards this batch's mean w."""
         w = self.mapping(z)                                                 # [B, w_dim]
-        if w_avg_beta is not None:
-            with torch.no_grad():
-                # float(): under --amp the mapping's w is bf16 while w_avg stays fp32
-                self.w_avg.copy_(w.detach().float().mean(0).lerp(self.w_avg, w_avg_beta))
+        if self.training:
+            # w_avg <- beta w_avg + (1 - beta) mean(w), in every training forward (D's fakes too) and
+            # from the unmixed w only, as the official code does (its skip_w_avg_update)
+            self.w_avg.mul_(self.w_avg_beta).add_(w.detach().mean(0), alpha=1 - self.w_avg_beta)
         ws = w[:, None].repeat(1, self.num_ws, 1)                           # [B, num_ws, w_dim]
         if mixing_prob > 0:
             ws2 = self.mapping(torch.randn_like(z))[:, None].expand_as(ws)
@@ -400,9 +389,8 @@ class Generator(nn.Module):
             k = torch.randint(1, self.num_ws, (b,), device=z.device)       # crossover ~ U[1, num_ws)
             k = torch.where(torch.rand(b, device=z.device) < mixing_prob, k, self.num_ws)
             ws = style_mix(ws, ws2, k)
-        # float(): the ws handed back must be the very tensor the synthesis used, for the path-length
-        # gradient d img / d ws; under --amp the mapping gives bf16, and --amp's fp32 copy of a bf16
-        # output would be a new tensor that img does not depend on (a no-op on fp32)
+        # fp32 ws: the path-length gradient d img / d ws needs the very tensor the synthesis read,
+        # and under --amp (mapping in bf16) common.Autocast would hand back a new fp32 copy instead
         ws = truncate(ws, self.w_avg, psi, cutoff).float()
         img = self.synthesis(ws, noise)
         return (img, ws) if return_ws else img
@@ -417,9 +405,9 @@ def minibatch_stddev(x, group_size=4):
     """
     b, c, h, w = x.shape
     g = min(group_size, b)
-    y = x.float().view(g, -1, c, h, w)                                      # [G, B/G, C, H, W]: sample i in group i % (B/G)
+    y = x.view(g, -1, c, h, w)                                              # [G, B/G, C, H, W]: sample i in group i % (B/G)
     y = (y.var(0, unbiased=False) + 1e-8).sqrt()                            # [B/G, C, H, W]
-    y = y.mean((1, 2, 3)).to(x.dtype)                                       # [B/G]
+    y = y.mean((1, 2, 3))                                                   # [B/G]
     y = y.view(-1, 1, 1, 1).repeat(g, 1, h, w)                              # [B, 1, H, W]
     return torch.cat([x, y], 1)
 
@@ -487,14 +475,12 @@ def r1_penalty(D, x_real, gamma, augment=None):
 
         R1 = (gamma / 2) E_x[ ||grad_x D(x)||^2 ]
 
-    The gradient is taken in fp32 with create_graph (the penalty is differentiated again), and w.r.t.
-    the un-augmented reals, so the augmentation is part of what D is made smooth through."""
-    x = x_real.detach().float().requires_grad_(True)
+    The gradient is taken with create_graph (the penalty is differentiated again), and w.r.t. the
+    un-augmented reals, so the augmentation is part of what D is made smooth through."""
+    x = x_real.detach().requires_grad_(True)
     logits = D(augment(x) if augment else x)
-    grad, = torch.autograd.grad(logits.float().sum(), x, create_graph=True)   # [B, C, H, W]
-    # + 0 * logits: D's output bias plays no part in grad_x, and under DDP every parameter must
-    # be in the graph of a backward (the official code adds the same zero term)
-    return gamma / 2 * grad.square().sum([1, 2, 3]).mean() + 0 * logits.sum()
+    grad, = torch.autograd.grad(logits.sum(), x, create_graph=True)       # [B, C, H, W]
+    return gamma / 2 * grad.square().sum([1, 2, 3]).mean()
 
 
 class PathLengthPenalty(nn.Module):
@@ -511,15 +497,14 @@ class PathLengthPenalty(nn.Module):
 
     def forward(self, img, ws):
         """img: [B, C, H, W] = g(ws); ws: [B, num_ws, w_dim] the tensor img was computed from."""
-        img = img.float()
         y = torch.randn_like(img) / math.sqrt(img.shape[2] * img.shape[3])
         grad, = torch.autograd.grad((img * y).sum(), ws, create_graph=True)    # [B, num_ws, w_dim]
-        lengths = grad.float().square().sum(2).mean(1).sqrt()                    # [B]
-        # a <- a + decay (mean length - a)
-        self.pl_mean.copy_(self.pl_mean.lerp(lengths.mean().detach(), self.decay))
-        # + 0 * img: the last toRGB bias does not change J_w, and under DDP every parameter must be
-        # in the graph of a backward (as in R1)
-        return (lengths - self.pl_mean).square().mean() + 0 * img[:, 0, 0, 0].sum()
+        lengths = grad.square().sum(2).mean(1).sqrt()                            # [B]
+        # a <- a + decay (mean length - a). The penalty uses this updated a, gradient included
+        # (its decay * mean-length part), as both official codes do.
+        a = self.pl_mean.lerp(lengths.mean(), self.decay)
+        self.pl_mean.copy_(a.detach())
+        return (lengths - a).square().mean()
 
 
 def diff_augment(x):
@@ -560,6 +545,15 @@ def diff_augment(x):
 # the G EMA
 # ----------------------------------------------------------------------------------------------
 
+def every_param(net):
+    """0 * (every parameter of `net`), added to a regulariser's loss. Under DDP each backward must
+    reach every parameter, or the ranks wait for gradients that never come, and the regularisers
+    miss some: R1 has no gradient for D's output bias, path length none for the last toRGB bias.
+    The official code adds 0 * the network's output to the same end; either way those parameters
+    get a zero gradient."""
+    return sum(0 * p.sum() for p in net.parameters())
+
+
 def train_step(G, D, G_ema, opt_G, opt_D, pl, x, step, ema_beta, args):
     """x: [d_steps * B, C, H, W] reals in [-1, 1], one fresh minibatch for each D step; step: the
     step index (lazy regularisers fire when their count % interval == 0); ema_beta: the G EMA decay
@@ -588,15 +582,14 @@ def train_step(G, D, G_ema, opt_G, opt_D, pl, x, step, ema_beta, args):
         if args.r1_gamma > 0 and (step * args.d_steps + i) % args.r1_every == 0:
             r1 = r1_penalty(D, x_real, args.r1_gamma, aug)
             opt_D.zero_grad(set_to_none=True)
-            (r1 * args.r1_every).backward()
+            (r1 * args.r1_every + every_param(D)).backward()
             opt_D.step()
             logs['r1'] = r1.item()
 
-    # G main. D's weights are frozen so that no gradient is computed for them (and D is called
-    # outside DDP, which would wait for those gradients).
+    # G main. D's weights are frozen so that no gradient is computed for them.
     D.requires_grad_(False)
-    fake = G(torch.randn(b, args.z_dim, device=dev), mixing_prob=args.mixing_prob, w_avg_beta=args.w_avg_beta)
-    loss_G = g_loss(common.without_ddp(D)(aug(fake)))
+    fake = G(torch.randn(b, args.z_dim, device=dev), mixing_prob=args.mixing_prob)
+    loss_G = g_loss(D(aug(fake)))
     opt_G.zero_grad(set_to_none=True)
     loss_G.backward()
     opt_G.step()
@@ -608,7 +601,7 @@ def train_step(G, D, G_ema, opt_G, opt_D, pl, x, step, ema_beta, args):
         img, ws = G(z, mixing_prob=args.mixing_prob, return_ws=True)
         penalty = pl(img, ws)
         opt_G.zero_grad(set_to_none=True)
-        (penalty * args.pl_weight * args.pl_every).backward()
+        (penalty * args.pl_weight * args.pl_every + every_param(G)).backward()
         opt_G.step()
         logs.update(pl=penalty.item(), pl_mean=pl.pl_mean.item())
 

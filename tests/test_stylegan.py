@@ -77,13 +77,26 @@ def test_modulated_conv_equals_per_sample_weights():
 
 
 def test_mapping_lrmul_scales():
+    # stored weight N(0, 1/lrmul^2); the forward uses w lrmul / sqrt(fan_in) and b lrmul
     torch.manual_seed(0)
     fc = S.EqualizedLinear(512, 512, lrmul=0.01)
-    assert abs(fc.weight.std().item() - 100) < 1                 # stored: std 1 / lrmul
-    effective = fc.weight * fc.scale
-    assert abs(effective.std().item() - 1 / math.sqrt(512)) < 1e-3
-    mapping = S.MappingNetwork(32, 32, 8, 0.01)
-    assert len(mapping.fcs) == 8 and all(f.lrmul == 0.01 and f.act for f in mapping.fcs)
+    assert abs(fc.weight.std().item() - 100) < 1
+    fc.bias.data.normal_()                                       # a bias away from 0, so that its lrmul shows
+    x = torch.randn(64, 512)
+    y = fc(x)
+    torch.testing.assert_close(y, x @ (fc.weight * 0.01 / math.sqrt(512)).t() + fc.bias * 0.01)
+    assert abs((y - fc.bias * 0.01).std().item() - 1) < 0.05     # effective weight std 1/sqrt(fan_in)
+    # the mapping network: PixelNorm, then every layer with lrmul and LeakyReLU 0.2 times sqrt(2)
+    mapping = S.MappingNetwork(16, 8, 3, 0.01)
+    for f in mapping.fcs:
+        f.bias.data.normal_()
+    z = torch.randn(5, 16)
+    h = z / (z.square().mean(1, keepdim=True) + 1e-8).sqrt()
+    for f in mapping.fcs:
+        h = nn.functional.leaky_relu(h @ (f.weight * 0.01 / math.sqrt(f.weight.shape[1])).t() + f.bias * 0.01, 0.2)
+        h = h * math.sqrt(2)
+    assert len(mapping.fcs) == 3
+    torch.testing.assert_close(mapping(z), h)
 
 
 def test_truncation():
@@ -148,14 +161,19 @@ def test_style_mix_crossover():
     assert changed.any(1).all() and not changed[:, 0].any()
 
 
-def test_w_avg_tracked_as_ema():
-    _, G, _ = tiny_nets()
+def test_w_avg_tracked_in_every_training_forward_from_the_unmixed_w():
+    # the official code: w_avg <- lerp(mean w, w_avg, beta) in every training-mode mapping call but
+    # the style-mixing one; sampling (eval mode) leaves it alone
+    _, G, _ = tiny_nets('--w-avg-beta', '0.9')
     z = torch.randn(8, 32)
-    w = G.mapping(z).mean(0)
-    G(z, w_avg_beta=0.995)
-    torch.testing.assert_close(G.w_avg, 0.005 * w.detach(), atol=1e-6, rtol=1e-5)
+    w = G.mapping(z).mean(0).detach()
+    G(z, mixing_prob=1.0)                                              # every sample mixed with a second w
+    torch.testing.assert_close(G.w_avg, 0.1 * w)
+    G(z)
+    torch.testing.assert_close(G.w_avg, 0.9 * 0.1 * w + 0.1 * w)
     before = G.w_avg.clone()
-    G(z)                                                               # sampling does not move it
+    G.eval()
+    G(z)
     assert torch.equal(G.w_avg, before)
 
 
@@ -165,18 +183,29 @@ def test_w_avg_update_under_bf16_autocast():
     z = torch.randn(8, 32)
     with torch.autocast('cpu', dtype=torch.bfloat16):
         w = G.mapping(z).float().mean(0)
-        G(z, w_avg_beta=0.995)
+        G(z)
     assert G.w_avg.dtype == torch.float32
-    torch.testing.assert_close(G.w_avg, 0.005 * w.detach(), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(G.w_avg, 0.005 * w.detach(), atol=1e-6, rtol=1e-2)   # bf16's 8-bit mantissa
 
 
 def test_path_length_under_amp():
     # --amp wraps G in common.Autocast, which hands its outputs back as fp32: the ws it returns must
-    # still be the tensor the synthesis used, or d img / d ws does not exist
+    # still be the tensor the synthesis used, or d img / d ws does not exist. The penalty is eq. 4
+    # by hand: y ~ N(0, I) / sqrt(HW), per-sample lengths over all layers, a known running mean.
     _, G, _ = tiny_nets()
     img, ws = common.Autocast(G, 'cpu')(torch.randn(4, 32), mixing_prob=0.9, return_ws=True)
-    penalty = S.PathLengthPenalty()(img, ws)
-    assert torch.isfinite(penalty) and penalty > 0
+    pl = S.PathLengthPenalty(decay=0.01)
+    pl.pl_mean.fill_(0.5)
+    rng = torch.get_rng_state()
+    penalty = pl(img, ws)
+    torch.set_rng_state(rng)
+    y = torch.randn_like(img) / 32                                     # the same draw; sqrt(32 * 32)
+    grad, = torch.autograd.grad((img * y).sum(), ws, retain_graph=True)
+    lengths = torch.stack([sum(grad[i, l].square().sum() for l in range(G.num_ws)).div(G.num_ws).sqrt()
+                           for i in range(4)])
+    a = 0.5 + 0.01 * (lengths.mean() - 0.5)
+    torch.testing.assert_close(pl.pl_mean, a)
+    torch.testing.assert_close(penalty, (lengths - a).square().mean(), rtol=1e-5, atol=1e-7)
 
 
 def test_r1_equals_half_gamma_grad_norm_squared():
@@ -210,21 +239,24 @@ def test_lazy_regularisation_adam_settings():
     assert opt_G.param_groups[0]['lr'] == 0.002 and opt_G.param_groups[0]['betas'] == (0.0, 0.99)
 
 
-def test_path_length_mean_decay():
-    pl = S.PathLengthPenalty(decay=0.01)
-    ws = torch.randn(4, 3, 5, requires_grad=True)
-    scale = torch.tensor([1., 2., 3., 4.]).view(4, 1, 1)
-    img = (ws * scale).sum(2, keepdim=True)[:, None].expand(4, 1, 3, 2)  # [4, 1, 3, 2], a linear g(w)
+def test_path_length_mean_decay_and_gradient():
+    # a <- a + decay (mean length - a), and the penalty is differentiated through that updated a, as
+    # in both official codes (a detached a gives another gradient). decay 0.5 makes the difference large.
+    pl = S.PathLengthPenalty(decay=0.5)
     pl.pl_mean.fill_(1.0)
-    torch.manual_seed(0)
-    y = torch.randn_like(img) / math.sqrt(6)
-    grad = (y * scale[:, None]).sum(3).squeeze(1)[..., None].expand(4, 3, 5)     # d<g(w), y>/dw
-    lengths = grad.square().sum(2).mean(1).sqrt()
+    ws = torch.randn(4, 3, 5, requires_grad=True)
+    img = ws.square().sum(2)[:, None, :, None].expand(4, 1, 3, 2)      # [4, 1, 3, 2]: g(w) = |w_l|^2 per row
     torch.manual_seed(0)
     penalty = pl(img, ws)
-    expected_mean = 1.0 + 0.01 * (lengths.mean() - 1.0)
-    torch.testing.assert_close(pl.pl_mean, expected_mean)
-    torch.testing.assert_close(penalty, (lengths - expected_mean).square().mean())
+    torch.manual_seed(0)
+    y = torch.randn_like(img) / math.sqrt(6)
+    grad = 2 * ws * y.sum(3).squeeze(1)[..., None]                     # d<g(w), y>/dw by hand
+    lengths = grad.square().sum(2).mean(1).sqrt()
+    a = 1.0 + 0.5 * (lengths.mean() - 1.0)
+    expected = (lengths - a).square().mean()
+    torch.testing.assert_close(pl.pl_mean, a.detach())
+    torch.testing.assert_close(penalty, expected)
+    torch.testing.assert_close(torch.autograd.grad(penalty, ws)[0], torch.autograd.grad(expected, ws)[0])
 
 
 def test_ema_half_life():
@@ -242,12 +274,24 @@ def test_ema_half_life():
     assert G_ema.w_avg.eq(3).all()
 
 
-def test_minibatch_stddev_and_blur():
-    x = torch.randn(8, 5, 4, 4)
+def test_minibatch_stddev_against_a_loop():
+    # ProGAN Sec. 3 with the official grouping: with M = B / group, image i is in group i % M. For each
+    # group, the std over its images of every feature and pixel (eps 1e-8 inside the sqrt), averaged
+    # over C, H, W, is appended to each of its images as one constant channel.
+    torch.manual_seed(0)
+    x = torch.randn(12, 5, 4, 4)
     y = S.minibatch_stddev(x, 4)
-    assert y.shape == (8, 6, 4, 4)
+    assert y.shape == (12, 6, 4, 4) and torch.equal(y[:, :5], x)
+    m = 12 // 4
+    for i in range(12):
+        group = torch.stack([x[j] for j in range(12) if j % m == i % m])   # [4, C, H, W]
+        std = ((group - group.mean(0)).square().mean(0) + 1e-8).sqrt()     # [C, H, W]
+        torch.testing.assert_close(y[i, 5], std.mean().expand(4, 4))
     same = S.minibatch_stddev(x[:1].expand(8, -1, -1, -1), 4)
-    assert same[:, 5].max() < 1e-3                                     # identical images: std ~ 1e-4
+    torch.testing.assert_close(same[:, 5], torch.full((8, 4, 4), 1e-4))    # identical images: sqrt(1e-8)
+
+
+def test_blur_down():
     assert torch.allclose(S.blur_down(torch.ones(1, 2, 8, 8))[:, :, 1:-1, 1:-1], torch.ones(1, 2, 2, 2))
     # the [1,3,3,1] filter's outer product, as a stride-2 depthwise conv zero-padded by one
     x = torch.randn(2, 3, 8, 8)
@@ -278,9 +322,10 @@ def test_mix_ranges_cover_every_layer():
 
 # ---------------------------------------------------------------- training
 
-@pytest.mark.parametrize('style', ['demod', 'adain'])
-def test_one_training_step_changes_weights(style):
-    # intervals of 1 so that R1 and path length both fire in this one step
+@pytest.mark.parametrize('style,amp', [('demod', False), ('adain', False), ('demod', True)])
+def test_one_training_step_changes_weights(style, amp):
+    # intervals of 1 so that R1 and path length both fire in this one step; amp: both networks in
+    # bf16 through common.Autocast, as --amp runs them
     args, G, D = tiny_nets('--style', style, '--r1-every', '1', '--pl-every', '1', '--augment', 'diffaug')
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     opt_G, opt_D = S.make_optimizers(G, D, args)
@@ -288,9 +333,13 @@ def test_one_training_step_changes_weights(style):
     g0 = [p.clone() for p in G.parameters()]
     d0 = [p.clone() for p in D.parameters()]
     e0 = [p.clone() for p in G_ema.parameters()]
-    seen = watch_d_steps(opt_D)
-    logs = S.train_step(G, D, G_ema, opt_G, opt_D, pl, torch.rand(8, 3, 32, 32) * 2 - 1, 0, 0.9, args)
+    seen, seen_G = watch_d_steps(opt_D), watch_d_steps(opt_G)
+    wrap = (lambda m: common.Autocast(m, 'cpu')) if amp else (lambda m: m)
+    logs = S.train_step(wrap(G), wrap(D), G_ema, opt_G, opt_D, pl, torch.rand(8, 3, 32, 32) * 2 - 1, 0, 0.9, args)
     assert same_grads(seen[-1], d_grads(opt_D))       # the G step, D frozen, left D's gradients alone
+    # the regularisers' backward reaches every parameter (DDP waits for each one), D's output bias
+    # and the last toRGB bias included
+    assert len(seen) == len(seen_G) == 2 and all(g is not None for g in seen[1] + seen_G[1])
     assert {'loss_D', 'loss_G', 'r1', 'pl', 'pl_mean'} <= set(logs)
     assert all(math.isfinite(v) for v in logs.values())
     assert all(not torch.equal(a, b) for a, b in zip(d0, D.parameters()))
@@ -332,8 +381,15 @@ def test_bad_flags_are_one_line_errors():
         S.get_args(['--batch-size', '6'])
     with pytest.raises(common.UserError, match='--style-mix needs --ckpt'):
         S.get_args(['--style-mix'])
-    with pytest.raises(common.UserError, match='--interp-steps must be at least 2'):
+    with pytest.raises(common.UserError, match='--interp-steps: 1 is not an integer >= 2'):
         S.get_args(['--interpolate', '--interp-steps', '1', '--ckpt', 'x.pt'])
+    # single values are refused by their argparse type, naming the flag
+    for flag, value in [('--z-dim', '0'), ('--mapping-layers', '-1'), ('--mbstd-group', '0'), ('--r1-every', '0'),
+                        ('--pl-batch-shrink', '0'), ('--mixing-prob', '1.5'), ('--mapping-lrmul', '0'),
+                        ('--ema-kimg', '-1'), ('--trunc-cutoff', '-1'), ('--truncation-sweep', 'nan')]:
+        with pytest.raises(common.UserError, match=f'argument {flag}: ') as e:
+            S.get_args([flag, value])
+        assert '\n' not in str(e.value)
 
 
 def test_end_to_end_train_and_sample(tmp_path):

@@ -126,23 +126,18 @@ def os_error_message(e):
                 'checkpoints already written are intact')
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f'{where}not allowed ({e.strerror}): check its permissions, or give --out a folder you can write to'
-    if e.errno in (errno.ENOTDIR, errno.EEXIST) or isinstance(e, (NotADirectoryError, FileExistsError)):
+    if isinstance(e, (NotADirectoryError, FileExistsError)):
         return f'{where}a file is in the way of a folder ({e.strerror}); give --out a folder, not a file'
     return f'{where}{e.strerror or e}'
 
 
 def _is_out_of_memory(e):
-    m = str(e)
-    return isinstance(e, MemoryError) or "can't allocate memory" in m or 'out of memory' in m.lower()
+    return isinstance(e, MemoryError) or "can't allocate memory" in str(e) or 'out of memory' in str(e).lower()
 
 
 def out_of_memory_message(e):
-    m = re.search(r'allocate (\d+) bytes', str(e))
-    if m:
-        need = f'a tensor of {_gb(int(m.group(1)))}'
-    else:
-        m = re.search(r'Tried to allocate ([\d.]+ [KMGT]i?B)', str(e))
-        need = f'a tensor of {m.group(1)}' if m else 'more'
+    m = re.search(r'allocate (\d+) bytes', str(e)) or re.search(r'Tried to allocate ([\d.]+ [KMGT]i?B)', str(e))
+    need = 'more' if not m else f'a tensor of {_gb(int(m.group(1))) if m.group(1).isdigit() else m.group(1)}'
     return (f'out of memory: the run needed {need} with {_gb(available_memory())} free in RAM. Lower --batch-size, '
             '--res, the network sizes (e.g. --z-dim) or --generate N')
 
@@ -152,21 +147,13 @@ def _gb(nbytes):
 
 
 def available_memory(device='cpu'):
-    """Bytes free for new tensors on `device` (None if unknown): CUDA's free memory, or Linux's
-    MemAvailable (what can be had without swapping)."""
-    device = torch.device(device)
-    if device.type == 'cuda':
+    """Bytes free for new tensors: CUDA's free memory, or Linux's MemAvailable (None if unknown)."""
+    if torch.device(device).type == 'cuda':
         return torch.cuda.mem_get_info(device)[0]
     try:
         with open('/proc/meminfo') as f:
-            for line in f:
-                if line.startswith('MemAvailable:'):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf('SC_AVPHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
-    except (ValueError, OSError, AttributeError):
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith('MemAvailable:'))
+    except (OSError, StopIteration):
         return None
 
 
@@ -201,6 +188,7 @@ def _flag_type(name, convert, ok, what):
 
 
 positive_int = _flag_type('positive_int', int, lambda v: v >= 1, 'a positive integer')
+at_least_2 = _flag_type('at_least_2', int, lambda v: v >= 2, 'an integer >= 2')
 nonneg_int = _flag_type('nonneg_int', int, lambda v: v >= 0, 'an integer >= 0')
 seed_int = _flag_type('seed_int', int, lambda v: 0 <= v < 2 ** 32, 'a seed in [0, 2^32)')
 finite_float = _flag_type('finite_float', float, math.isfinite, 'a finite number')
@@ -252,7 +240,7 @@ def base_parser(doc, model, dataset, res, batch_size, epochs, sample_every=500, 
     g = p.add_argument_group('evaluation')
     g.add_argument('--eval-every', type=nonneg_int, default=0, metavar='K',
                    help='every K steps, log FID against the training data to losses.csv (0: never)')
-    g.add_argument('--eval-n', type=int, default=5000, metavar='N', help='images on each side of that FID')
+    g.add_argument('--eval-n', type=at_least_2, default=5000, metavar='N', help='images on each side of that FID')
     g.add_argument('--inception-weights', metavar='PATH',
                    help='the FID Inception weights file (default: fetched once into the torch hub cache)')
     g = p.add_argument_group('speed')
@@ -280,17 +268,6 @@ def parse(p, argv=None, valid_res=None):
             raise UserError(f'--{name.replace("_", "-")} {v}: not a finite number')
     if valid_res is not None and args.res not in valid_res:
         raise UserError(f'{args.model} cannot build --res {args.res}; choose one of {", ".join(map(str, valid_res))}')
-    if args.eval_every < 0 or args.eval_n < 2:
-        raise UserError('--eval-every must be >= 0 and --eval-n >= 2')
-    for name in ['batch_size', 'epochs', 'sample_every', 'ckpt_every']:
-        if getattr(args, name) < 1:
-            raise UserError(f'--{name.replace("_", "-")} must be at least 1')
-    if args.steps is not None and args.steps < 1:
-        raise UserError('--steps must be at least 1')
-    if args.minutes is not None and args.minutes <= 0:
-        raise UserError('--minutes must be positive')
-    if args.generate is not None and args.generate < 1:
-        raise UserError('--generate N needs N >= 1')
     modes = [m for m in SAMPLING_MODES if getattr(args, m, None) not in (None, False)]
     args.sampling = bool(modes)
     if modes and not args.ckpt:
@@ -301,8 +278,6 @@ def parse(p, argv=None, valid_res=None):
         if args.interp_steps is not None and not any(getattr(args, m) not in (None, False) for m in walks):
             raise UserError('--interp-steps goes with ' + ' or '.join(f'--{m.replace("_", "-")}' for m in walks))
         args.interp_steps = p.interp_steps if args.interp_steps is None else args.interp_steps
-        if args.interp_steps < 2:
-            raise UserError('--interp-steps must be at least 2')
     if args.out is None:
         args.out = os.path.join('runs', args.model, 'generated') if args.sampling else os.path.join('runs', args.model)
     global _output_folder
@@ -322,7 +297,7 @@ def add_interpolate_args(p, steps):
     g.add_argument('--interpolate', action='store_true',
                    help=f'from --ckpt, write interpolate.png: {INTERP_ROWS} rows, each a straight walk in latent '
                         'space from one random point to the next (a row starts where the one above ended)')
-    g.add_argument('--interp-steps', type=int, metavar='S', help=f'images per row of a walk (default {steps})')
+    g.add_argument('--interp-steps', type=at_least_2, metavar='S', help=f'images per row of a walk (default {steps})')
     p.interp_steps = steps
     return g
 
@@ -483,18 +458,12 @@ def load_data(args, need_labels=False):
 
 
 def _resize_crop(x, res):
-    """uint8 [N, C, H, W] -> uint8 [N, C, res, res]: scale the short side to res, crop the centre."""
-    n, c, h, w = x.shape
-    if (h, w) == (res, res):
+    """uint8 [N, C, H, W] -> uint8 [N, C, res, res]: the short side scaled to res (antialiased
+    bilinear), the centre cropped; in chunks, so that the float copy inside stays small."""
+    from torchvision.transforms.v2 import functional as TF
+    if x.shape[-2:] == (res, res):
         return x
-    out = torch.empty(n, c, res, res, dtype=torch.uint8)
-    s = res / min(h, w)
-    nh, nw = max(res, round(h * s)), max(res, round(w * s))
-    for i in range(0, n, 1024):  # chunks keep the float copy small
-        y = F.interpolate(x[i:i + 1024].float(), size=(nh, nw), mode='bilinear', antialias=True, align_corners=False)
-        top, left = (nh - res) // 2, (nw - res) // 2
-        out[i:i + 1024] = y[:, :, top:top + res, left:left + res].round().clamp(0, 255).to(torch.uint8)
-    return out
+    return torch.cat([TF.center_crop(TF.resize(c, res, antialias=True), res) for c in x.split(1024)])
 
 
 def to_channels(x, c):
@@ -573,17 +542,9 @@ def _to_rgb(img):
 
 
 def _pil_to_square(img, res):
-    """PIL image -> uint8 [C, res, res]: short side to res (antialiased), centre crop."""
-    from PIL import Image
-    w, h = img.size
-    s = res / min(w, h)
-    nw, nh = max(res, round(w * s)), max(res, round(h * s))
-    img = img.resize((nw, nh), Image.BICUBIC, reducing_gap=3.0)
-    left, top = (nw - res) // 2, (nh - res) // 2
-    img = img.crop((left, top, left + res, top + res))
-    a = np.asarray(img, dtype=np.uint8)
-    a = a[:, :, None] if a.ndim == 2 else a
-    return torch.from_numpy(a.copy()).permute(2, 0, 1)
+    """PIL image -> uint8 [C, res, res]: short side to res (antialiased bicubic), centre crop."""
+    from torchvision.transforms.v2 import functional as TF
+    return TF.pil_to_tensor(TF.center_crop(TF.resize(img, res, TF.InterpolationMode.BICUBIC), res))
 
 
 def _list_folder(path):
@@ -751,8 +712,8 @@ def make_shapes(n, res, seed=0):
 
 def _hsv_to_rgb(h, s, v):
     """[n] each -> [n, 3] in [0, 1]."""
-    k = torch.stack([(5 + h * 6) % 6, (3 + h * 6) % 6, (1 + h * 6) % 6], 1)
-    return v[:, None] - v[:, None] * s[:, None] * torch.clamp(torch.minimum(k, 4 - k), 0, 1)
+    import colorsys
+    return torch.tensor([colorsys.hsv_to_rgb(*hsv) for hsv in zip(h.tolist(), s.tolist(), v.tolist())])
 
 
 def _progress(it, **kw):

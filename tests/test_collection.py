@@ -174,3 +174,30 @@ def test_a_model_file_with_common_alone_trains_and_samples(name, tmp_path):
     run('--generate', '4', '--ckpt', os.path.join('runs', name, 'last.pt'))
     pngs = [f for _, _, fs in os.walk(alone / 'runs' / name / 'generated') for f in fs if f.endswith('.png')]
     assert len(pngs) >= 4                                # class-conditional files write class subfolders
+
+
+PAPER = ('Networks', 'Losses', 'One training step', 'The growing schedule')
+PLUMBING = ('Arguments', 'Training loop', 'Sampling')
+
+
+def paper_and_plumbing(name):
+    """Lines under each `# ----` heading of a model file, summed into the paper's parts (networks,
+    losses, training step) and the plumbing (arguments, loop, sampling and main)."""
+    from conftest import ROOT
+    lines = open(os.path.join(ROOT, f'{name}.py')).read().splitlines()
+    heads = [i for i, l in enumerate(lines[:-1]) if l.startswith('# ----')
+             and lines[i + 1].startswith('# ') and not lines[i + 1].startswith('# ----')]
+    count = {'paper': 0, 'plumbing': 0}
+    for k, i in enumerate(heads):
+        title = lines[i + 1][2:]
+        end = heads[k + 1] if k + 1 < len(heads) else len(lines)
+        kind = 'paper' if title.startswith(PAPER) else 'plumbing' if title.startswith(PLUMBING) else None
+        assert kind, f'{name}.py: a section no one can place: {title!r}'
+        count[kind] += end - i
+    return count['paper'], count['plumbing']
+
+
+@pytest.mark.parametrize('name', ALL_MODELS)
+def test_the_papers_lines_outnumber_the_plumbing(name):
+    paper, plumbing = paper_and_plumbing(name)
+    assert paper > plumbing, f'{name}.py: {paper} lines of the paper, {plumbing} of plumbing'

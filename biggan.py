@@ -15,13 +15,16 @@ fidelity after training:
       smooth enough that the *truncation trick* works: sampling z from a truncated normal trades
       variety for quality, continuously, with one threshold.
 
-Architectures follow the authors' code (ajbrock/BigGAN-PyTorch) for 32 (CIFAR-10), 64, 128 and 256.
+The channel tables for 32, 64, 128 and 256 follow the authors' code (ajbrock/BigGAN-PyTorch); the
+rest follows the paper's ImageNet model at every resolution, 32 included: the defaults are
+`--recipe paper`. `--recipe cifar` takes the authors' CIFAR-10 script's training settings instead.
 
 Usage:
     python biggan.py --dataset shapes --ch 8 --steps 300                  # a few CPU minutes, no download
     python biggan.py                                                      # CIFAR-10 at 32x32, downloaded into ./data
     python biggan.py --data DIR --res 128 --ch 96 --attn-res 64           # the paper's 128x128 configuration
     python biggan.py --recipe code                                        # lr 1e-4 / 4e-4, 1 D step
+    python biggan.py --recipe cifar                                       # the authors' CIFAR-10 script
     python biggan.py --batch-size 256 --accum 8                           # effective batch 2048
     torchrun --nproc_per_node 8 biggan.py --data DIR --res 128            # cross-replica BatchNorm
     python biggan.py --generate 1000 --ckpt runs/biggan/last.pt           # class-balanced, one folder per class
@@ -42,6 +45,13 @@ Deviations from the paper:
     - Samples come from the EMA generator in eval mode, whose BatchNorm statistics are the EMA of
       G's running statistics; the authors' "standing statistics" (re-estimating them from many
       forward passes before sampling) is not done.
+    - `--recipe cifar` has the training settings of the authors' CIFAR-10 script
+      (scripts/launch_cifar_ema.sh: batch 50, lr 2e-4 for G and D, 4 D steps, no self-attention,
+      no orthogonal regularisation, EMA from step 1000) but keeps this file's architecture. That
+      script also runs without the shared embedding (each CBN learns its own class embedding of
+      gains and biases) and without the hierarchical latent (all of z feeds the first linear layer),
+      and initialises every layer from N(0, 0.02) instead of orthogonally; this file has no switch
+      for any of the three.
     - Cross-replica BatchNorm needs GPUs (PyTorch's SyncBatchNorm): under torchrun on CPUs each
       process normalises with its own batch's statistics.
 """
@@ -50,6 +60,7 @@ import copy
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm
 
 import common
@@ -59,8 +70,12 @@ import common
 # Arguments
 # ----------------------------------------------------------------------------------------------
 
-RECIPES = {'paper': dict(lr_g=5e-5, lr_d=2e-4, d_steps=2),   # the paper's setting
-           'code': dict(lr_g=1e-4, lr_d=4e-4, d_steps=1)}    # the authors' launch scripts
+# A flag given on the command line overrides its recipe's value.
+RECIPES = {'paper': dict(lr_g=5e-5, lr_d=2e-4, d_steps=2, ortho=1e-4, ema_start=20000),     # its ImageNet setting
+           # the rates of the authors' ImageNet script launch_BigGAN_bs256x8.sh (which also sets --ortho 0)
+           'code': dict(lr_g=1e-4, lr_d=4e-4, d_steps=1, ortho=1e-4, ema_start=20000),
+           # their CIFAR-10 script scripts/launch_cifar_ema.sh (batch 50, the default), architecture aside
+           'cifar': dict(lr_g=2e-4, lr_d=2e-4, d_steps=4, ortho=0.0, ema_start=1000, attn_res=0)}
 Z_DIM = {32: 128, 64: 120, 128: 120, 256: 140}               # split evenly into (G blocks + 1) chunks
 
 
@@ -68,68 +83,62 @@ def get_args(argv=None):
     p = common.base_parser(__doc__, model='biggan', dataset='cifar10', res=32, batch_size=50, epochs=500,
                            conditional=True)
     g = p.add_argument_group('Brock et al. 2019')
-    g.add_argument('--ch', type=int, default=64, help='channel multiplier of G and D (the paper uses 96 at 128x128)')
+    g.add_argument('--ch', type=common.positive_int, default=64,
+                   help='channel multiplier of G and D (the paper uses 96 at 128x128)')
     g.add_argument('--z-dim', type=common.positive_int,
                    help='noise dimension (default 128 at 32, 120 at 64 and 128, 140 at 256)')
-    g.add_argument('--shared-dim', type=int, default=128, help='size of the class embedding shared by all CBNs')
-    g.add_argument('--attn-res', type=int, help='resolution of the self-attention block in G and D '
-                   '(default 64, or 16 at --res 32; 0 for none)')
+    g.add_argument('--shared-dim', type=common.positive_int, default=128,
+                   help='size of the class embedding shared by all CBNs')
+    g.add_argument('--attn-res', type=common.nonneg_int, help='resolution of the self-attention block in G '
+                   'and D (default 64, or 16 at --res 32; 0 for none)')
     g.add_argument('--recipe', default='paper', choices=sorted(RECIPES),
-                   help='paper: lr G 5e-5 / D 2e-4, 2 D steps per G step; code: 1e-4 / 4e-4, 1 D step')
-    g.add_argument('--lr-g', type=common.positive_float, help="G's learning rate (overrides --recipe)")
-    g.add_argument('--lr-d', type=common.positive_float, help="D's learning rate (overrides --recipe)")
-    g.add_argument('--d-steps', type=int, help='D steps per G step (overrides --recipe)')
+                   help="paper: lr G 5e-5 / D 2e-4, 2 D steps; code: 1e-4 / 4e-4, 1 D step; cifar: the "
+                        "authors' CIFAR-10 script, 2e-4 / 2e-4, 4 D steps, no attention or --ortho, EMA from 1000")
+    g.add_argument('--lr-g', type=common.positive_float, help="G's learning rate (default: the recipe's)")
+    g.add_argument('--lr-d', type=common.positive_float, help="D's learning rate (default: the recipe's)")
+    g.add_argument('--d-steps', type=common.positive_int, help="D steps per G step (default: the recipe's)")
     g.add_argument('--betas', type=common.decay_rate, nargs=2, default=[0.0, 0.999], help='Adam betas')
-    g.add_argument('--adam-eps', type=common.positive_float, default=1e-6)
-    g.add_argument('--ortho', type=common.nonneg_float, default=1e-4,
-                   help='beta of the orthogonal regulariser (0: off)')
+    g.add_argument('--adam-eps', type=common.positive_float, default=1e-6, help="Adam's epsilon")
+    g.add_argument('--ortho', type=common.nonneg_float,
+                   help="beta of the orthogonal regulariser (0: off; default: the recipe's)")
     g.add_argument('--ema-decay', type=common.decay_rate, default=0.9999,
                    help="decay of the EMA of G's weights and buffers")
-    g.add_argument('--ema-start', type=common.nonneg_int, default=20000,
-                   help='steps before the EMA starts averaging (a copy of G until then)')
-    g.add_argument('--accum', type=int, default=1, help='micro-batches whose gradients are summed per D or G step')
-    g.add_argument('--sn-eps', type=float, default=1e-6, help="spectral norm's epsilon")
-    g.add_argument('--bn-eps', type=float, default=1e-5)
+    g.add_argument('--ema-start', type=common.nonneg_int,
+                   help="steps before the EMA starts averaging, a copy of G until then (default: the recipe's)")
+    g.add_argument('--accum', type=common.positive_int, default=1,
+                   help='micro-batches whose gradients are summed per D or G step')
+    g.add_argument('--sn-eps', type=common.positive_float, default=1e-6, help="spectral norm's epsilon")
+    g.add_argument('--bn-eps', type=common.positive_float, default=1e-5, help="BatchNorm's epsilon")
     g = p.add_argument_group('BigGAN sampling (all read --ckpt and write PNGs to --out)')
-    g.add_argument('--truncation', type=float, metavar='T',
+    g.add_argument('--truncation', type=common.positive_float, metavar='T',
                    help='resample every z component with |z| > T (for --generate, --interpolate, --interpolate-class)')
-    g.add_argument('--truncation-sweep', type=float, nargs='*', metavar='T',
+    g.add_argument('--truncation-sweep', type=common.positive_float, nargs='*', metavar='T',
                    help='truncation_sweep.png: a row per threshold (default 2 1.5 1 0.75 0.5 0.25), a column per '
                         'sample (one per class, or 10 of --class K)')
-    g.add_argument('--interpolate-class', type=int, nargs=2, metavar=('A', 'B'),
+    g.add_argument('--interpolate-class', type=common.nonneg_int, nargs=2, metavar=('A', 'B'),
                    help=f'interpolate_class.png: {common.INTERP_ROWS} rows, each one z going from class A to class B')
     common.add_interpolate_args(p, steps=8)
     args = common.parse(p, argv, valid_res=sorted(G_ARCH))
     for k, v in RECIPES[args.recipe].items():
         if getattr(args, k) is None:
             setattr(args, k, v)
-    if args.z_dim is None:
-        args.z_dim = Z_DIM[args.res]
-    if args.attn_res is None:
-        args.attn_res = 16 if args.res == 32 else 64
-    chunks = len(G_ARCH[args.res]) + 1
-    if args.z_dim % chunks:
-        raise common.UserError(f'--z-dim {args.z_dim} must split evenly into {chunks} chunks at --res {args.res}')
-    if args.attn_res and args.attn_res not in [4 * 2 ** (i + 1) for i in range(len(G_ARCH[args.res]))]:
-        raise common.UserError(f'--attn-res {args.attn_res} is not a resolution G has at --res {args.res}')
-    if args.ch < 2 or args.d_steps < 1 or args.accum < 1 or args.shared_dim < 1:
-        raise common.UserError('--ch must be at least 2, --d-steps, --accum and --shared-dim at least 1')
-    if args.attn_res and min(attn_channels(args)) < 8:
-        raise common.UserError(f'--attn-res {args.attn_res} at --ch {args.ch} leaves fewer than 8 channels for '
-                               'attention (it needs C/8 >= 1); raise --ch or move --attn-res')
-    if args.truncation is not None and args.truncation <= 0:
-        raise common.UserError('--truncation must be positive')
-    if args.truncation_sweep is not None and any(t <= 0 for t in args.truncation_sweep):
-        raise common.UserError('--truncation-sweep thresholds must be positive')
+    args.z_dim = args.z_dim or Z_DIM[args.res]
+    args.attn_res = (16 if args.res == 32 else 64) if args.attn_res is None else args.attn_res
+    if args.z_dim % (len(G_ARCH[args.res]) + 1):
+        raise common.UserError(f'--z-dim {args.z_dim} must split evenly into {len(G_ARCH[args.res]) + 1} chunks '
+                               f'at --res {args.res}')
+    g_res = [8 * 2 ** i for i in range(len(G_ARCH[args.res]))]
+    if args.attn_res and (args.attn_res not in g_res or min(attn_channels(args)) < 8):
+        raise common.UserError(f'--attn-res {args.attn_res} at --res {args.res} --ch {args.ch}: attention needs one of '
+                               f'G\'s resolutions {g_res} with at least 8 channels (it uses C/8); move --attn-res '
+                               'or raise --ch')
     # a sampling flag that no mode asked for would be ignored: refuse it instead
     if args.truncation is not None and not (args.generate or args.interpolate or args.interpolate_class):
-        raise common.UserError('--truncation applies to --generate, --interpolate and --interpolate-class'
-                               + (' (--truncation-sweep draws its own thresholds)' if args.truncation_sweep is not None
-                                  else '; add one of them and --ckpt PATH'))
+        raise common.UserError('--truncation applies to --generate, --interpolate and --interpolate-class, with '
+                               '--ckpt PATH (--truncation-sweep draws its own thresholds)')
     if args.cls is not None and not (args.generate or args.interpolate or args.truncation_sweep is not None):
-        raise common.UserError('--class applies to --generate, --interpolate and --truncation-sweep'
-                               + (' (--interpolate-class names its two classes)' if args.interpolate_class else
-                                  '; add one of them and --ckpt PATH'))
+        raise common.UserError('--class applies to --generate, --interpolate and --truncation-sweep, with '
+                               '--ckpt PATH (--interpolate-class names its two classes)')
     return args
 
 
@@ -364,17 +373,33 @@ def ortho_reg(params, beta):
 @torch.no_grad()
 def ema_update(G_ema, G, step, args):
     """G_ema <- decay G_ema + (1 - decay) G over the whole state dict: weights and buffers (BN running
-    statistics, spectral norm's power-iteration vectors). Until --ema-start the decay is 0, a plain
-    copy, so the average does not carry G's random start. `step` counts G updates from 1."""
+    statistics, spectral norm's power-iteration vectors), as the authors' code does. Until
+    --ema-start the decay is 0, a plain copy, so the average does not carry G's random start.
+    `step` counts G updates from 1."""
     decay = 0.0 if step < args.ema_start else args.ema_decay
     src = common.unwrap(G).state_dict()              # G without its DDP / --amp / --compile wrappers
     for k, v in G_ema.state_dict().items():
         if v.dtype.is_floating_point:
             v.mul_(decay).add_(src[k], alpha=1 - decay)
-            if decay > 0 and k.endswith(('._u', '._v')):   # an average of unit vectors is shorter than 1
-                v.div_(v.norm().clamp_min(1e-12))
         else:
             v.copy_(src[k])                           # BN's num_batches_tracked
+    if decay > 0:
+        # The averaged vectors are no singular vectors of the averaged weights. The authors' SN runs
+        # a power iteration at every forward, G_ema's too; PyTorch's runs none in eval mode, where
+        # G_ema samples, so it runs here, once per update: sigma is then G_ema's own.
+        power_iteration(G_ema)
+
+
+@torch.no_grad()
+def power_iteration(net):
+    """One power iteration of every spectral norm in `net`, kept in its vectors u, v: what a
+    training-mode forward runs before it divides by sigma = u^T W v."""
+    for m in net.modules():
+        if parametrize.is_parametrized(m, 'weight'):
+            sn, was = m.parametrizations.weight, m.parametrizations.weight.training
+            sn.train()
+            m.weight                                  # computing W / sigma in training mode iterates
+            sn.train(was)
 
 
 def truncated_z(n, dim, threshold=None, generator=None):
@@ -415,14 +440,13 @@ def train_step(G, D, G_ema, opt_G, opt_D, x, y, step, args):
         opt_D.step()
 
     # G step, through the updated D. D's weights are frozen so that no gradient is computed for
-    # them (and D is called outside DDP, which would wait for those gradients).
+    # them.
     D.requires_grad_(False)
-    D_frozen = common.without_ddp(D)
     opt_G.zero_grad(set_to_none=True)
     for _ in range(args.accum):
         z = torch.randn(len(x_real), args.z_dim, device=device)
         y_fake = torch.randint(n_classes, (len(x_real),), device=device)
-        loss_G = g_loss(D_frozen(G(z, y_fake), y_fake))
+        loss_G = g_loss(D(G(z, y_fake), y_fake))
         (loss_G / args.accum).backward()
     reg = 0.0
     if args.ortho > 0:
@@ -449,10 +473,14 @@ def make_optimizers(G, D, args):
 
 
 @torch.no_grad()
-def sample(G, z, y=None, emb=None):
-    was = G.training
+def sample(G, z, chunk, y=None, emb=None):
+    """(z [N, z_dim], y [N] or emb [N, shared_dim]) -> images [N, C, res, res] on G's device, with G
+    in eval mode, `chunk` at a time. Callers pass the training batch size B: a machine that fits
+    B images forward and backward in training also fits a no-grad forward of B, not always of more."""
+    was, device = G.training, next(G.parameters()).device
     G.eval()
-    x = G(z, y, emb)
+    part = lambda t, i: None if t is None else t[i:i + chunk].to(device)
+    x = torch.cat([G(part(z, i), part(y, i), part(emb, i)) for i in range(0, len(z), chunk)])
     G.train(was)
     return x
 
@@ -481,12 +509,11 @@ def train(args):
     fixed_z = torch.randn(len(fixed_y), args.z_dim, generator=gen).to(run.device)
 
     def sample_fn():
-        return sample(G_ema, fixed_z, fixed_y), 8
+        return sample(G_ema, fixed_z, args.batch_size, fixed_y), 8
 
     def eval_fn(n):
         y = torch.randint(len(args.classes), (n,), device=run.device)
-        z = torch.randn(n, args.z_dim, device=run.device)
-        return torch.cat([sample(G_ema, zb, yb) for zb, yb in zip(z.split(256), y.split(256))])
+        return sample(G_ema, torch.randn(n, args.z_dim, device=run.device), args.batch_size, y)
 
     for x, y in run.batches(data):
         logs = train_step(G_, D_, G_ema, opt_G, opt_D, x, y, run.step_num + 1, args)
@@ -512,11 +539,7 @@ def generate(args):
     G.to(device).eval()
 
     def draw(z, y=None, emb=None):
-        out = []
-        for i in range(0, len(z), 256):
-            out.append(sample(G, z[i:i + 256].to(device), None if y is None else y[i:i + 256].to(device),
-                              None if emb is None else emb[i:i + 256].to(device)))
-        return torch.cat(out)
+        return sample(G, z, targs.batch_size, y, emb)   # the checkpoint's training batch at a time
 
     # Each mode draws from its own generator seeded with --seed, so its picture is the same whether
     # it runs alone or with the others.

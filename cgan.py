@@ -78,9 +78,11 @@ def get_args(argv=None):
     g.add_argument('--cond', default='projection', choices=['projection', 'concat'],
                    help='projection: conditional BN in G, projection D with SN (Miyato & Koyama, the default); '
                         'concat: the one-hot label joined to z and to the image channels (Mirza & Osindero)')
-    g.add_argument('--z-dim', type=int, default=100, help='noise dimension')
-    g.add_argument('--ngf', type=int, default=64, help="G's channels at the last hidden layer (doubling towards 4x4)")
-    g.add_argument('--ndf', type=int, default=64, help="D's channels at the first layer (doubling towards 4x4)")
+    g.add_argument('--z-dim', type=common.positive_int, default=100, help='noise dimension')
+    g.add_argument('--ngf', type=common.positive_int, default=64,
+                   help="G's channels at the last hidden layer (doubling towards 4x4)")
+    g.add_argument('--ndf', type=common.positive_int, default=64,
+                   help="D's channels at the first layer (doubling towards 4x4)")
     g.add_argument('--loss', choices=['hinge', 'bce'],
                    help='hinge (Miyato & Koyama; the default with projection) or the non-saturating '
                         'BCE of eq. 2 (Mirza & Osindero; the default with concat)')
@@ -91,12 +93,7 @@ def get_args(argv=None):
                    help='Adam betas')
     common.add_interpolate_args(p, steps=10)
     args = common.parse(p, argv, valid_res=VALID_RES)
-    if args.loss is None:
-        args.loss = 'hinge' if args.cond == 'projection' else 'bce'
-    for name in ['z_dim', 'ngf', 'ndf', 'n_dis']:
-        if getattr(args, name) < 1:
-            flag = '--d-steps (--n-dis)' if name == 'n_dis' else f'--{name.replace("_", "-")}'
-            raise common.UserError(f'{flag} must be at least 1')
+    args.loss = args.loss or ('hinge' if args.cond == 'projection' else 'bce')
     return args
 
 
@@ -304,10 +301,9 @@ def train_step(G, D, opt_G, opt_D, x, y, args):
         opt_D.step()
 
     # G step, through the updated D. D's weights are frozen so that no gradient is computed for
-    # them (and D is called outside DDP, which would wait for those gradients).
+    # them.
     D.requires_grad_(False)
-    D_frozen = common.without_ddp(D)
-    loss_G = g_loss(D_frozen(x_fake, y_fake), args.loss)
+    loss_G = g_loss(D(x_fake, y_fake), args.loss)
     opt_G.zero_grad(set_to_none=True)
     loss_G.backward()
     opt_G.step()

@@ -4,6 +4,8 @@ import os
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch.nn.utils import parametrize
 
 import biggan
 import common
@@ -58,10 +60,18 @@ def test_larger_arch_tables(res):
 def test_bad_flags_are_user_errors():
     for argv, message in (
             (['--z-dim', '30'], 'must split evenly into 4 chunks'),
-            (['--attn-res', '64'], 'not a resolution G has'),
-            (['--res', '64', '--ch', '2', '--attn-res', '32'], 'fewer than 8 channels'),
+            (['--attn-res', '64'], r"--attn-res 64 at --res 32 --ch 64: attention needs one of G's "
+                                   r"resolutions \[8, 16, 32\]"),
+            (['--res', '64', '--ch', '2', '--attn-res', '32'], 'with at least 8 channels'),
             (['--truncation', '0.5'], '--truncation applies to --generate'),        # no mode would use it
-            (['--generate', '4', '--ckpt', 'x.pt', '--truncation', '0'], '--truncation must be positive'),
+            (['--generate', '4', '--ckpt', 'x.pt', '--truncation', '0'], 'argument --truncation: 0 is not a positive'),
+            (['--ckpt', 'x.pt', '--truncation-sweep', '1', '-2'], 'argument --truncation-sweep: -2 is not a positive'),
+            (['--ch', '0'], 'argument --ch: 0 is not a positive integer'),
+            (['--d-steps', '0'], 'argument --d-steps: 0 is not a positive integer'),
+            (['--accum', '0'], 'argument --accum: 0 is not a positive integer'),
+            (['--shared-dim', '0'], 'argument --shared-dim: 0 is not a positive integer'),
+            (['--attn-res', '-16'], 'argument --attn-res: -16 is not an integer >= 0'),
+            (['--bn-eps', '0'], 'argument --bn-eps: 0 is not a positive number'),
             (['--ckpt', 'x.pt', '--truncation', '0.5', '--truncation-sweep'], 'draws its own thresholds'),
             (['--ckpt', 'x.pt', '--interpolate-class', '0', '1', '--class', '2'], 'names its two classes'),
             (['--generate', '4', '--ckpt', 'x.pt', '--interp-steps', '5'], '--interp-steps goes with'),
@@ -73,9 +83,16 @@ def test_bad_flags_are_user_errors():
 
 def test_recipes():
     a = biggan.get_args([])
-    assert (a.lr_g, a.lr_d, a.d_steps, a.betas, a.ema_decay, a.ortho) == (5e-5, 2e-4, 2, [0.0, 0.999], 0.9999, 1e-4)
+    assert (a.lr_g, a.lr_d, a.d_steps, a.betas, a.ema_decay, a.ortho, a.ema_start, a.attn_res) == \
+        (5e-5, 2e-4, 2, [0.0, 0.999], 0.9999, 1e-4, 20000, 16)
     b = biggan.get_args(['--recipe', 'code', '--d-steps', '3'])
     assert (b.lr_g, b.lr_d, b.d_steps) == (1e-4, 4e-4, 3)
+    # the authors' CIFAR-10 script: batch 50, 2e-4 / 2e-4, 4 D steps, no attention or ortho, EMA from 1000
+    c = biggan.get_args(['--recipe', 'cifar'])
+    assert (c.batch_size, c.lr_g, c.lr_d, c.d_steps, c.attn_res, c.ortho, c.ema_start) == \
+        (50, 2e-4, 2e-4, 4, 0, 0, 1000)
+    c = biggan.get_args(['--recipe', 'cifar', '--attn-res', '16', '--ortho', '1e-4'])
+    assert (c.attn_res, c.ortho) == (16, 1e-4)
 
 
 def test_hierarchical_z_every_chunk_reaches_the_image(nets):
@@ -171,17 +188,30 @@ def test_truncation_resamples_not_clamps():
     assert torch.equal(free[inside], trunc[inside])
 
 
-def test_projection_identity(nets):
+def test_projection_discriminator(nets):
+    """D(x, y) = psi(phi(x)) + <embed(y), phi(x)>, phi(x) = sum over pixels of ReLU(features) (Miyato &
+    Koyama eq. 3), against that formula evaluated on tensors made here: psi's and the embedding's
+    weights are set to known values and the last D block's output is replaced by known features."""
     args, G, D = nets
-    D.eval()                                                    # no power-iteration update between calls
-    x = torch.randn(4, 3, 32, 32)
-    y, y2 = torch.tensor([0, 1, 2, 3]), torch.tensor([5, 1, 9, 7])
+    n_feat = D.linear.in_features
+    for m in (D.linear, D.embed):               # plain weights, so that the values set are the ones used
+        parametrize.remove_parametrizations(m, 'weight', leave_parametrized=False)
+    gen = torch.Generator().manual_seed(1)
+    w, b = torch.randn(n_feat, generator=gen), torch.randn(1, generator=gen)
+    emb = torch.randn(10, n_feat, generator=gen)
+    feats = torch.randn(4, n_feat, 8, 8, generator=gen)          # both signs: ReLU matters
     with torch.no_grad():
-        diff = D(x, y) - D(x, y2)
-        e = D.embed.weight                                      # the spectrally normalised embedding
-        expected = ((e[y] - e[y2]) * D.phi(x)).sum(1)
-    assert torch.allclose(diff, expected, rtol=1e-4, atol=1e-3)
-    assert diff[1].abs() < 1e-3 and diff[0].abs() > 1e-3        # same class: no difference
+        D.linear.weight.copy_(w[None]), D.linear.bias.copy_(b), D.embed.weight.copy_(emb)
+    D.blocks[-1].register_forward_hook(lambda m, inp, out: feats)
+    phi = feats.clamp(min=0).sum((2, 3))                         # [4, n_feat]
+    x = torch.randn(4, 3, 32, 32)
+    y, y2 = torch.tensor([0, 1, 2, 3]), torch.tensor([5, 6, 9, 7])   # a different class for every image
+    with torch.no_grad():
+        out, out2 = D(x, y), D(x, y2)
+    assert torch.allclose(out, phi @ w + b + (emb[y] * phi).sum(1), rtol=1e-5, atol=1e-3)
+    # y enters only through the inner product: two classes differ by <embed(y) - embed(y2), phi(x)>
+    assert torch.allclose(out - out2, ((emb[y] - emb[y2]) * phi).sum(1), rtol=1e-5, atol=1e-3)
+    assert (out - out2).abs().min() > 1
 
 
 def test_hinge_losses():
@@ -285,6 +315,34 @@ def test_ema_copies_g_before_ema_start_and_averages_buffers(nets):
         assert not torch.equal(G_ema.state_dict()[k], src[k])
 
 
+def test_ema_gives_g_ema_a_sigma_of_its_own_weights(nets):
+    """The spectral-norm vectors are averaged with everything else, then given one power iteration
+    on G_ema's averaged weights, as the authors' SN runs one at every forward, G_ema's included
+    (G_ema samples in eval mode, where PyTorch's SN runs none). Here G's weights are redrawn, so
+    that the averaged vectors are far from singular vectors of the averaged weights."""
+    args, G, D = nets
+    args.ema_decay = 0.5
+    G_ema = copy.deepcopy(G).eval()
+    with torch.no_grad():
+        for name, p in G.named_parameters():
+            if name.endswith('original'):
+                p.copy_(torch.randn_like(p) * p.std())
+        for _ in range(3):                                      # G's own vectors move to its new weights
+            G(torch.randn(8, 32), torch.randint(10, (8,)))
+    before, src = copy.deepcopy(G_ema.state_dict()), G.state_dict()
+    biggan.ema_update(G_ema, G, args.ema_start, args)
+    k = 'blocks.1.conv1.parametrizations.weight.'
+    w = (before[k + 'original'] + src[k + 'original']).flatten(1) / 2            # [out, in * 3 * 3]
+    u = F.normalize(w @ ((before[k + '0._v'] + src[k + '0._v']) / 2), dim=0)     # one power iteration
+    v = F.normalize(w.t() @ u, dim=0)
+    assert torch.allclose(G_ema.state_dict()[k + '0._u'], u, atol=1e-6)
+    assert torch.allclose(G_ema.state_dict()[k + '0._v'], v, atol=1e-6)
+    # and so the normalised weights G_ema samples with have sigma near 1 (0.11 off on average here;
+    # 0.46 with the averaged vectors only renormalised)
+    errors = [abs(torch.linalg.matrix_norm(m.weight.flatten(1), 2).item() - 1) for m in sn_modules(G_ema)]
+    assert sum(errors) / len(errors) < 0.2
+
+
 def test_ema_reads_g_through_amp_and_compile_wrappers(nets):
     """Run.wrap hands train_step G inside Autocast(torch.compile(G)); the EMA must average the bare
     network's state (compile's wrapper renames every key to _orig_mod.*). torch.compile is lazy:
@@ -341,6 +399,24 @@ def test_train_and_generate_end_to_end(tmp_path):
     r = run_script('biggan.py', '--generate', '2', '--ckpt', out / 'last.pt', '--interpolate-class', '0', '9', cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.strip() == ('error: --interpolate-class 9 is out of range: this checkpoint '
                                                       'has 6 classes (0..5)')
+
+
+def test_sampling_gives_g_at_most_a_training_batch(tmp_path, monkeypatch):
+    """The training grid (6 classes x 8) and every sampling mode draw the checkpoint's training
+    batch (8) at a time: a machine that trains at that batch can also sample."""
+    seen = []
+    forward = biggan.Generator.forward
+    monkeypatch.setattr(biggan.Generator, 'forward',
+                        lambda self, z, y=None, emb=None: seen.append(len(z)) or forward(self, z, y, emb))
+    out = tmp_path / 'run'
+    biggan.main(['--dataset', 'shapes', '--shapes-n', '16', *TINY, '--steps', '1', '--sample-every', '1',
+                 '--out', str(out), '--data-root', str(tmp_path / 'data')])
+    assert seen == [8] * 3 + [8] * 6                            # 2 D steps and the G step, then the grid
+    for mode, images in ((['--generate', '20'], 20), (['--truncation-sweep'], 36),
+                         (['--interpolate-class', '0', '1'], 64), (['--interpolate', '--interp-steps', '3'], 24)):
+        seen.clear()
+        biggan.main(mode + ['--ckpt', str(out / 'last.pt'), '--out', str(tmp_path / mode[0][2:])])
+        assert sum(seen) == images and max(seen) <= 8, (mode, seen)
 
 
 def test_sync_batchnorm_conversion_keeps_ema_and_checkpoints_working(nets):

@@ -44,6 +44,9 @@ def test_defaults_follow_the_scheme():
     assert cgan.get_args(['--cond', 'concat']).loss == 'bce'
     with pytest.raises(common.UserError, match='cannot build --res 48'):
         cgan.get_args(['--res', '48'])
+    for flag in ['--z-dim', '--ngf', '--ndf', '--n-dis']:      # refused by argparse, as one line
+        with pytest.raises(common.UserError, match=f'^argument .*{flag}: 0 is not a positive integer'):
+            cgan.get_args([flag, '0'])
 
 
 def test_dcgan_backbone_init_and_bn_placement():
@@ -99,22 +102,31 @@ def test_label_changes_the_sample():
 
 # ---------------------------------------------------------------- the projection discriminator
 
-def test_projection_identity():
-    """D(x, y) - D(x, y') = <e_y - e_y', phi(x)> exactly: y enters only through the inner product."""
-    torch.manual_seed(0)
-    args = tiny_args('projection', 32)
-    _, D = cgan.build(args)
-    for _ in range(3):  # move the SN power iterations off their starting point
-        D(torch.randn(4, 3, 32, 32), torch.randint(6, (4,)))
-    D.eval()  # no power iteration: the normalised weights are fixed between the calls
-    x = torch.randn(5, 3, 32, 32)
-    y, y2 = torch.tensor([0, 1, 2, 3, 4]), torch.tensor([5, 3, 0, 1, 1])
+def test_projection_discriminator():
+    """f(x, y) = psi(phi(x)) + <embed(y), phi(x)>, phi(x) = sum over the 4x4 positions of ReLU(features)
+    (Miyato & Koyama eq. 3), against that formula evaluated on tensors made here: psi's and the
+    embedding's weights are set to known values and the last conv's output is replaced by known
+    features."""
+    _, D = cgan.build(tiny_args('projection', 32))
+    n_feat = D.psi.in_features
+    for m in (D.psi, D.embed):                  # plain weights, so that the values set are the ones used
+        nn.utils.parametrize.remove_parametrizations(m, 'weight', leave_parametrized=False)
+    gen = torch.Generator().manual_seed(1)
+    w, b = torch.randn(n_feat, generator=gen), torch.randn(1, generator=gen)
+    emb = torch.randn(6, n_feat, generator=gen)
+    feats = torch.randn(5, n_feat, 4, 4, generator=gen)           # both signs: ReLU matters
     with torch.no_grad():
-        lhs = D(x, y) - D(x, y2)
-        e = D.embed.weight                                                  # the spectrally normalised embedding
-        rhs = ((e[y] - e[y2]) * D.phi(x)).sum(1)
-    assert torch.allclose(lhs, rhs, atol=1e-5, rtol=1e-5)
-    assert lhs.abs().max() > 1e-4  # the identity is not trivially 0 = 0
+        D.psi.weight.copy_(w[None]), D.psi.bias.copy_(b), D.embed.weight.copy_(emb)
+    D.convs[-1].register_forward_hook(lambda m, inp, out: feats)
+    phi = feats.clamp(min=0).sum((2, 3))                          # [5, n_feat]
+    x = torch.randn(5, 3, 32, 32)
+    y, y2 = torch.tensor([0, 1, 2, 3, 4]), torch.tensor([5, 3, 0, 1, 2])   # a different class for every image
+    with torch.no_grad():
+        out, out2 = D(x, y), D(x, y2)
+    assert torch.allclose(out, phi @ w + b + (emb[y] * phi).sum(1), rtol=1e-5, atol=1e-4)
+    # y enters only through the inner product: two classes differ by <embed(y) - embed(y2), phi(x)>
+    assert torch.allclose(out - out2, ((emb[y] - emb[y2]) * phi).sum(1), rtol=1e-5, atol=1e-4)
+    assert (out - out2).abs().min() > 0.1
 
 
 def test_phi_is_relu_sum_pool():

@@ -72,22 +72,27 @@ import common
 # Arguments
 # ----------------------------------------------------------------------------------------------
 
+# D's target for real images: 1 is the paper's, below it one-sided label smoothing; at 0 or less D
+# would be trained to call real images fake
+real_target = common._flag_type('real_target', float, lambda v: 0 < v <= 1, 'a target in (0, 1]')
+
+
 def get_args(argv=None):
     p = common.base_parser(__doc__, model='dcgan', dataset='cifar10', res=64, batch_size=128, epochs=25)
     g = p.add_argument_group('Radford et al. 2015')
-    g.add_argument('--z-dim', type=int, default=100, help='noise dimension (Fig. 1)')
-    g.add_argument('--ngf', type=int, default=128,
+    g.add_argument('--z-dim', type=common.positive_int, default=100, help='noise dimension (Fig. 1)')
+    g.add_argument('--ngf', type=common.positive_int, default=128,
                    help="G's width: channels of its last hidden map; each block closer to z doubles it (Fig. 1: 128)")
-    g.add_argument('--ndf', type=int, default=128, help="D's width: channels of its first map, doubling per block")
+    g.add_argument('--ndf', type=common.positive_int, default=128,
+                   help="D's width: channels of its first map, doubling per block")
     g.add_argument('--lr', type=common.positive_float, default=2e-4, help='Adam learning rate for G and D (Sec. 4)')
     g.add_argument('--betas', type=common.decay_rate, nargs=2, default=[0.5, 0.999], metavar=('B1', 'B2'),
                    help='Adam betas: beta1 0.5 (Sec. 4: 0.9 "resulted in training oscillation and instability")')
-    g.add_argument('--init-std', type=float, default=0.02, help='std of the N(0, std) weight init (Sec. 4)')
+    g.add_argument('--init-std', type=common.positive_float, default=0.02, help='std of the N(0, std) init (Sec. 4)')
     g.add_argument('--leak', type=float, default=0.2, help="LeakyReLU slope in D (Sec. 4)")
-    g.add_argument('--label-smoothing', type=float, default=1.0, metavar='TARGET',
-                   help="D's target for real images; 0.9 gives one-sided label smoothing (Salimans et al. 2016). "
-                        'Default 1.0: off')
     t = p.add_argument_group('training techniques (off by default; see the module docstring)')
+    t.add_argument('--label-smoothing', type=real_target, default=1.0, metavar='TARGET',
+                   help="D's target for real images; 0.9 gives one-sided label smoothing. Default 1.0: off")
     t.add_argument('--loss', default='bce', choices=['bce', 'lsgan', 'hinge', 'wasserstein'],
                    help='bce: the paper\'s (default); lsgan: least squares; hinge; wasserstein (needs --spectral-norm)')
     t.add_argument('--feature-matching', action='store_true',
@@ -97,32 +102,22 @@ def get_args(argv=None):
                    help='with --minibatch-disc: kernels B (default 100, as in Salimans et al.)')
     t.add_argument('--mbd-kernel-dim', type=common.positive_int,
                    help='with --minibatch-disc: kernel size C (default 5, as in Salimans et al.)')
-    t.add_argument('--instance-noise', type=float, default=0.0, metavar='SIGMA',
+    t.add_argument('--instance-noise', type=common.nonneg_float, default=0.0, metavar='SIGMA',
                    help="std of Gaussian noise added to D's inputs, annealed linearly to 0 by the last step (0: off)")
     t.add_argument('--spectral-norm', action='store_true',
                    help="spectral normalisation on every D weight (D's BatchNorm is then removed, and its convs "
                         'get biases)')
-    t.add_argument('--d-steps', type=int, default=1, metavar='K',
+    t.add_argument('--d-steps', type=common.positive_int, default=1, metavar='K',
                    help='D updates per G update, each on a fresh real batch')
     common.add_monitor_args(p)
     common.add_interpolate_args(p, steps=10)          # Fig. 4 shows walks of 10 images
     args = common.parse(p, argv, valid_res=[32, 64, 128])
-    if not 0 < args.label_smoothing <= 1:
-        raise common.UserError('--label-smoothing is the real target and must lie in (0, 1]; 0.9 is usual, 1 is off')
     if args.loss == 'wasserstein' and not args.spectral_norm:
         raise common.UserError('--loss wasserstein needs a Lipschitz D: add --spectral-norm '
                                '(or use wgan_gp.py, which enforces it with a gradient penalty)')
     if args.label_smoothing != 1 and args.loss in ('hinge', 'wasserstein'):
         raise common.UserError(f'--label-smoothing applies to the bce and lsgan targets, not to --loss {args.loss}')
-    if args.instance_noise < 0:
-        raise common.UserError('--instance-noise is a standard deviation and must be >= 0')
     check_trick_args(args)
-    if args.d_steps < 1:
-        raise common.UserError('--d-steps must be at least 1')
-    if min(args.z_dim, args.ngf, args.ndf) < 1:
-        raise common.UserError('--z-dim, --ngf and --ndf must be at least 1')
-    if args.init_std <= 0 or args.lr <= 0:
-        raise common.UserError('--init-std and --lr must be positive')
     return args
 
 
@@ -130,12 +125,8 @@ def check_trick_args(args):
     """Sub-options only mean something with their trick; the kernel sizes get their defaults here."""
     if not args.minibatch_disc and (args.mbd_kernels is not None or args.mbd_kernel_dim is not None):
         raise common.UserError('--mbd-kernels and --mbd-kernel-dim need --minibatch-disc')
-    args.mbd_kernels = 100 if args.mbd_kernels is None else args.mbd_kernels
-    args.mbd_kernel_dim = 5 if args.mbd_kernel_dim is None else args.mbd_kernel_dim
-    if min(args.mbd_kernels, args.mbd_kernel_dim) < 1:
-        raise common.UserError('--mbd-kernels and --mbd-kernel-dim must be at least 1')
-    if args.monitor_every < 0 or args.collapse_threshold < 0:
-        raise common.UserError('--monitor-every and --collapse-threshold must be >= 0')
+    args.mbd_kernels = args.mbd_kernels or 100
+    args.mbd_kernel_dim = args.mbd_kernel_dim or 5
     if args.classifier and not args.monitor_every:
         raise common.UserError('--classifier feeds the mode-collapse monitor: it needs --monitor-every > 0')
 

@@ -63,6 +63,11 @@ import common
 # Arguments
 # ----------------------------------------------------------------------------------------------
 
+# D's target for real images: 1 is the paper's, below it one-sided label smoothing; at 0 or less D
+# would be trained to call real images fake
+real_target = common._flag_type('real_target', float, lambda v: 0 < v <= 1, 'a target in (0, 1]')
+
+
 def get_args(argv=None):
     p = common.base_parser(__doc__, model='gan_mlp', dataset='mnist', res=28, batch_size=100, epochs=100)
     g = p.add_argument_group('Goodfellow et al. 2014')
@@ -72,7 +77,7 @@ def get_args(argv=None):
     g.add_argument('--d-pieces', type=common.positive_int, default=5, help='linear pieces per maxout unit')
     g.add_argument('--loss', default='nonsaturating', choices=['nonsaturating', 'minimax'],
                    help='G loss: -log D(G(z)) (Sec. 3, the default) or log(1 - D(G(z))) (eq. 1)')
-    g.add_argument('--d-steps', '--k', dest='k', type=int, default=1, metavar='K',
+    g.add_argument('--d-steps', '--k', dest='k', type=common.positive_int, default=1, metavar='K',
                    help='D steps per G step, each on a fresh real batch (Algorithm 1\'s k)')
     g.add_argument('--optim', default='adam', choices=['adam', 'sgd'],
                    help='adam: Adam with betas (0.5, 0.999) (see Deviations); sgd: the paper\'s SGD schedule')
@@ -84,7 +89,7 @@ def get_args(argv=None):
                    help='momentum rises linearly from START to END over --momentum-epochs')
     g.add_argument('--momentum-epochs', type=common.positive_int, default=250)
     t = p.add_argument_group('training techniques (off by default; see the module docstring)')
-    t.add_argument('--label-smoothing', type=float, default=1.0, metavar='TARGET',
+    t.add_argument('--label-smoothing', type=real_target, default=1.0, metavar='TARGET',
                    help="D's target for real images; 0.9 gives one-sided label smoothing. Default 1.0: off")
     t.add_argument('--feature-matching', action='store_true',
                    help="G's loss becomes ||E f(x) - E f(G(z))||^2 on D's last hidden layer")
@@ -93,7 +98,7 @@ def get_args(argv=None):
                    help='with --minibatch-disc: kernels B (default 100, as in Salimans et al.)')
     t.add_argument('--mbd-kernel-dim', type=common.positive_int,
                    help='with --minibatch-disc: kernel size C (default 5, as in Salimans et al.)')
-    t.add_argument('--instance-noise', type=float, default=0.0, metavar='SIGMA',
+    t.add_argument('--instance-noise', type=common.nonneg_float, default=0.0, metavar='SIGMA',
                    help="std of Gaussian noise added to D's inputs, annealed linearly to 0 by the last step (0: off)")
     t.add_argument('--spectral-norm', action='store_true', help='spectral normalisation on every D weight')
     common.add_monitor_args(p)
@@ -101,12 +106,6 @@ def get_args(argv=None):
     args = common.parse(p, argv)
     if args.lr is None:
         args.lr = 0.1 if args.optim == 'sgd' else 1e-3
-    if args.k < 1:
-        raise common.UserError('--d-steps (--k) must be at least 1')
-    if not 0 < args.label_smoothing <= 1:
-        raise common.UserError('--label-smoothing is the real target and must lie in (0, 1]; 0.9 is usual, 1 is off')
-    if args.instance_noise < 0:
-        raise common.UserError('--instance-noise is a standard deviation and must be >= 0')
     check_trick_args(args)
     return args
 
@@ -115,12 +114,8 @@ def check_trick_args(args):
     """Sub-options only mean something with their trick; the kernel sizes get their defaults here."""
     if not args.minibatch_disc and (args.mbd_kernels is not None or args.mbd_kernel_dim is not None):
         raise common.UserError('--mbd-kernels and --mbd-kernel-dim need --minibatch-disc')
-    args.mbd_kernels = 100 if args.mbd_kernels is None else args.mbd_kernels
-    args.mbd_kernel_dim = 5 if args.mbd_kernel_dim is None else args.mbd_kernel_dim
-    if min(args.mbd_kernels, args.mbd_kernel_dim) < 1:
-        raise common.UserError('--mbd-kernels and --mbd-kernel-dim must be at least 1')
-    if args.monitor_every < 0 or args.collapse_threshold < 0:
-        raise common.UserError('--monitor-every and --collapse-threshold must be >= 0')
+    args.mbd_kernels = args.mbd_kernels or 100
+    args.mbd_kernel_dim = args.mbd_kernel_dim or 5
     if args.classifier and not args.monitor_every:
         raise common.UserError('--classifier feeds the mode-collapse monitor: it needs --monitor-every > 0')
 

@@ -57,10 +57,10 @@ import common
 def get_args(argv=None):
     p = common.base_parser(__doc__, model='wgan_gp', dataset='cifar10', res=32, batch_size=64, epochs=100)
     g = p.add_argument_group('Gulrajani et al. 2017')
-    g.add_argument('--z-dim', type=int, default=128, help='noise dimension')
-    g.add_argument('--ngf', type=int, default=128,
+    g.add_argument('--z-dim', type=common.positive_int, default=128, help='noise dimension')
+    g.add_argument('--ngf', type=common.positive_int, default=128,
                    help="G's width: channels of its last hidden map, doubling per block (the authors' DIM = 128)")
-    g.add_argument('--ndf', type=int, default=128,
+    g.add_argument('--ndf', type=common.positive_int, default=128,
                    help="the critic's width: channels of its first map, doubling per block")
     g.add_argument('--norm', default='layer', choices=['layer', 'none'],
                    help='normalisation in the critic: layer norm (Sec. 4, "a drop-in replacement for batch '
@@ -68,15 +68,15 @@ def get_args(argv=None):
     g.add_argument('--penalty', default='gp', choices=['gp', 'clip'],
                    help='gp: the gradient penalty (eq. 3); clip: the original WGAN (Arjovsky et al. 2017): '
                         'weight clipping to [-c, c] and RMSprop')
-    g.add_argument('--lambda-gp', type=float, default=10.0, help='gradient penalty weight lambda (Algorithm 1)')
-    g.add_argument('--d-steps', '--n-critic', dest='n_critic', type=int, default=5, metavar='K',
+    g.add_argument('--lambda-gp', type=common.nonneg_float, default=10.0, help='penalty weight lambda (Algorithm 1)')
+    g.add_argument('--d-steps', '--n-critic', dest='n_critic', type=common.positive_int, default=5, metavar='K',
                    help='critic steps per G step, each on a fresh real batch (Algorithm 1\'s n_critic)')
-    g.add_argument('--clip', type=float, default=0.01, help='--penalty clip: weight clipping range c (WGAN)')
+    g.add_argument('--clip', type=common.positive_float, default=0.01, help='--penalty clip: clipping range c (WGAN)')
     g.add_argument('--lr', type=common.positive_float,
                    help='learning rate (default 1e-4 for Adam with --penalty gp, 5e-5 for RMSprop with --penalty clip)')
     g.add_argument('--betas', type=common.decay_rate, nargs=2, default=[0.0, 0.9], metavar=('B1', 'B2'),
                    help='Adam betas for --penalty gp (Algorithm 1)')
-    g.add_argument('--init-std', type=float, default=0.02, help='std of the N(0, std) weight init (DCGAN)')
+    g.add_argument('--init-std', type=common.positive_float, default=0.02, help='std of the N(0, std) init (DCGAN)')
     common.add_interpolate_args(p, steps=10)
     args = common.parse(p, argv, valid_res=[32, 64, 128])
     if args.lr is None:
@@ -84,12 +84,6 @@ def get_args(argv=None):
     if args.compile and args.penalty == 'gp':
         raise common.UserError('--compile cannot be used with the gradient penalty: torch.compile has no double '
                                'backward, which the penalty needs; drop --compile (or use --penalty clip)')
-    if args.n_critic < 1:
-        raise common.UserError('--d-steps (--n-critic) must be at least 1')
-    if args.lr <= 0 or args.clip <= 0 or args.lambda_gp < 0 or args.init_std <= 0:
-        raise common.UserError('--lr, --clip and --init-std must be positive and --lambda-gp not negative')
-    if min(args.z_dim, args.ngf, args.ndf) < 1:
-        raise common.UserError('--z-dim, --ngf and --ndf must be at least 1')
     return args
 
 

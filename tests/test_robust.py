@@ -246,7 +246,9 @@ def test_full_disk_during_a_save_keeps_the_checkpoint(tmp_path):
     ('gan_mlp', ['--z-dim', '0'], '--z-dim: 0 is not a positive integer'),
     ('gan_mlp', ['--momentum-epochs', '0'], '--momentum-epochs: 0 is not a positive integer'),
     ('gan_mlp', ['--lr-decay', '0'], '--lr-decay: 0 is not a positive number'),
-    ('gan_mlp', ['--instance-noise', 'nan'], '--instance-noise nan: not a finite number'),
+    ('gan_mlp', ['--instance-noise', 'nan'], '--instance-noise: nan is not a number >= 0'),
+    ('gan_mlp', ['--label-smoothing', '0'], '--label-smoothing: 0 is not a target in (0, 1]'),
+    ('gan_mlp', ['--k', '0'], '--d-steps/--k: 0 is not a positive integer'),
     ('gan_mlp', ['--seed', '-1'], '--seed: -1 is not a seed in [0, 2^32)'),
     ('gan_mlp', ['--seed', str(2 ** 32)], 'is not a seed in [0, 2^32)'),
     ('gan_mlp', ['--workers', '-1'], '--workers: -1 is not an integer >= 0'),
@@ -256,7 +258,9 @@ def test_full_disk_during_a_save_keeps_the_checkpoint(tmp_path):
     ('progan', ['--z-dim', '0'], '--z-dim: 0 is not a positive integer'),
     ('stylegan', ['--psi', 'nan'], '--psi: nan is not a finite number'),
     ('biggan', ['--ema-decay', '1'], '--ema-decay: 1 is not in [0, 1)'),
-    ('wgan_gp', ['--lambda-gp', 'inf'], '--lambda-gp inf: not a finite number'),
+    ('dcgan', ['--leak', 'inf'], '--leak inf: not a finite number'),
+    ('wgan_gp', ['--lambda-gp', 'inf'], '--lambda-gp: inf is not a number >= 0'),
+    ('wgan_gp', ['--clip', '0'], '--clip: 0 is not a positive number'),
 ])
 def test_flag_values_are_checked_where_parsed(model, flags, message, capsys):
     import importlib

@@ -56,6 +56,7 @@ Deviations from the paper:
       groups of 5, 5 and 4, and one of 6 a single group of 6 (a batch below 4 is one group, as in
       the authors' code). For multiples of 4 the groups are the authors' (and stylegan.py's).
 """
+import argparse
 import copy
 import math
 
@@ -72,18 +73,37 @@ import common
 
 RESOLUTIONS = [2 ** k for k in range(3, 11)]  # 8 .. 1024: 4x4 is where growing starts
 
+# A phase lasts round(1000 * kimg) images (make_phases) and needs at least one: a fade-in's alpha is
+# the images shown divided by the phase's length
+kimg = common._flag_type('kimg', float, lambda v: math.isfinite(v) and round(1000 * v) >= 1,
+                         'at least 0.001 (one image)')
+
+
+def batch_table(text):
+    """--batch-table's type: '256:14,512:6' -> {256: 14, 512: 6}."""
+    table = {}
+    for item in filter(None, text.replace(' ', '').split(',')):
+        try:
+            res, b = (int(v) for v in item.split(':'))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f'"{item}" is not RES:BATCH (e.g. 256:14)') from None
+        if res not in [4] + RESOLUTIONS or b < 1:
+            raise argparse.ArgumentTypeError(f'"{item}" needs a resolution 4..1024 (a power of 2) and a batch >= 1')
+        table[res] = b
+    return table
+
 
 def get_args(argv=None):
     p = common.base_parser(__doc__, model='progan', dataset='cifar10', res=32, batch_size=16, epochs=16)
     g = p.add_argument_group('Karras et al. 2018')
-    g.add_argument('--kimg-per-phase', type=float, default=800,
+    g.add_argument('--kimg-per-phase', type=kimg, default=800,
                    help='thousands of real images in each fade-in and each stabilising phase (Sec. A.1: 800)')
-    g.add_argument('--batch-table', default='256:14,512:6,1024:3', metavar='RES:B,...',
+    g.add_argument('--batch-table', type=batch_table, default='256:14,512:6,1024:3', metavar='RES:B,...',
                    help='per-resolution batch sizes; resolutions not listed use --batch-size '
                         '(the paper: 16 up to 128x128, then 14, 6, 3)')
-    g.add_argument('--fmap-base', type=int, default=8192,
+    g.add_argument('--fmap-base', type=common.positive_int, default=8192,
                    help='feature maps at resolution 2^k are min(fmap_base / 2^(k-1), fmap_max) (Table 2)')
-    g.add_argument('--fmap-max', type=int, default=512, help='the most feature maps of any layer')
+    g.add_argument('--fmap-max', type=common.positive_int, default=512, help='the most feature maps of any layer')
     g.add_argument('--z-dim', type=common.positive_int, help='latent size (default: the 4x4 width, 512 in the paper)')
     g.add_argument('--lr', type=common.positive_float, default=1e-3, help='Adam learning rate, for G and D (Sec. A.1)')
     g.add_argument('--betas', type=common.decay_rate, nargs=2, default=[0.0, 0.99], metavar=('B1', 'B2'),
@@ -92,42 +112,21 @@ def get_args(argv=None):
     g.add_argument('--lambda-gp', type=common.nonneg_float, default=10.0, help='gradient penalty weight (WGAN-GP)')
     g.add_argument('--eps-drift', type=common.nonneg_float, default=0.001,
                    help="weight of the drift term E[D(x)^2] (Sec. A.1)")
-    g.add_argument('--mbstd-group', type=int, default=4, help='group size of the minibatch stddev layer (Sec. 3)')
-    g.add_argument('--ema-beta', type=float, default=0.999, help='G EMA decay per step, used for all samples')
+    g.add_argument('--mbstd-group', type=common.positive_int, default=4,
+                   help='group size of the minibatch stddev layer (Sec. 3; 1 makes its feature a constant)')
+    g.add_argument('--ema-beta', type=common.decay_rate, default=0.999,
+                   help='G EMA decay per step, used for all samples')
     g.add_argument('--d-steps', type=common.positive_int, default=1, metavar='K',
                    help='D steps per G step, each on a fresh real batch (Sec. A.1: 1, the two alternate '
                         'minibatch by minibatch)')
     common.add_interpolate_args(p, steps=10)
     args = common.parse(p, argv, valid_res=RESOLUTIONS)
-    args.batch_table = parse_batch_table(args.batch_table)
-    if args.kimg_per_phase <= 0:
-        raise common.UserError('--kimg-per-phase must be positive')
-    if args.fmap_base < 1 or args.fmap_max < 1:
-        raise common.UserError('--fmap-base and --fmap-max must be at least 1')
-    if args.mbstd_group < 1:
-        raise common.UserError('--mbstd-group must be at least 1 (1 turns the layer into a constant)')
-    if not 0 <= args.ema_beta < 1:
-        raise common.UserError('--ema-beta must be in [0, 1)')
     if args.compile:
         raise common.UserError('progan cannot use --compile: the networks change at every phase (level) and every '
                                'step (alpha), so they would be recompiled over and over')
     if args.z_dim is None:
         args.z_dim = nf(0, args)
     return args
-
-
-def parse_batch_table(text):
-    """'256:14,512:6' -> {256: 14, 512: 6}."""
-    table = {}
-    for item in filter(None, text.replace(' ', '').split(',')):
-        try:
-            res, b = (int(v) for v in item.split(':'))
-        except ValueError:
-            raise common.UserError(f'--batch-table: "{item}" is not RES:BATCH (e.g. 256:14)') from None
-        if res not in [4] + RESOLUTIONS or b < 1:
-            raise common.UserError(f'--batch-table: "{item}" needs a resolution 4..1024 (a power of 2) and a batch >= 1')
-        table[res] = b
-    return table
 
 
 def nf(stage, args):
@@ -383,12 +382,10 @@ def train_step(G, D, G_ema, opt_G, opt_D, x, level, alpha, args):
         loss_D.backward()
         opt_D.step()
 
-    # G step, through the updated D. D's weights are frozen so that no gradient is computed for
-    # them (and D is called outside DDP, which would wait for those gradients).
+    # G step, through the updated D, whose weights are frozen so that no gradient is computed for them
     D.requires_grad_(False)
-    D_frozen = common.without_ddp(D)
     z = torch.randn(len(x_real), args.z_dim, device=x.device)
-    loss_G = g_loss(D_frozen(G(z, level, alpha), level, alpha))
+    loss_G = g_loss(D(G(z, level, alpha), level, alpha))
     opt_G.zero_grad(set_to_none=True)
     loss_G.backward()
     opt_G.step()
@@ -532,12 +529,18 @@ def reset_optimizer(opt):
     opt.state.clear()
 
 
+# Sampling draws its images `chunk` at a time, and every caller passes the training batch at the
+# level drawn (batch_size: the table's 14, 6, 3 from 256x256 up): a forward without gradients of B
+# images needs less memory than the training step that fits B images forward and backward, so a
+# machine that trains a resolution can also write its grids, however many images they hold.
+
 @torch.no_grad()
-def sample(G, z, level=None, alpha=1.0, res=None):
-    """Images from G in eval mode at (level, alpha); nearest-upsampled to `res` if given."""
+def sample(G, z, chunk, level=None, alpha=1.0, res=None):
+    """z [N, z_dim] -> images [N, C, r, r] from G in eval mode at (level, alpha), `chunk` at a
+    time; nearest-upsampled to `res` if given."""
     was_training = G.training
     G.eval()
-    x = G(z, level, alpha)
+    x = torch.cat([G(zb, level, alpha) for zb in z.split(chunk)])
     G.train(was_training)
     if res is not None and x.shape[-1] < res:
         x = F.interpolate(x, size=(res, res), mode='nearest')
@@ -560,11 +563,11 @@ def train(args):
     fixed_z = torch.randn(64, args.z_dim, generator=torch.Generator().manual_seed(args.seed)).to(run.device)
 
     def sample_fn():  # the fixed-noise grid at the current resolution, at --res so that every frame matches
-        return sample(G_ema, fixed_z, growth.level, growth.alpha, args.res)
+        return sample(G_ema, fixed_z, batch_size(args, growth.level), growth.level, growth.alpha, args.res)
 
     def eval_fn(n):  # n fresh samples at the final size (FID compares at --res, as the paper does)
         z = torch.randn(n, args.z_dim, device=run.device)
-        return torch.cat([sample(G_ema, zb, growth.level, growth.alpha, args.res) for zb in z.split(256)])
+        return sample(G_ema, z, batch_size(args, growth.level), growth.level, growth.alpha, args.res)
 
     for x in real_batches(data, growth, args, run):
         if run.done():
@@ -579,14 +582,15 @@ def train(args):
             ended = growth.phases[growth.phase - 1]
             if run.main:  # the grid that closes the phase, made before the schedule moves on
                 r = 4 * 2 ** ended[0]
-                common.save_grid(sample(G_ema, fixed_z, ended[0], 1.0), f'{run.out}/samples/{r}x{r}-{ended[1]}-end.png')
+                common.save_grid(sample(G_ema, fixed_z, batch_size(args, ended[0]), ended[0], 1.0),
+                                 f'{run.out}/samples/{r}x{r}-{ended[1]}-end.png')
             reset_optimizer(opt_G)
             reset_optimizer(opt_D)
         run.step(logs, nets, sample_fn, eval_fn, epoch=epoch)
         if ended is not None:
             run.save(nets)  # a checkpoint at every phase boundary
     if growth.done and run.main:
-        common.save_grid(sample(G_ema, fixed_z, growth.level, 1.0),
+        common.save_grid(sample(G_ema, fixed_z, batch_size(args, growth.level), growth.level, 1.0),
                          f'{run.out}/samples/{growth.res}x{growth.res}-{growth.name}-end.png')
     run.finish(nets, sample_fn)
     return nets
@@ -610,9 +614,10 @@ def generate(args):
     if growth.res < targs.res:
         print(f'note: this checkpoint is still growing ({growth.res}x{growth.res}, {growth.name}, '
               f'alpha {growth.alpha:.2f}); its samples are upsampled to {targs.res}x{targs.res}')
-    # --generate, --interpolate (straight walks in z)
+    # --generate, --interpolate (straight walks in z), in chunks of the checkpoint's batch at its level
+    chunk = batch_size(targs, growth.level)
     common.write_unconditional(args, targs.z_dim,
-                               lambda z: sample(G, z.to(device), growth.level, growth.alpha, targs.res))
+                               lambda z: sample(G, z.to(device), chunk, growth.level, growth.alpha, targs.res))
 
 
 def main(argv=None):

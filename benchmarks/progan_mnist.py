@@ -118,8 +118,8 @@ def main():
     G.load_state_dict(ckpt['nets']['G_ema'])
     G0, _ = progan.build(targs)  # freshly initialised: the untrained reference
     z = torch.randn(n, targs.z_dim, generator=g)
-    fake = torch.cat([progan.sample(G, zb) for zb in z.split(250)])
-    fake0 = torch.cat([progan.sample(G0, zb) for zb in z.split(250)])
+    fake = progan.sample(G, z, 250)
+    fake0 = progan.sample(G0, z, 250)
     for name, other in [('real vs real', real2), ('real vs ProGAN (EMA)', fake), ('real vs untrained G', fake0)]:
         s = swd_pyramid(real, other)
         print(f'SWD x1000 {name:22s} ' + '  '.join(f'{r}px {v:7.1f}' for r, v in s.items()))

@@ -384,12 +384,46 @@ def test_two_identical_runs_give_bit_identical_checkpoints(tmp_path, threads):
     assert not differ, f'{len(differ)} tensors differ between two identical runs: {differ[:5]}'
 
 
+def test_sampling_never_runs_more_than_a_training_batch(tmp_path, monkeypatch):
+    # the 64-image grids (every step's and each phase's last), the FID samples, --generate and
+    # --interpolate go through G at most the training batch of the level drawn at a time: 4 at
+    # 4x4 (--batch-size), 2 at 8x8 (--batch-table); so does every training forward
+    largest, drawn = {}, []
+    forward, sample = progan.Generator.forward, progan.sample
+
+    def watched(self, z, level=None, alpha=1.0):
+        level = self.levels - 1 if level is None else level
+        largest[level] = max(largest.get(level, 0), len(z))
+        return forward(self, z, level, alpha)
+
+    monkeypatch.setattr(progan.Generator, 'forward', watched)
+    monkeypatch.setattr(progan, 'sample', lambda G, z, *a, **k: (drawn.append(len(z)), sample(G, z, *a, **k))[1])
+    monkeypatch.setattr(common.Run, '_fid_tracker', lambda self, data: lambda fakes: 1.0)
+    out = tmp_path / 'run'
+    # 7 steps: one at 4x4, two fading in 8x8, four stabilising; FID samples at steps 3 and 6, in chunks
+    # of 4 from Run.step; the grid of the last step and one at the end of each of the 3 phases
+    progan.main(['--dataset', 'shapes', '--shapes-n', '8', '--res', '8', '--fmap-base', '16', '--fmap-max', '4',
+                 '--batch-size', '4', '--batch-table', '8:2', '--kimg-per-phase', '0.004', '--epochs', '1',
+                 '--sample-every', '100', '--eval-every', '3', '--eval-n', '5', '--out', str(out),
+                 '--data-root', str(tmp_path / 'data')])
+    assert sorted(drawn) == [1, 1, 4, 4] + [64] * 4 and largest == {0: 4, 1: 2}
+    largest.clear()
+    progan.main(['--generate', '9', '--interpolate', '--interp-steps', '3', '--ckpt', str(out / 'last.pt'),
+                 '--out', str(tmp_path / 'gen')])
+    assert largest == {1: 2} and (tmp_path / 'gen' / 'interpolate.png').exists()
+
+
 def test_bad_flags():
     with pytest.raises(common.UserError, match='progan cannot build --res 48'):
         progan.get_args(['--res', '48'])
-    with pytest.raises(common.UserError, match='--kimg-per-phase must be positive'):
-        progan.get_args(['--kimg-per-phase', '0'])
-    with pytest.raises(common.UserError, match='--ema-beta'):
-        progan.get_args(['--ema-beta', '1'])
     with pytest.raises(common.UserError, match='cannot use --compile'):
         progan.get_args(['--compile'])
+    # single values are refused by their argparse type, naming the flag; a phase under one image
+    # (0.0004 thousand rounds to none) would leave a fade-in's alpha nothing to divide by
+    for flag, value in [('--kimg-per-phase', '0'), ('--kimg-per-phase', '0.0004'), ('--fmap-base', '0'),
+                        ('--fmap-max', '-1'), ('--mbstd-group', '0'), ('--ema-beta', '1'),
+                        ('--batch-table', '8x5'), ('--batch-table', '8:0'), ('--batch-table', '12:4')]:
+        with pytest.raises(common.UserError, match=f'argument {flag}: ') as e:
+            progan.get_args([flag, value])
+        assert '\n' not in str(e.value)
+    assert progan.get_args(['--kimg-per-phase', '0.001']).kimg_per_phase == 0.001

@@ -10,6 +10,7 @@ import io
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -159,6 +160,21 @@ def test_fid_with_fewer_samples_than_dimensions_matches_gram_form():
     assert metrics.fid_from_features(f1, f2) == pytest.approx(expected, rel=1e-11)
 
 
+def nuclear_norm_fid(f1, f2):
+    """FID by another route: with X, Y the centred features / sqrt(N - 1), sigma1 = X^T X and sigma2 = Y^T Y, and
+    tr sqrt(sigma1 sigma2) is the sum of the singular values of X Y^T (cheap when N is much smaller than d)."""
+    x = (f1 - f1.mean(0)) / np.sqrt(len(f1) - 1)
+    y = (f2 - f2.mean(0)) / np.sqrt(len(f2) - 1)
+    tr_sqrt = np.linalg.svd(x @ y.T, compute_uv=False).sum()
+    return np.sum((f1.mean(0) - f2.mean(0)) ** 2) + np.sum(x * x) + np.sum(y * y) - 2 * tr_sqrt
+
+
+def test_nuclear_norm_fid_agrees_with_scipy_sqrtm():
+    rng = np.random.default_rng(14)
+    f1, f2 = rng.standard_normal((30, 12)), np.maximum(rng.standard_normal((25, 12)) + 0.3, 0)
+    assert nuclear_norm_fid(f1, f2) == pytest.approx(scipy_fid(f1, f2), rel=1e-9)
+
+
 @pytest.mark.parametrize("n", [300, 20])
 def test_fid_of_a_set_with_itself_is_zero(n):
     rng = np.random.default_rng(3)
@@ -306,6 +322,17 @@ def test_precision_recall_extremes():
     assert metrics.precision_recall(real, real + 100.0) == (0.0, 0.0)
 
 
+def test_precision_recall_radius_is_the_kth_nearest_other_point():
+    # Reals on a line at 0, 1, 3, 7. With k = 1 their radii (nearest other real) are 1, 1, 2, 4: the fake at 0.5
+    # is covered, the ones at 11.5 and 20 are not, so precision is 1/3. Counting the point itself as its own
+    # nearest neighbour gives radii 0 (precision 0); the 2nd nearest gives 3, 2, 3, 6 and covers 11.5 (2/3).
+    # The fakes' radii (11, 8.5, 8.5) cover every real: recall 1.
+    real = np.array([[0.0], [1.0], [3.0], [7.0]])
+    fake = np.array([[0.5], [11.5], [20.0]])
+    assert metrics.precision_recall(real, fake, k=1) == pytest.approx((1 / 3, 1.0))
+    assert metrics.precision_recall(real, fake, k=1, block=1) == pytest.approx((1 / 3, 1.0))
+
+
 # ---------------------------------------------------------------------------
 # Inception network and feature extraction
 # ---------------------------------------------------------------------------
@@ -379,8 +406,14 @@ def test_float_images_are_quantised_like_saved_pngs(tmp_path):
 
 
 def test_image_extensions_and_pixel_rule_are_the_training_scripts():
+    """metrics.py repeats common.py's image extensions and 8-bit rule (it stands alone): they must not drift apart."""
     import common
-    assert metrics.IMAGE_EXTENSIONS is common.IMAGE_EXTENSIONS and metrics.to_uint8 is common.to_uint8
+    assert metrics.IMAGE_EXTENSIONS == common.IMAGE_EXTENSIONS
+    boundaries = (torch.arange(256).float() + 0.5) / 127.5 - 1            # exactly where rounding goes up or down
+    x = torch.cat([boundaries, boundaries.nextafter(torch.tensor(-2.0)), torch.linspace(-1.5, 1.5, 10001)])
+    assert torch.equal(metrics.to_uint8(x), common.to_uint8(x))
+    u8 = torch.arange(256, dtype=torch.uint8)
+    assert torch.equal(metrics.to_uint8(u8), common.to_uint8(u8))
 
 
 def test_read_image_converts_to_rgb_uint8(tmp_path):
@@ -393,16 +426,17 @@ def test_read_image_converts_to_rgb_uint8(tmp_path):
         assert all(torch.equal(im[c], torch.from_numpy(arr)) for c in range(3))
 
 
-def test_mixed_size_folders_are_resized_image_by_image(tmp_path):
+def test_mixed_size_folders_are_resized_image_by_image(tmp_path, model):
     ims = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8) for h, w in ((20, 30), (31, 17), (20, 30))]
     for i, im in enumerate(ims):
         save_png(im, tmp_path / f"{i}.png")
-    paths = metrics.list_images(tmp_path)
-    batches = list(metrics.image_file_batches(paths, batch_size=2))
-    assert isinstance(batches[0], list) and batches[1].shape == (1, 3, 20, 30)
-    x = metrics._as_batch(batches[0], "cpu")
+    x = metrics._as_batch(ims[:2], "cpu")
     assert x.shape == (2, 3, 299, 299)
     assert torch.equal(x[1], metrics.preprocess(ims[1][None])[0])
+    pool, _, res = metrics.folder_features(model, metrics.list_images(tmp_path), batch_size=2)
+    assert res == "mixed"
+    one_by_one = np.concatenate([metrics.inception_features(model, im[None])[0] for im in ims])
+    assert np.allclose(pool, one_by_one, rtol=1e-5, atol=1e-6)
 
 
 def test_fid_tracker(weights_file, images, base_features):
@@ -505,20 +539,39 @@ def test_statistics_file_round_trip(tmp_path):
     (["stats", "/no/such/folder", "--out", "x.npz"], "error: no such folder: /no/such/folder"),
     (["all", "--real", "/no/real", "--fake", "/no/fake"],
      "error: no such folder or .npz file: /no/real"),
+    (["stats", "/no/such/folder"], "error: the following arguments are required: --out"),
+    (["all", "--real", "a", "--fake", "b", "--k", "0"], "error: argument --k: must be at least 1, got 0"),
 ])
 def test_cli_bad_paths_in_process(capsys, args, message):
     rc, out, err = main_in_process(capsys, *args)
     assert (rc, out, err.strip()) == (1, "", message)
 
 
-def test_cli_mismatched_statistics_and_missing_out_folder(tmp_path, capsys):
+def test_cli_mismatched_statistics(tmp_path, capsys):
     metrics.save_statistics(tmp_path / "a.npz", np.zeros(3), np.eye(3), 5, "8x8", "a")
     metrics.save_statistics(tmp_path / "b.npz", np.zeros(4), np.eye(4), 5, "8x8", "b")
     rc, _, err = main_in_process(capsys, "fid", tmp_path / "a.npz", tmp_path / "b.npz")
     assert rc == 1 and err.startswith("error: statistics do not match") and err.count("\n") == 1
-    save_png(torch.zeros(3, 8, 8, dtype=torch.uint8), tmp_path / "imgs" / "0.png")
-    rc, _, err = main_in_process(capsys, "stats", tmp_path / "imgs", "--out", tmp_path / "no" / "s.npz")
-    assert (rc, err.strip()) == (1, f"error: no such folder for --out: {tmp_path / 'no'}")
+
+
+@pytest.mark.parametrize("where", ["under a file", "/proc"])
+def test_cli_stats_refuses_an_unwritable_out_before_any_feature(tmp_path, capsys, monkeypatch, weights_file, images,
+                                                                 where):
+    """The tests run as root, whom permissions do not stop: a path under a regular file, and /proc, are places
+    nobody can write to. The refusal comes before the features are computed, not after."""
+    if where == "/proc" and not os.path.isdir("/proc"):
+        pytest.skip("needs /proc")
+    (tmp_path / "afile").write_text("a file, not a folder")
+    out = tmp_path / "afile" / "sub" / "x.npz" if where == "under a file" else Path("/proc/x.npz")
+    for i in range(2):
+        save_png(images[i], tmp_path / "imgs" / f"{i}.png")
+    calls = []
+    monkeypatch.setattr(metrics, "folder_features",
+                        lambda *args, **kwargs: calls.append(args) or (np.zeros((2, 2048)), None, "40x40"))
+    rc, stdout, err = main_in_process(capsys, "stats", tmp_path / "imgs", "--out", out, "--no-stats-cache",
+                                      "--inception-weights", weights_file, "--device", "cpu")
+    assert (rc, stdout, calls) == (1, "", [])
+    assert err.count("\n") == 1 and err.startswith(f"error: cannot write --out {out}: "), err
 
 
 def test_cli_empty_folder(tmp_path, capsys):
@@ -529,7 +582,8 @@ def test_cli_empty_folder(tmp_path, capsys):
     exts = "/".join(e[1:] for e in metrics.IMAGE_EXTENSIONS)
     assert err.strip() == f"error: no images ({exts}) found under {tmp_path / 'empty'}"
     # `all` needs the fake images themselves, not statistics.
-    save_png(torch.zeros(3, 8, 8, dtype=torch.uint8), tmp_path / "real" / "0.png")
+    for i in range(2):
+        save_png(torch.zeros(3, 8, 8, dtype=torch.uint8), tmp_path / "real" / f"{i}.png")
     rc, out, err = main_in_process(capsys, "all", "--real", tmp_path / "real", "--fake", "f.npz")
     assert (rc, err.strip()) == (1, "error: no such folder: f.npz")
 
@@ -544,30 +598,66 @@ def test_cli_unreadable_image_is_one_line(tmp_path, capsys, weights_file):
     assert "Traceback" not in err and not (tmp_path / "s.npz").exists()
 
 
-def test_cli_stats_and_all_on_a_folder(tmp_path, capsys, weights_file, images, base_features):
-    folder = tmp_path / "imgs"
-    save_png(images[0], folder / "0.png")
-    save_png(images[1], folder / "nested" / "deeper" / "1.PNG")
-    (folder / "readme.txt").write_text("ignored")
-    out = tmp_path / "stats.npz"
-    rc, _, err = main_in_process(capsys, "stats", folder, "--out", out,
-                                 "--inception-weights", weights_file, "--device", "cpu")
+@pytest.fixture(scope="module")
+def real_and_fake_images():
+    """Three "real" and three "fake" uint8 images: one fake equals a real one, one is a real one with noise, one
+    is new, so that precision, recall and the distances between the sets are not trivial."""
+    g = torch.Generator().manual_seed(5)
+    ims = torch.randint(0, 256, (4, 3, 40, 40), dtype=torch.uint8, generator=g)
+    near = (ims[1].int() + torch.randint(-30, 31, ims[1].shape, generator=g)).clamp(0, 255).to(torch.uint8)
+    return ims[:3], torch.stack([ims[0], near, ims[3]])
+
+
+def printed_metrics(text):
+    """{name: value} of the numbers `metrics.py all` prints."""
+    patterns = {"fid": r"FID:\s+([-0-9.]+)", "is": r"IS \(fake\):\s+([-0-9.]+)", "kid": r"KID:\s+([-0-9.e]+)",
+                "precision": r"Precision:\s+([0-9.]+)", "recall": r"Recall:\s+([0-9.]+)"}
+    return {k: float(m.group(1)) for k, pattern in patterns.items() if (m := re.search(pattern, text))}
+
+
+def metrics_by_hand(model, real_images, fake_images, k):
+    """(what `all` must print for these images, by the naive formulas of this file on the model's features; the
+    real features). The sets have one size, so KID uses every sample once."""
+    real, _ = metrics.inception_features(model, real_images)
+    fake, logits = metrics.inception_features(model, fake_images)
+    expected = {"fid": nuclear_norm_fid(real, fake), "kid": naive_mmd2(real.tolist(), fake.tolist())}
+    expected["precision"], expected["recall"] = naive_precision_recall(real.tolist(), fake.tolist(), k)
+    if logits is not None:
+        perm = np.random.RandomState(2020).permutation(len(logits))
+        expected["is"] = naive_inception_score(logits[perm].tolist(), min(10, len(logits)))[0]
+    return expected, real
+
+
+def assert_printed_as_by_hand(text, expected):
+    got = printed_metrics(text)
+    assert set(got) == set(expected), text
+    for name, value in expected.items():
+        assert got[name] == pytest.approx(value, rel=1e-3, abs=2e-4 if name != "kid" else 2e-6), name
+
+
+def test_cli_stats_and_all_on_folders(tmp_path, capsys, weights_file, model, real_and_fake_images):
+    real_images, fake_images = real_and_fake_images
+    real, fake = tmp_path / "real", tmp_path / "fake"
+    for i, (r, f) in enumerate(zip(real_images, fake_images)):
+        save_png(r, real / ("nested/deeper" if i == 2 else "") / f"{i}.PNG")
+        save_png(f, fake / f"{i}.png")
+    (real / "readme.txt").write_text("ignored")
+    out = tmp_path / "new" / "folder" / "stats.npz"    # folders that do not exist yet are made
+    flags = ["--inception-weights", weights_file, "--device", "cpu"]
+    rc, _, err = main_in_process(capsys, "stats", real, "--out", out, *flags)
     assert rc == 0, err
     stats = metrics.load_statistics(out)
-    assert (stats["n"], stats["res"]) == (2, "40x40")
-    assert stats["source"] == os.path.abspath(folder)
-    assert np.allclose(stats["mu"], base_features[0].mean(0), rtol=1e-5, atol=1e-6)
+    assert (stats["n"], stats["res"], stats["source"]) == (3, "40x40", os.path.abspath(real))
+    expected, real_features = metrics_by_hand(model, real_images, fake_images, k=1)
+    assert np.allclose(stats["mu"], real_features.mean(0), rtol=1e-5, atol=1e-6)
 
-    rc, text, err = main_in_process(capsys, "all", "--real", folder, "--fake", folder, "--k", "1",
-                                    "--inception-weights", weights_file, "--device", "cpu")
+    rc, text, err = main_in_process(capsys, "all", "--real", real, "--fake", fake, "--k", "1", *flags)
     assert rc == 0, err
-    assert "(2 images)" in text
-    assert abs(float(re.search(r"FID:\s+([-0-9.]+)", text).group(1))) < 1e-3
-    is_mean = float(re.search(r"IS \(fake\):\s+([0-9.]+)", text).group(1))
-    assert is_mean == pytest.approx(metrics.inception_score(base_features[1], splits=2)[0],
-                                     rel=1e-3)
-    assert re.search(r"KID:\s+[-0-9.]+ \+- [0-9.]+\s+\(1 subsets of 2\)", text)
-    assert "Precision:  1.0000   Recall: 1.0000" in text
+    assert "real: " in text and "(3 images)" in text
+    assert re.search(r"KID:\s+[-0-9.]+ \+- [0-9.]+\s+\(1 subsets of 3\)", text)
+    assert expected["precision"] != expected["recall"]       # a swap of real and fake would show
+    assert expected["fid"] > 1e-3 * np.trace(stats["sigma"])
+    assert_printed_as_by_hand(text, expected)
 
 
 def test_cli_stats_out_folder_and_one_image_folder_are_one_line(tmp_path, capsys):
@@ -663,18 +753,19 @@ def test_torchscript_with_missing_or_extra_tensors_is_refused(tf_files, tmp_path
         metrics.load_inception(str(tmp_path / "extra.pt"))
 
 
-def test_cli_all_with_features_only_weights_reports_all_but_is(tf_files, tmp_path, capsys, images):
-    folder = tmp_path / "imgs"
-    save_png(images[0], folder / "0.png")
-    save_png(images[1], folder / "1.png")
-    rc, text, err = main_in_process(capsys, "all", "--real", folder, "--fake", folder, "--k", "1",
+def test_cli_all_with_features_only_weights_reports_all_but_is(tf_files, tmp_path, capsys, real_and_fake_images):
+    real_images, fake_images = real_and_fake_images
+    for i, (r, f) in enumerate(zip(real_images, fake_images)):
+        save_png(r, tmp_path / "real" / f"{i}.png")
+        save_png(f, tmp_path / "fake" / f"{i}.png")
+    rc, text, err = main_in_process(capsys, "all", "--real", tmp_path / "real", "--fake", tmp_path / "fake", "--k", "1",
                                     "--inception-weights", tf_files / "default_1.pt", "--device", "cpu")
     assert rc == 0, err
     is_lines = [line for line in text.splitlines() if line.startswith("IS")]
     assert len(is_lines) == 1 and "skipped" in is_lines[0]
     assert "pt_inception-2015-12-05-6726825d.pth" in is_lines[0] and "inception-2015-12-05.pt" in is_lines[0]
-    assert abs(float(re.search(r"FID:\s+([-0-9.]+)", text).group(1))) < 1e-3
-    assert re.search(r"KID:\s+[-0-9.]+", text) and "Precision:  1.0000   Recall: 1.0000" in text
+    features_only = metrics.load_inception(str(tf_files / "default_1.pt"))
+    assert_printed_as_by_hand(text, metrics_by_hand(features_only, real_images, fake_images, k=1)[0])
 
 
 # ---------------------------------------------------------------------------
@@ -727,6 +818,33 @@ def test_folder_statistics_are_cached_and_never_used_stale(tmp_path, capsys, wei
     assert np.array_equal(recomputed["mu"], changed["mu"])
     _, err = stats("--no-stats-cache")
     assert "cache" not in err
+
+
+def test_statistics_cache_is_keyed_on_the_bytes_not_size_and_date(tmp_path, capsys, weights_file, model, images):
+    """A file replaced by another of the same size and mtime (cp -p, a tar extracted with its dates; PPM images of
+    one size all have one length) must not bring back the old statistics."""
+    folder, spare = tmp_path / "imgs", tmp_path / "spare.ppm"
+    folder.mkdir()
+    for i in range(2):
+        Image.fromarray(images[i].permute(1, 2, 0).numpy()).save(folder / f"{i}.ppm")
+    Image.fromarray(images[0].flip(-1).permute(1, 2, 0).numpy()).save(spare)
+    flags = ["--inception-weights", weights_file, "--device", "cpu", "--stats-cache", tmp_path / "cache"]
+
+    def stats():
+        rc, _, err = main_in_process(capsys, "stats", folder, "--out", tmp_path / "s.npz", *flags)
+        assert rc == 0, err
+        return metrics.load_statistics(tmp_path / "s.npz")["mu"], err
+
+    before, _ = stats()
+    old = os.stat(folder / "0.ppm")
+    os.utime(spare, ns=(old.st_atime_ns, old.st_mtime_ns))
+    shutil.copy2(spare, folder / "0.ppm")                                  # cp -p
+    new = os.stat(folder / "0.ppm")
+    assert (new.st_size, new.st_mtime_ns) == (old.st_size, old.st_mtime_ns)
+    after, err = stats()
+    assert "was made with other files" in err and "from the cache" not in err
+    expected = metrics.inception_features(model, torch.stack([images[0].flip(-1), images[1]]))[0].mean(0)
+    assert np.allclose(after, expected, rtol=1e-6, atol=1e-7) and not np.allclose(after, before)
 
 
 def test_fid_tracker_caches_the_real_statistics(tmp_path, capsys, weights_file, images):
@@ -803,18 +921,40 @@ def test_real_features_of_one_cifar_class_are_closer_to_each_other(real_model):
     assert right / (2 * n) >= 0.85
 
 
-def test_cli_real_fid_of_a_folder_with_itself_is_zero(package_weights, tmp_path, capsys, monkeypatch,
-                                                       images):
-    """Without --inception-weights and with an empty torch hub cache, the
-    installed package's weights are found."""
+def test_cli_finds_the_installed_weights(package_weights, real_model, tmp_path, capsys, monkeypatch,
+                                         real_and_fake_images):
+    """Without --inception-weights and with an empty torch hub cache, the installed package's weights are found,
+    and the FID is that of their features."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
-    folder = tmp_path / "imgs"
-    save_png(images[0], folder / "0.png")
-    save_png(images[1], folder / "1.png")
-    rc, text, err = main_in_process(capsys, "fid", folder, folder, "--device", "cpu", "--no-stats-cache")
+    real_images, fake_images = (ims[:2] for ims in real_and_fake_images)
+    for i in range(2):
+        save_png(real_images[i], tmp_path / "real" / f"{i}.png")
+        save_png(fake_images[i], tmp_path / "fake" / f"{i}.png")
+    rc, text, err = main_in_process(capsys, "fid", tmp_path / "real", tmp_path / "fake", "--device", "cpu",
+                                    "--no-stats-cache")
     assert rc == 0, err
     assert f"Inception weights: {os.path.abspath(package_weights)} (features-only TorchScript)" in err
-    assert abs(float(re.search(r"FID: ([-0-9.]+)", text).group(1))) < 1e-3
+    real, _ = metrics.inception_features(real_model, real_images)
+    fake, _ = metrics.inception_features(real_model, fake_images)
+    expected = nuclear_norm_fid(real, fake)
+    assert expected > 1
+    assert float(re.search(r"FID: ([-0-9.]+)", text).group(1)) == pytest.approx(expected, rel=1e-4, abs=1e-3)
+
+
+def test_metrics_py_works_copied_alone(package_weights, tmp_path, real_and_fake_images):
+    """metrics.py imports nothing from the project: copied alone into an empty folder, it computes an FID, with the
+    installed package's weights found without --inception-weights."""
+    shutil.copy(SCRIPT, tmp_path / "metrics.py")
+    real_images, fake_images = real_and_fake_images
+    for i in range(2):
+        save_png(real_images[i], tmp_path / "a" / f"{i}.png")
+        save_png(fake_images[i + 1], tmp_path / "b" / f"{i}.png")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["TORCH_HOME"] = str(tmp_path / "empty_torch_home")
+    res = subprocess.run([sys.executable, "metrics.py", "fid", "a", "b", "--device", "cpu", "--no-stats-cache"],
+                         capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert math.isfinite(float(re.search(r"FID: (\S+)", res.stdout).group(1)))
 
 
 def test_the_generate_grid_beside_the_samples_is_not_scored(tmp_path, capsys):

@@ -28,6 +28,8 @@ objective halved; D trained on a history of the last 50 generated images (Shriva
 rather than on the newest only; Adam lr 2e-4, betas (0.5, 0.999), batch size 1; lr constant for
 100 epochs then linearly to 0 over the next 100; weights N(0, 0.02). Data (the authors' code):
 each image resized to 286x286 (--load-size), a random 256x256 crop (--res), a random mirror flip.
+Without data flags, the built-in pair: --shapes-n 1,000 images per domain, the order of the paper's
+datasets (horse2zebra: 1,067 and 1,334).
 
 Usage:
     python cyclegan.py --res 32 --ngf 16 --ndf 16 --steps 300      # built-in pair: filled <-> outlined shapes
@@ -77,10 +79,20 @@ import common
 # Arguments
 # ----------------------------------------------------------------------------------------------
 
+# The built-in pair's images per domain. The paper's datasets hold a few hundred to a few thousand
+# images per domain (facades 400, maps 1,096, cityscapes 2,975; the released horse2zebra 1,067 and
+# 1,334): at 1,000, 200 epochs of batch 1 are the paper's ~200k steps, and the two domains at the
+# default --load-size 286 take 0.46 GB. The 20,000 the other files draw would take 9.1 GB, and 200
+# epochs would be 4 million steps.
+BUILTIN_PER_DOMAIN = 1000
+
+
 def get_args(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     p = common.base_parser(__doc__, model='cyclegan', dataset='shapes', res=256, batch_size=1, epochs=200,
                            sample_every=500, ckpt_every=2000)
+    # --shapes-n counts the images of each domain of the built-in pair (see BUILTIN_PER_DOMAIN)
+    p.set_defaults(shapes_n=BUILTIN_PER_DOMAIN)
     d = p.add_argument_group('two domains (or --data DIR with trainA/ trainB/, or the built-in --dataset shapes)')
     d.add_argument('--data-a', metavar='DIR', help='a folder of domain A (X) images, any sizes')
     d.add_argument('--data-b', metavar='DIR', help='a folder of domain B (Y) images, any sizes')
@@ -420,19 +432,51 @@ def outlines(images, bg):
     pixels (t = res / 16), the rest background. uint8 [N, 3, H, W] -> uint8 [N, 3, H, W]."""
     t = max(1, images.shape[-1] // 16)
     fg = (images.int() - bg).abs().amax(1, keepdim=True) > 8                   # [N, 1, H, W]
-    eroded = -F.max_pool2d(-fg.float(), 2 * t + 1, 1, t)                       # 1 where the whole window is shape
+    # 1 where the whole (2t+1)^2 window is shape: a min over the square, taken as a min over its
+    # columns then its rows (2(2t+1) comparisons a pixel rather than (2t+1)^2: 70 vs 1,225 at 286)
+    k = 2 * t + 1
+    eroded = -F.max_pool2d(F.max_pool2d(-fg.float(), (k, 1), 1, (t, 0)), (1, k), 1, (0, t))
     edge = fg & (eroded < 0.5)
     return torch.where(edge, images, torch.full_like(images, bg))
 
 
-def shapes_pair(n, res, seed):
+# Images of the built-in pair made per call of make_shapes and outlines: both work in float (4 bytes
+# a value, several temporaries), so a whole domain at once would take many times the uint8 set.
+PAIR_CHUNK = 64
+
+
+def shapes_domain(n, res, seed, outlined=False, channels=3):
+    """One domain of the built-in pair, uint8 [n, channels, res, res], built PAIR_CHUNK images at a
+    time into one uint8 tensor. Chunk k draws from seed + 2k * 1,000,003 modulo 2^32 (torch's CPU
+    generator keeps only a seed's low 32 bits): the first chunk is make_shapes(n, res, seed), the
+    chunks of one domain all differ, and those of the domains seeded seed and seed + 1 differ in parity."""
+    out = torch.empty(n, channels, res, res, dtype=torch.uint8)
+    for k, i in enumerate(range(0, n, PAIR_CHUNK)):
+        x, _ = common.make_shapes(min(PAIR_CHUNK, n - i), res, seed=(seed + 2 * k * 1_000_003) % 2 ** 32)
+        if outlined:
+            x = outlines(x, int(x[0, 0, 0, 0]))                                 # a corner: the dark background
+        out[i:i + len(x)] = common.to_channels(x, channels)
+    return out
+
+
+def shapes_pair(n, res, seed, channels=3):
     """The built-in pair: A, the built-in shapes filled; B, shapes drawn as outlines of the same
     colours. The two come from different seeds, so no A image has its B counterpart (unpaired).
     Translating keeps the class and the colour, and changes only fill <-> outline: checkable by eye."""
-    a, _ = common.make_shapes(n, res, seed=seed)
-    b, _ = common.make_shapes(n, res, seed=seed + 1)
-    bg = int(b[0, 0, 0, 0])                                                     # the shared dark background
-    return a, outlines(b, bg)
+    return shapes_domain(n, res, seed, False, channels), shapes_domain(n, res, seed + 1, True, channels)
+
+
+def check_pair_memory(args, res):
+    """Refuse, before building it, a built-in pair that cannot be held: two domains of --shapes-n
+    uint8 images [channels, res, res]. It cannot be streamed from disk, so --max-memory-gb (over which
+    a folder domain is refused, see load_domain) caps it, as does the free memory."""
+    n, channels = args.shapes_n, args.channels or 3
+    need = 2 * n * channels * res * res
+    what = f'--shapes-n {n} images per domain of the built-in pair at {res}x{res}'
+    if need > args.max_memory_gb * 2 ** 30:
+        raise common.UserError(f'{what} takes {need / 2 ** 30:,.2f} GB, over --max-memory-gb '
+                               f'{args.max_memory_gb:g}: lower --shapes-n (or --res), or raise --max-memory-gb')
+    common.check_memory(need, f'{what} (lower --shapes-n or --res)')
 
 
 def load_domains(args, res, split='train'):
@@ -440,9 +484,8 @@ def load_domains(args, res, split='train'):
     domain's channels on args (channels_a, channels_b) for rebuilding the networks later."""
     dirs = domain_dirs(args, split)
     if dirs is None:
-        a, b = shapes_pair(args.shapes_n, res, args.seed)
-        if args.channels == 1:
-            a, b = common.to_channels(a, 1), common.to_channels(b, 1)
+        check_pair_memory(args, res)
+        a, b = shapes_pair(args.shapes_n, res, args.seed, args.channels or 3)
     else:
         a = load_domain(args, dirs[0], '--data-a' if args.data_a else '--data', res)
         b = load_domain(args, dirs[1], '--data-b' if args.data_b else '--data', res)
@@ -475,7 +518,8 @@ class PairData(common.Data):
 
     def __init__(self, a, b, res, name):
         n = max(len(a), len(b))
-        super().__init__(a[torch.arange(n) % len(a)], None, None, name)
+        # A as it is when it is the larger domain (no copy); else cycled up to |B|
+        super().__init__(a if n == len(a) else a[torch.arange(n) % len(a)], None, None, name)
         self.b, self.n_a, self.res = b, len(a), res
 
     def preview(self, n=64):
@@ -597,11 +641,11 @@ def generate(args):
         flags = {k: getattr(args, k) for k in ('data', 'data_a', 'data_b')}
         if not any(flags.values()):
             flags = {k: targs.__dict__.get(k) for k in ('data', 'data_a', 'data_b')}
-        sargs = argparse.Namespace(**{**vars(args), **flags, 'dataset': targs.dataset, 'shapes_n': args.generate,
+        sargs = argparse.Namespace(**{**vars(args), **flags, 'dataset': targs.dataset,
                                       'seed': args.seed, 'channels': None})
         dirs = domain_dirs(sargs, 'test')
         if dirs is None:
-            x = shapes_pair(sargs.shapes_n, targs.res, args.seed + 7)[0 if src == 'A' else 1]
+            x = shapes_domain(args.generate, targs.res, args.seed + 7 + (src == 'B'), src == 'B', c_in)
             where = f'built-in shapes ({"filled" if src == "A" else "outlines"})'
         else:
             path = dirs[0 if src == 'A' else 1]

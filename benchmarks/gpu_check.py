@@ -3,6 +3,7 @@
     python benchmarks/gpu_check.py                        # on a CUDA GPU: every model, within --budget-minutes 8
     python benchmarks/gpu_check.py --models dcgan,stylegan --modes fp32,amp
     python benchmarks/gpu_check.py --device cpu           # tiny sizes: checks the logic, times nothing useful
+    python benchmarks/gpu_check.py --device cpu --modes fp32 --torchrun '' --jobs 2  # each model file once, 2 at a time
 
 What runs, each in a fresh process (`MODEL.py --data ... --steps N`, the model's default networks,
 resolution and batch size):
@@ -22,7 +23,9 @@ FID Inception feature extraction, exact and --amp (benchmarks/metrics_speed.py; 
 where found).
 
 The data is the built-in shapes, written once as a folder of class subfolders (the canonical
-recipe reads a folder) unless --data names one. Figures:
+recipe reads a folder) unless --data names one; cyclegan, which learns between two domains, reads
+its built-in pair (filled and outlined shapes) written as trainA/ and trainB/ unless --pair names
+such a folder. Figures:
     images/s  images per step (batch x processes) / mean step time over the steps after the warm-up
               (a step is one G update with all its D updates; stylegan's 16 timed steps hold one R1
               and four path-length steps, so its lazy regularisers count at their share)
@@ -32,6 +35,7 @@ and the rest still runs; the exit status is 1 if anything failed. --extra MODEL:
 one model's runs (MODEL 'all': every model), e.g. to try a fix, or to see a failure reported.
 """
 import argparse
+import concurrent.futures
 import importlib
 import json
 import math
@@ -48,8 +52,10 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
 import throughput  # noqa: E402
 
-# cyclegan.py joins the collection on its own schedule: it is checked when the file is there
-MODELS = throughput.MODELS + [m for m in ['cyclegan'] if m not in throughput.MODELS]
+# Every model file of the collection (tests/test_gpu_check.py holds this list to the files at the top level)
+MODELS = ['gan_mlp', 'dcgan', 'cgan', 'wgan_gp', 'progan', 'stylegan', 'biggan', 'cyclegan']
+# Models that learn between two domains: they read a folder with trainA/ and trainB/ (--pair)
+PAIRED = {'cyclegan'}
 
 # Flags that fit a run to this check without changing the model's networks, resolution or batch:
 # gan_mlp and cgan default to one-channel MNIST, so the shapes (RGB) become gray for them.
@@ -64,7 +70,7 @@ TINY = {
     'stylegan': ['--res', '32', '--fmap-base', '64', '--fmap-max', '16', '--z-dim', '16', '--w-dim', '16',
                  '--mapping-layers', '2'],
     'biggan': ['--res', '32', '--ch', '4', '--z-dim', '32', '--shared-dim', '16', '--attn-res', '16'],
-    'cyclegan': ['--res', '32'],
+    'cyclegan': ['--res', '32', '--ngf', '8', '--ndf', '8', '--n-blocks', '1'],
 }
 # --compile: what each file needs beside it, or why it refuses it (their get_args say the same)
 COMPILE_FLAGS = {'wgan_gp': ['--penalty', 'clip'], 'stylegan': ['--r1-gamma', '0', '--pl-weight', '0']}
@@ -74,7 +80,12 @@ COMPILE_REFUSED = {'progan': 'refuses --compile (its networks change every phase
 STEPS = {'stylegan': (20, 4)}
 DEFAULT_STEPS = (30, 5)
 TINY_STEPS = (4, 1)
+# The networks each file's build() returns, in order, and the names its checkpoints keep them under
+NETS = {'cyclegan': ('G', 'F', 'D_X', 'D_Y')}
 TORCHRUN = ['dcgan', 'wgan_gp', 'biggan']
+# Images in each domain of the written pair: a run of 30 steps at batch 1 draws no more than 60, and
+# every image is decoded and resized to --load-size (286) before the first step
+PAIR_IMAGES = 256
 MODES = ['fp32', 'amp', 'compile']
 CANONICAL_NET = ['--ngf', '64', '--ndf', '64']      # the PyTorch examples' DCGAN widths
 # The official StyleGAN2 README: config-f at 256x256, 25,000 kimg in 32 d 13 h on one V100
@@ -121,15 +132,16 @@ def check_outputs(out, model, steps):
         return f'{path} holds wrapper names such as {wrapped[0]}: it would not load into a bare network'
     mod = importlib.import_module(model)
     built = mod.build(common.args_from_checkpoint(ckpt, argparse.Namespace(device='cpu')))
-    if not (isinstance(built, tuple) and len(built) == 2 and {'G', 'D'} <= set(nets)):
-        return None                                            # another layout (cyclegan): the names above only
-    G, D = built
+    names = NETS.get(model, ('G', 'D'))
+    if not (isinstance(built, tuple) and len(built) == len(names)):
+        return f'{model}.build returned {type(built).__name__}, not the networks {", ".join(names)}'
+    pairs = list(zip(names, built)) + [('G_ema', built[0])] * ('G_ema' in nets)
     try:
-        for name, net in [('G', G), ('D', D)] + [('G_ema', G)] * ('G_ema' in nets):
+        for name, net in pairs:
             net.load_state_dict(nets[name])                    # strict: every name and shape must match
     except (RuntimeError, KeyError) as e:
         return f'{path}: {name} does not load on the CPU ({str(e).strip().splitlines()[0][:200]})'
-    if any(t.device.type != 'cpu' for net in (G, D) for t in net.state_dict().values()):
+    if any(t.device.type != 'cpu' for net in built for t in net.state_dict().values()):
         return f'{path} loaded, but not onto the CPU'
     return None
 
@@ -144,7 +156,8 @@ def run_model(spec, cfg):
     cmd = [sys.executable]
     if spec.get('nproc'):
         cmd += ['-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', str(spec['nproc'])]
-    cmd += [script, '--data', cfg.data, '--data-root', cfg.cache, '--out', out, '--device', cfg.device,
+    cmd += [script, '--data', cfg.pair if model in PAIRED else cfg.data, '--data-root', cfg.cache, '--out', out,
+            '--device', cfg.device,
             '--steps', str(steps), '--sample-every', '1000000000', '--ckpt-every', '1000000000', *spec['flags']]
     row = {'model': model, 'mode': mode, 'note': spec.get('note', ''), 'command': ' '.join(cmd)}
     t0 = time.time()
@@ -215,6 +228,17 @@ def write_shapes_folder(path, n, res):
         os.makedirs(os.path.join(path, name), exist_ok=True)
     for i, (im, y) in enumerate(zip(images, labels)):
         Image.fromarray(im.permute(1, 2, 0).numpy()).save(os.path.join(path, common.SHAPE_CLASSES[y], f'{i:05d}.png'))
+
+
+def write_pair_folder(path, n, res):
+    """cyclegan.py's built-in pair, n filled and n outlined shapes of res x res, as PNGs in trainA/ and
+    trainB/: the layout of the CycleGAN datasets."""
+    import cyclegan
+    from PIL import Image
+    for name, images in zip(('trainA', 'trainB'), cyclegan.shapes_pair(n, res, seed=0)):
+        os.makedirs(os.path.join(path, name), exist_ok=True)
+        for i, im in enumerate(images):
+            Image.fromarray(im.permute(1, 2, 0).numpy()).save(os.path.join(path, name, f'{i:05d}.png'))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -323,19 +347,30 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--device', default='cuda', choices=['cuda', 'cpu'], help='cpu implies --tiny')
     p.add_argument('--tiny', action='store_true', help='tiny networks at batch 4 and a few steps: checks the logic only')
-    p.add_argument('--models', default=','.join(MODELS), help='comma-separated; a missing cyclegan.py is skipped')
+    p.add_argument('--models', default=','.join(MODELS), help='comma-separated; a missing model file is skipped')
     p.add_argument('--modes', default=','.join(MODES), help='comma-separated, of ' + ', '.join(MODES))
     p.add_argument('--torchrun', default=','.join(TORCHRUN), help='models also run under torchrun ("" for none)')
     p.add_argument('--nproc', type=int, default=1, help='torchrun --nproc_per_node')
+    p.add_argument('--jobs', type=int, default=1,
+                   help='runs at a time, with --device cpu only: most of a tiny run is starting Python and torch, '
+                        'which parallel runs overlap (on a GPU they would share it and spoil the timings)')
     p.add_argument('--data', help='a folder of images with class subfolders (default: shapes, written to --out)')
-    p.add_argument('--images', type=int, help='shapes images written (default 2048, 64 with --tiny)')
+    p.add_argument('--pair', metavar='DIR', help='for ' + ', '.join(sorted(PAIRED)) + ': a folder with trainA/ and '
+                   'trainB/ (default: the built-in pair of filled and outlined shapes, written to --out)')
+    p.add_argument('--images', type=int, help='shapes images written (default 2048, 64 with --tiny; at most '
+                   f'{PAIR_IMAGES} in each domain of the pair)')
     p.add_argument('--out', default=os.path.join('runs', 'gpu_check'), help='work folder; results.json goes here')
     p.add_argument('--keep', action='store_true', help="keep each run's folder (samples, checkpoint)")
     p.add_argument('--extra', action='append', default=[], metavar='MODEL:FLAGS',
                    help="more flags for MODEL's runs ('all:FLAGS' for every model); repeatable")
-    p.add_argument('--timeout', type=float, default=240, help='seconds one run may take before it counts as failed')
-    p.add_argument('--budget-minutes', type=float, default=8,
-                   help='runs that would start after this are not started, and count as failed')
+    p.add_argument('--timeout', type=float,
+                   help='seconds one run may take before it counts as failed (default 240 on a GPU; 900 with --device '
+                        'cpu, where torch.compile builds C++ kernels and stylegan\'s and biggan\'s took over 240 s '
+                        'on a busy 2-core machine)')
+    p.add_argument('--budget-minutes', type=float,
+                   help='runs that would start after this are not started, and count as failed (default 8 on a '
+                        'GPU; none with --device cpu, where the check is of the logic and a busy machine only makes '
+                        'it slower)')
     p.add_argument('--no-canonical', action='store_true', help='skip the canonical DCGAN recipe')
     p.add_argument('--fid-images', type=int, help='images for the FID feature speed (default 1000, 4 with --tiny; 0: skip)')
     cfg = p.parse_args()
@@ -345,8 +380,13 @@ def main():
     import torch
     if cfg.device == 'cuda' and not torch.cuda.is_available():
         fail('no CUDA GPU is visible; run with --device cpu for the tiny check of the logic')
+    if cfg.timeout is None:
+        cfg.timeout = 240 if cfg.device == 'cuda' else 900
     if cfg.nproc < 1 or cfg.timeout <= 0:
         fail('--nproc must be at least 1 and --timeout positive')
+    if cfg.jobs < 1 or (cfg.jobs > 1 and cfg.device != 'cpu'):
+        fail(f'--jobs {cfg.jobs}: runs at a time must be at least 1, and more than 1 only with --device cpu '
+             '(runs sharing a GPU would spoil each other\'s timings)')
     extra = {}
     for item in cfg.extra:
         model, sep, flags = item.partition(':')
@@ -373,6 +413,13 @@ def main():
         shutil.rmtree(cfg.data, ignore_errors=True)
         write_shapes_folder(cfg.data, n, 32 if tiny else 64)
         print(f'data: {n} shapes images of {32 if tiny else 64}x{32 if tiny else 64} in {cfg.data}', flush=True)
+    if not cfg.pair and PAIRED & set(models):
+        cfg.pair = os.path.join(cfg.out, 'shapes_pair')
+        n = min(cfg.images or (64 if tiny else 2048), PAIR_IMAGES)
+        shutil.rmtree(cfg.pair, ignore_errors=True)
+        write_pair_folder(cfg.pair, n, 32 if tiny else 64)
+        print(f'data: {n} filled and {n} outlined shapes of {32 if tiny else 64}x{32 if tiny else 64} in '
+              f'{cfg.pair}/trainA and trainB', flush=True)
 
     torchrun = [m for m in cfg.torchrun.split(',') if m]
     specs, rows = plan(models, modes, torchrun, cfg.nproc, tiny, extra)
@@ -382,20 +429,26 @@ def main():
                      make_spec('dcgan', 'fp32 ngf64', CANONICAL_NET, tiny, extra, note="the canonical recipe's widths"))
     extras, failures = [], []
 
+    if cfg.budget_minutes is None:
+        cfg.budget_minutes = 8 if cfg.device == 'cuda' else math.inf
+
     def over_budget():
         return time.time() - t_start > 60 * cfg.budget_minutes
 
+    def run_one(s):
+        if over_budget():
+            return {'model': s['model'], 'mode': s['mode'], 'status': 'FAILED',
+                    'reason': f'not started: past --budget-minutes {cfg.budget_minutes:g}'}
+        return run_model(s, cfg)
+
     def run_all(specs):
-        for s in specs:
-            if over_budget():
-                r = {'model': s['model'], 'mode': s['mode'], 'status': 'FAILED',
-                     'reason': f'not started: past --budget-minutes {cfg.budget_minutes:g}'}
-            else:
-                r = run_model(s, cfg)
-            rows.append(r)
-            if r['status'] != 'ok':
-                failures.append(f'{r["model"]} {r["mode"]}: {r["reason"]}')
-            print(f'[{time.time() - t_start:5.0f} s] ' + row_line(r), flush=True)
+        # --jobs runs at a time; the rows still come out in the planned order
+        with concurrent.futures.ThreadPoolExecutor(cfg.jobs) as pool:
+            for r in pool.map(run_one, specs):
+                rows.append(r)
+                if r['status'] != 'ok':
+                    failures.append(f'{r["model"]} {r["mode"]}: {r["reason"]}')
+                print(f'[{time.time() - t_start:5.0f} s] ' + row_line(r), flush=True)
 
     # the model files first, then what runs in this process, then --compile, the slowest to start
     run_all([s for s in specs if s['mode'] != 'compile'])

@@ -246,11 +246,68 @@ def test_builtin_pair_is_filled_and_outlined_shapes():
     assert not torch.equal(fg_a, fg_filled)                         # different draws: unpaired
 
 
+def test_default_builtin_pair_is_of_the_papers_size_and_fits_a_small_machine():
+    """With no flags (and at --res 256) the built-in pair holds about as many images per domain as the
+    paper's datasets, and both domains at --load-size 286 stay far under 4 GB."""
+    for argv in ([], ['--res', '256']):
+        args = cyclegan.get_args(argv)
+        assert args.load_size == 286 and 400 <= args.shapes_n <= 3000
+        need = 2 * args.shapes_n * 3 * args.load_size ** 2
+        assert need < 4 * 2 ** 30, f'{need / 2 ** 30:.1f} GB'
+        args.max_memory_gb = 4
+        cyclegan.check_pair_memory(args, args.load_size)              # accepted
+    a, b = cyclegan.shapes_pair(5, 36, seed=0)
+    assert a.dtype == b.dtype == torch.uint8 and a.numel() + b.numel() == 2 * 5 * 3 * 36 ** 2   # the bytes counted
+
+
+def test_builtin_pair_is_built_in_uint8_chunks(monkeypatch):
+    """make_shapes, outlines and the channel conversion (each in float) see one chunk at a time, never
+    a whole domain; the first chunk is make_shapes's own draw and no chunk repeats another."""
+    seen = []                                          # (function, images it was given)
+
+    def recording(name, f):
+        def wrapper(x, *a, **k):
+            seen.append((name, len(x) if torch.is_tensor(x) else x))      # make_shapes takes a count
+            return f(x, *a, **k)
+        return wrapper
+    for mod, name in ((common, 'make_shapes'), (cyclegan, 'outlines'), (common, 'to_channels')):
+        monkeypatch.setattr(mod, name, recording(name, getattr(mod, name)))
+    n = 2 * cyclegan.PAIR_CHUNK + 5
+    a, b = cyclegan.shapes_pair(n, 16, seed=3, channels=1)
+    assert a.shape == b.shape == (n, 1, 16, 16) and a.dtype == b.dtype == torch.uint8
+    assert {name for name, _ in seen} == {'make_shapes', 'outlines', 'to_channels'}
+    assert max(size for _, size in seen) == cyclegan.PAIR_CHUNK
+    monkeypatch.undo()
+    a = cyclegan.shapes_domain(n, 16, seed=3)
+    assert torch.equal(a[:cyclegan.PAIR_CHUNK], common.make_shapes(cyclegan.PAIR_CHUNK, 16, seed=3)[0])
+    chunks = list(a.split(cyclegan.PAIR_CHUNK)) + list(cyclegan.shapes_domain(n, 16, seed=4).split(cyclegan.PAIR_CHUNK))
+    assert not any(torch.equal(c[:5], d[:5]) for i, c in enumerate(chunks) for d in chunks[i + 1:])
+
+
+def test_a_builtin_pair_too_large_is_refused_before_it_is_built(tmp_path, monkeypatch):
+    """Over --max-memory-gb, or over the free memory, the run stops in one line that names --shapes-n,
+    before a byte of the pair is allocated."""
+    monkeypatch.setattr(cyclegan, 'shapes_domain', lambda *a, **k: pytest.fail('built the pair'))
+    root = ['--out', str(tmp_path / 'o'), '--steps', '1', *TINY]
+    with pytest.raises(common.UserError, match=r'--shapes-n 100000 .* over --max-memory-gb 0\.1: lower --shapes-n'):
+        cyclegan.main(root + ['--shapes-n', '100000', '--max-memory-gb', '0.1'])
+    monkeypatch.setattr(common, 'available_memory', lambda device='cpu': 2 ** 20)
+    with pytest.raises(common.UserError, match=r'--shapes-n 1000 .*needs at least .* but 0\.000977 GB is free'):
+        cyclegan.main(root + ['--shapes-n', '1000'])
+    # as a user sees it: the default load size at 10 million images per domain
+    r = run_script('cyclegan.py', '--shapes-n', 10 ** 7, '--steps', 1, '--out', tmp_path / 'o2')
+    assert r.returncode == 2 and 'Traceback' not in r.stderr
+    assert r.stderr.strip().splitlines() == ['error: --shapes-n 10000000 images per domain of the built-in pair at '
+                                             '286x286 takes 4,570.71 GB, over --max-memory-gb 8: lower --shapes-n '
+                                             '(or --res), or raise --max-memory-gb']
+
+
 def test_pair_data_epoch_and_preview():
     a = torch.zeros(3, 1, 36, 36, dtype=torch.uint8)
     b = torch.full((5, 3, 36, 36), 200, dtype=torch.uint8)
     d = cyclegan.PairData(a, b, 32, 'x')
     assert len(d) == 5                                              # max(|A|, |B|): A cycles
+    assert cyclegan.PairData(b, a, 32, 'x').images is b             # the larger A is kept as is, not copied
     p = d.preview(8)
     assert p.shape == (8, 3, 32, 32) and (p[:3] == 0).all() and (p[3:] == 200).all()   # A's 3 then B's
     torch.manual_seed(0)

@@ -138,7 +138,8 @@ def _is_out_of_memory(e):
 def out_of_memory_message(e):
     m = re.search(r'allocate (\d+) bytes', str(e)) or re.search(r'Tried to allocate ([\d.]+ [KMGT]i?B)', str(e))
     need = 'more' if not m else f'a tensor of {_gb(int(m.group(1))) if m.group(1).isdigit() else m.group(1)}'
-    return (f'out of memory: the run needed {need} with {_gb(available_memory())} free in RAM. Lower --batch-size, '
+    return (f'out of memory: the run needed {need} with {_gb(available_memory())} free (the least of RAM, ulimit -v '
+            'and the cgroup limit). Lower --batch-size, '
             '--res, the network sizes (e.g. --z-dim) or --generate N')
 
 
@@ -147,14 +148,30 @@ def _gb(nbytes):
 
 
 def available_memory(device='cpu'):
-    """Bytes free for new tensors: CUDA's free memory, or Linux's MemAvailable (None if unknown)."""
+    """Bytes free for new tensors (None if unknown): CUDA's free memory; on the CPU the lowest of
+    Linux's MemAvailable, what the address-space limit (ulimit -v) leaves this process, and what
+    the cgroup's memory.max (a container's or a scheduler's limit) leaves it."""
     if torch.device(device).type == 'cuda':
         return torch.cuda.mem_get_info(device)[0]
-    try:
-        with open('/proc/meminfo') as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith('MemAvailable:'))
-    except (OSError, StopIteration):
-        return None
+    import resource
+
+    def read(path, key=None):
+        try:
+            with open(path) as f:
+                if key is None:
+                    return int(f.read().split()[0])
+                return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key))
+        except (OSError, StopIteration, ValueError):   # no such file, or 'max' (no limit)
+            return None
+    free = [read('/proc/meminfo', 'MemAvailable:')]
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if limit != resource.RLIM_INFINITY:
+        free.append(limit - (read('/proc/self/status', 'VmSize:') or 0))
+    cap, used = read('/sys/fs/cgroup/memory.max'), read('/sys/fs/cgroup/memory.current')
+    if cap is not None and used is not None:
+        free.append(cap - used)
+    free = [f for f in free if f is not None]
+    return max(0, min(free)) if free else None
 
 
 def check_memory(nbytes, what, device='cpu'):

@@ -305,3 +305,19 @@ def test_a_dead_torchrun_peer_is_one_line(tmp_path):
     last = err.strip().splitlines()[-1]
     assert last.startswith('error: another process of this torchrun job died')
     assert f'{out / "last.pt"} holds step' in last
+
+
+# ---------------------------------------------------------------- memory limits other than RAM
+
+def test_free_memory_counts_the_address_space_limit(monkeypatch):
+    """Under `ulimit -v` (or a cgroup limit) the memory a run can still take is what the limit
+    leaves, not what RAM has free: both the refusals and the out-of-memory line must say so."""
+    import resource
+    with open('/proc/self/status') as f:
+        vm = next(int(line.split()[1]) * 1024 for line in f if line.startswith('VmSize:'))
+    monkeypatch.setattr(resource, 'getrlimit', lambda what: (vm + 2 ** 30, resource.RLIM_INFINITY))
+    free = common.available_memory()
+    assert 0.9 * 2 ** 30 < free < 1.1 * 2 ** 30
+    with pytest.raises(common.UserError, match='needs at least 2 GB of memory but 1 GB is free'):
+        common.check_memory(2 * 2 ** 30, 'this')
+    assert 'ulimit -v' in common.out_of_memory_message(MemoryError())

@@ -1131,11 +1131,6 @@ class DDP(torch.nn.parallel.DistributedDataParallel):
         return super().forward(*args, **kwargs)
 
 
-def without_ddp(m):
-    """Kept for code written against older versions of this file: Run.wrap's DDP now does this itself."""
-    return m
-
-
 class Autocast(torch.nn.Module):
     """Runs `module` under bfloat16 autocast and hands back fp32, so that losses, gradient
     penalties and their double backward are computed in fp32 outside the network."""

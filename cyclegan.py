@@ -66,7 +66,6 @@ Deviations from the paper:
 """
 import argparse
 import os
-import sys
 
 import torch
 import torch.nn as nn
@@ -86,13 +85,28 @@ import common
 # epochs would be 4 million steps.
 BUILTIN_PER_DOMAIN = 1000
 
+# G halves the image twice and doubles it twice; at 32 the PatchGAN's three stride-2 and two 4x4
+# layers leave a 2x2 map
+res_type = common._flag_type('res', int, lambda v: v >= 32 and v % 4 == 0, 'a multiple of 4 and at least 32')
+# A translation's FID is against the other domain, not the training data that --eval-every measures
+no_eval = common._flag_type('eval_every', int, lambda v: v == 0,
+                            '0: cyclegan has no --eval-every; benchmarks/cyclegan_mnist.py measures its FID')
+
+
+class TranslateFolder(argparse.Action):
+    """--input DIR is a sampling command of its own (every image of DIR unless --generate N), so its
+    --out defaults to the sampling folder; an --out given before or after it wins."""
+
+    def __call__(self, parser, ns, value, option_string=None):
+        ns.input, ns.out = value, ns.out or os.path.join('runs', 'cyclegan', 'generated')
+
 
 def get_args(argv=None):
-    argv = list(sys.argv[1:] if argv is None else argv)
     p = common.base_parser(__doc__, model='cyclegan', dataset='shapes', res=256, batch_size=1, epochs=200,
                            sample_every=500, ckpt_every=2000)
-    # --shapes-n counts the images of each domain of the built-in pair (see BUILTIN_PER_DOMAIN)
     p.set_defaults(shapes_n=BUILTIN_PER_DOMAIN)
+    p._option_string_actions['--res'].type = res_type
+    p._option_string_actions['--eval-every'].type = no_eval
     d = p.add_argument_group('two domains (or --data DIR with trainA/ trainB/, or the built-in --dataset shapes)')
     d.add_argument('--data-a', metavar='DIR', help='a folder of domain A (X) images, any sizes')
     d.add_argument('--data-b', metavar='DIR', help='a folder of domain B (Y) images, any sizes')
@@ -124,43 +138,27 @@ def get_args(argv=None):
     g.add_argument('--init-std', type=common.positive_float, default=0.02,
                    help='std of the N(0, std) weight init (Sec. 4)')
     s = p.add_argument_group('cyclegan sampling')
-    s.add_argument('--direction', choices=['a2b', 'b2a'], default='a2b',
-                   help='with --generate / --input: translate A -> B with G, or B -> A with F')
-    s.add_argument('--input', metavar='DIR',
+    s.add_argument('--direction', choices=['a2b', 'b2a'],
+                   help='with --generate / --input: translate A -> B with G (the default), or B -> A with F')
+    s.add_argument('--input', metavar='DIR', action=TranslateFolder,
                    help='translate the images of this folder (all of them, or the first --generate N); without '
                         'it, --generate N draws N images of the source domain at random (by --seed)')
-    given = {a.split('=')[0] for a in argv if a.startswith('--')}
-    if '--input' in given and '--ckpt' not in given:
+    args = common.parse(p, argv)
+    args.sampling = args.sampling or args.input is not None
+    if args.input and not args.ckpt:
         raise common.UserError('--input DIR translates with a trained model: add --ckpt PATH '
                                '(e.g. runs/cyclegan/last.pt)')
-    whole_folder = '--input' in given and '--generate' not in given
-    if whole_folder:
-        argv = argv + ['--generate', '1']          # makes this a sampling command; the count is unset below
-    args = common.parse(p, argv)
-    if whole_folder:
-        args.generate = None                       # every image of --input
-    if args.res < 32 or args.res % 4:
-        raise common.UserError(f'cyclegan cannot build --res {args.res}: it must be a multiple of 4 (two stride-2 '
-                               'layers down and two up) and at least 32 (where the PatchGAN\'s three stride-2 and '
-                               'two 4x4 layers leave a 2x2 map)')
+    if args.direction and not args.sampling:
+        raise common.UserError('--direction is for translating with a checkpoint: add --generate N or --input DIR')
+    args.direction = args.direction or 'a2b'
     args.load_size = args.load_size or round(args.res * 286 / 256)
     if args.load_size < args.res:
         raise common.UserError(f'--load-size {args.load_size} is smaller than --res {args.res}: the random crop '
                                'needs at least --res')
     if args.n_blocks is None:
         args.n_blocks = 6 if args.res <= 128 else 9
-    if not 0 <= args.decay_epochs <= args.epochs:
+    if args.decay_epochs > args.epochs:
         raise common.UserError(f'--decay-epochs {args.decay_epochs:g} must lie between 0 and --epochs {args.epochs}')
-    if args.eval_every:
-        raise common.UserError('cyclegan has no --eval-every: the FID of a translation is against the other domain; '
-                               'benchmarks/cyclegan_mnist.py measures it')
-    if (args.data_a is None) != (args.data_b is None) and not args.sampling:
-        given_flag, missing = ('--data-a', '--data-b') if args.data_b is None else ('--data-b', '--data-a')
-        raise common.UserError(f'{given_flag} needs {missing}: cyclegan learns between two domains')
-    if args.data and (args.data_a or args.data_b):
-        raise common.UserError('give either --data DIR (with trainA/ and trainB/) or --data-a and --data-b, not both')
-    if not args.sampling and ('--direction' in given):
-        raise common.UserError('--direction is for translating with a checkpoint: add --generate N or --input DIR')
     return args
 
 
@@ -249,6 +247,17 @@ def init_weights(net, std=0.02):
                 nn.init.zeros_(m.bias)
 
 
+def build(args):
+    """-> G: A -> B, F: B -> A, D_X (judges A images), D_Y (judges B images)."""
+    G = Generator(args.channels_a, args.channels_b, args.ngf, args.n_blocks)
+    F_ = Generator(args.channels_b, args.channels_a, args.ngf, args.n_blocks)
+    D_X = PatchDiscriminator(args.channels_a, args.ndf)
+    D_Y = PatchDiscriminator(args.channels_b, args.ndf)
+    for net in (G, F_, D_X, D_Y):
+        init_weights(net, args.init_std)
+    return G, F_, D_X, D_Y
+
+
 # ----------------------------------------------------------------------------------------------
 # Losses and regularizers
 # ----------------------------------------------------------------------------------------------
@@ -331,16 +340,37 @@ def lr_factor(step, total, decay_share):
 
 
 # ----------------------------------------------------------------------------------------------
-# One training step: G and F together (D frozen), then D_X and D_Y (the authors' order), the
-# latter --d-steps times
+# One training step: the random crop and flip of Sec. 4, G and F together (D frozen), then D_X
+# and D_Y (the authors' order), the latter --d-steps times
 # ----------------------------------------------------------------------------------------------
+
+def make_optimizers(G, F_, D_X, D_Y, args):
+    """One Adam for both generators and one for both discriminators, as the authors' code: the two
+    generators share one objective (eq. 3), so they take one step on it together."""
+    return (torch.optim.Adam([*G.parameters(), *F_.parameters()], args.lr, betas=tuple(args.betas)),
+            torch.optim.Adam([*D_X.parameters(), *D_Y.parameters()], args.lr, betas=tuple(args.betas)))
+
+
+def random_crop_flip(x, res, flip=True):
+    """The authors' augmentation on a batch at --load-size: one random res x res crop and one coin
+    flip for a mirror image, per image. x: [B, C, L, L] -> [B, C, res, res]. Draws from torch's
+    global generator, whose state every checkpoint keeps (exact resume)."""
+    n, _, h, w = x.shape
+    tops = torch.randint(h - res + 1, (n,)).tolist()
+    lefts = torch.randint(w - res + 1, (n,)).tolist()
+    flips = (torch.rand(n) < 0.5).tolist() if flip else [False] * n
+    out = [x[i, :, t:t + res, l:l + res] for i, (t, l) in enumerate(zip(tops, lefts))]
+    return torch.stack([o.flip(-1) if f else o for o, f in zip(out, flips)])
+
 
 def train_step(nets, x_all, y_all, args):
     """x_all: [d_steps * B, C_a, H, W] from domain X (A), y_all: [d_steps * B, C_b, H, W] from Y (B),
-    both in [-1, 1]: one fresh minibatch of each domain per D step. The G step uses the first."""
+    both in [-1, 1] at --load-size: one fresh minibatch of each domain per D step. The G step uses the first."""
     G, F_, D_X, D_Y = nets['G'], nets['F'], nets['D_X'], nets['D_Y']
     opt_G, opt_D = nets['opt_G'], nets['opt_D']
     lam, lam_id = args.lambda_cycle, args.lambda_identity * args.lambda_cycle
+    # Sec. 4: every image at 286x286 (--load-size) gives a random 256x256 (--res) crop, mirrored half the time
+    x_all, y_all = (random_crop_flip(t, args.res, not args.no_flip) for t in (x_all, y_all))
     xs, ys = x_all.chunk(args.d_steps), y_all.chunk(args.d_steps)
     x, y = xs[0], ys[0]
     n = len(x)
@@ -355,11 +385,11 @@ def train_step(nets, x_all, y_all, args):
     rec_x, rec_y = F_(fake_y), G(fake_x)                               # F(G(x)) ~ x, G(F(y)) ~ y
 
     # G step: both generators against the discriminators as they are now. D's weights are frozen so
-    # that no gradient is computed for them (and D is called outside DDP, which would wait for them).
+    # that no gradient is computed for them.
     D_X.requires_grad_(False)
     D_Y.requires_grad_(False)
-    adv_G = g_loss(common.without_ddp(D_Y)(fake_y))
-    adv_F = g_loss(common.without_ddp(D_X)(fake_x))
+    adv_G = g_loss(D_Y(fake_y))
+    adv_F = g_loss(D_X(fake_x))
     cyc = cycle_loss(x, rec_x, y, rec_y)
     idt = identity_loss(x, F_x, y, G_y) if lam_id > 0 else torch.zeros((), device=x.device)
     loss_G = adv_G + adv_F + lam * cyc + lam_id * idt                 # eq. 3 (+ Sec. 5.2)
@@ -390,18 +420,22 @@ def train_step(nets, x_all, y_all, args):
 # Training loop
 # ----------------------------------------------------------------------------------------------
 
-# The two unpaired domains: loading, the built-in pair, the random crop and flip of Sec. 4
+# The two unpaired domains at --load-size: two folders, or the built-in pair
 
 def domain_dirs(args, split='train'):
-    """(dir_a, dir_b) from --data-a/--data-b, or the official layout below --data; None for the
-    built-in shapes. split 'test' falls back to the train folders when testA/testB are missing."""
+    """(dir_a, dir_b) from --data-a/--data-b, or split + 'A'/'B' below --data (testA/testB fall back
+    to trainA/trainB); None for the built-in pair. Training needs both domains, sampling its source."""
+    if args.data and (args.data_a or args.data_b):
+        raise common.UserError('give either --data DIR (with trainA/ and trainB/) or --data-a and --data-b, not both')
+    if split == 'train' and (args.data_a is None) != (args.data_b is None):
+        given, missing = ('--data-a', '--data-b') if args.data_b is None else ('--data-b', '--data-a')
+        raise common.UserError(f'{given} needs {missing}: cyclegan learns between two domains')
     if args.data_a or args.data_b:
         return args.data_a, args.data_b
     if args.data:
         if not os.path.isdir(args.data):
             raise common.UserError(f'--data {args.data}: no such folder')
-        for s in ([split, 'train'] if split == 'test' else [split]):
-            a, b = os.path.join(args.data, s + 'A'), os.path.join(args.data, s + 'B')
+        for a, b in ((os.path.join(args.data, s + 'A'), os.path.join(args.data, s + 'B')) for s in (split, 'train')):
             if os.path.isdir(a) and os.path.isdir(b):
                 return a, b
         raise common.UserError(f'--data {args.data} has no trainA/ and trainB/ (the CycleGAN datasets\' layout); '
@@ -414,14 +448,12 @@ def domain_dirs(args, split='train'):
 
 
 def load_domain(args, path, flag, res):
-    """One domain's images: uint8 [N, C, res, res] through common.load_data (decoded once, cached,
-    short side resized, centre crop). Its messages name --data; here they name the flag used."""
-    a = argparse.Namespace(**{**vars(args), 'data': path, 'res': res})
+    """One folder, uint8 [N, C, res, res], through common.load_data (decoded once and cached), whose
+    messages name --data: here they name `flag`. A domain is never streamed (draw_b indexes it)."""
     try:
-        data = common.load_data(a)
+        data = common.load_data(argparse.Namespace(**{**vars(args), 'data': path, 'res': res}))
     except common.UserError as e:
-        msg = str(e)
-        raise common.UserError(f'{flag} {msg[len("--data "):]}' if msg.startswith('--data ') else msg) from None
+        raise common.UserError(str(e).replace('--data ', f'{flag} ', 1)) from None
     if data.stream is not None:
         raise common.UserError(f'{flag} {path}: too large to hold in memory at {res}x{res}; raise --max-memory-gb')
     return data.images
@@ -446,10 +478,9 @@ PAIR_CHUNK = 64
 
 
 def shapes_domain(n, res, seed, outlined=False, channels=3):
-    """One domain of the built-in pair, uint8 [n, channels, res, res], built PAIR_CHUNK images at a
-    time into one uint8 tensor. Chunk k draws from seed + 2k * 1,000,003 modulo 2^32 (torch's CPU
-    generator keeps only a seed's low 32 bits): the first chunk is make_shapes(n, res, seed), the
-    chunks of one domain all differ, and those of the domains seeded seed and seed + 1 differ in parity."""
+    """One domain of the built-in pair, uint8 [n, channels, res, res]. Chunk k draws from seed + 2k *
+    1,000,003 mod 2^32 (torch keeps a seed's low 32 bits): the first is make_shapes(n, res, seed), no
+    two chunks of one domain repeat, and the domains seeded seed and seed + 1 differ in parity."""
     out = torch.empty(n, channels, res, res, dtype=torch.uint8)
     for k, i in enumerate(range(0, n, PAIR_CHUNK)):
         x, _ = common.make_shapes(min(PAIR_CHUNK, n - i), res, seed=(seed + 2 * k * 1_000_003) % 2 ** 32)
@@ -461,76 +492,61 @@ def shapes_domain(n, res, seed, outlined=False, channels=3):
 
 def shapes_pair(n, res, seed, channels=3):
     """The built-in pair: A, the built-in shapes filled; B, shapes drawn as outlines of the same
-    colours. The two come from different seeds, so no A image has its B counterpart (unpaired).
-    Translating keeps the class and the colour, and changes only fill <-> outline: checkable by eye."""
+    colours, from another seed (unpaired). A translation keeps class and colour, swaps fill <-> outline."""
     return shapes_domain(n, res, seed, False, channels), shapes_domain(n, res, seed + 1, True, channels)
 
 
 def check_pair_memory(args, res):
-    """Refuse, before building it, a built-in pair that cannot be held: two domains of --shapes-n
-    uint8 images [channels, res, res]. It cannot be streamed from disk, so --max-memory-gb (over which
-    a folder domain is refused, see load_domain) caps it, as does the free memory."""
-    n, channels = args.shapes_n, args.channels or 3
-    need = 2 * n * channels * res * res
-    what = f'--shapes-n {n} images per domain of the built-in pair at {res}x{res}'
+    """The built-in pair cannot be streamed: over --max-memory-gb, or the free memory, it is refused
+    before a byte of it is built."""
+    need = 2 * args.shapes_n * (args.channels or 3) * res * res
+    what = f'--shapes-n {args.shapes_n} images per domain of the built-in pair at {res}x{res}'
     if need > args.max_memory_gb * 2 ** 30:
         raise common.UserError(f'{what} takes {need / 2 ** 30:,.2f} GB, over --max-memory-gb '
                                f'{args.max_memory_gb:g}: lower --shapes-n (or --res), or raise --max-memory-gb')
     common.check_memory(need, f'{what} (lower --shapes-n or --res)')
 
 
-def load_domains(args, res, split='train'):
-    """-> (images_a, images_b), uint8 [N_a, C_a, res, res] and [N_b, C_b, res, res]; records each
-    domain's channels on args (channels_a, channels_b) for rebuilding the networks later."""
-    dirs = domain_dirs(args, split)
+def load_domains(args, res):
+    """-> uint8 [N_a, C_a, res, res], [N_b, C_b, res, res]; each domain's channels go on args
+    (channels_a, channels_b), which rebuild the networks from a checkpoint."""
+    dirs = domain_dirs(args)
     if dirs is None:
         check_pair_memory(args, res)
         a, b = shapes_pair(args.shapes_n, res, args.seed, args.channels or 3)
     else:
-        a = load_domain(args, dirs[0], '--data-a' if args.data_a else '--data', res)
-        b = load_domain(args, dirs[1], '--data-b' if args.data_b else '--data', res)
+        a, b = (load_domain(args, d, f'--data-{s}' if args.data_a else '--data', res) for d, s in zip(dirs, 'ab'))
     args.channels_a, args.channels_b = a.shape[1], b.shape[1]
+    if args.lambda_identity > 0 and args.channels_a != args.channels_b:
+        raise common.UserError(
+            f'domain A has {args.channels_a} channel(s) and B {args.channels_b}: the identity loss '
+            f'(--lambda-identity {args.lambda_identity:g}) feeds B images to G: A -> B, which needs the same '
+            'channels; add --channels 3 (gray repeated to RGB) or --lambda-identity 0')
     return a, b
 
 
 def center_crop(x, res):
-    top = (x.shape[-2] - res) // 2
-    left = (x.shape[-1] - res) // 2
+    top, left = (x.shape[-2] - res) // 2, (x.shape[-1] - res) // 2
     return x[..., top:top + res, left:left + res]
 
 
-def random_crop_flip(x, res, flip=True):
-    """The authors' augmentation on a batch at --load-size: one random res x res crop and one coin
-    flip for a mirror image, per image. x: [B, C, L, L] -> [B, C, res, res]. Draws from torch's
-    global generator, whose state every checkpoint keeps (exact resume)."""
-    n, _, h, w = x.shape
-    tops = torch.randint(h - res + 1, (n,)).tolist()
-    lefts = torch.randint(w - res + 1, (n,)).tolist()
-    flips = (torch.rand(n) < 0.5).tolist() if flip else [False] * n
-    out = [x[i, :, t:t + res, l:l + res] for i, (t, l) in enumerate(zip(tops, lefts))]
-    return torch.stack([o.flip(-1) if f else o for o, f in zip(out, flips)])
-
-
 class PairData(common.Data):
-    """Two unpaired domains as one dataset for common.Run: `images` holds domain A, repeated to
-    max(|A|, |B|) so that an epoch lasts as long as the larger domain (the authors' unaligned
-    loader); `b` holds domain B, from which each step draws its own random images (draw_b)."""
+    """Two unpaired domains as one dataset for common.Run: `images` holds A, cycled up to max(|A|, |B|)
+    (an epoch covers the larger domain, as the authors' unaligned loader); `b` holds B, drawn from
+    at random each step (draw_b)."""
 
     def __init__(self, a, b, res, name):
         n = max(len(a), len(b))
-        # A as it is when it is the larger domain (no copy); else cycled up to |B|
         super().__init__(a if n == len(a) else a[torch.arange(n) % len(a)], None, None, name)
         self.b, self.n_a, self.res = b, len(a), res
 
     def preview(self, n=64):
-        """n fixed images, the first half from A, the rest from B, centre-cropped to res, with the
-        channels of the domain with more of them (for one grid)."""
+        """n fixed centre crops, the first half (at most) from A, the rest from B, in the larger channels."""
         g = torch.Generator().manual_seed(0)
         a = self.images[:self.n_a].cpu()[torch.randperm(self.n_a, generator=g)[:n // 2]]
         b = self.b.cpu()[torch.randperm(len(self.b), generator=g)[:n - len(a)]]
         c = max(a.shape[1], b.shape[1])
-        return torch.cat([common.to_channels(center_crop(a, self.res), c),
-                          common.to_channels(center_crop(b, self.res), c)])
+        return torch.cat([common.to_channels(center_crop(d, self.res), c) for d in (a, b)])
 
     def draw_b(self, n, device):
         """n B images at random (with replacement, as the authors' loader), float in [-1, 1]."""
@@ -538,81 +554,44 @@ class PairData(common.Data):
         return self.b[idx.to(self.b.device)].to(device).float().div_(127.5).sub_(1)
 
 
-def check_channels(args):
-    if args.lambda_identity > 0 and args.channels_a != args.channels_b:
-        raise common.UserError(
-            f'domain A has {args.channels_a} channel(s) and B {args.channels_b}: the identity loss '
-            f'(--lambda-identity {args.lambda_identity:g}) feeds B images to G: A -> B, which needs the same '
-            'channels; add --channels 3 (gray repeated to RGB) or --lambda-identity 0')
-
-
-def build(args):
-    """-> G: A -> B, F: B -> A, D_X (judges A images), D_Y (judges B images)."""
-    G = Generator(args.channels_a, args.channels_b, args.ngf, args.n_blocks)
-    F_ = Generator(args.channels_b, args.channels_a, args.ngf, args.n_blocks)
-    D_X = PatchDiscriminator(args.channels_a, args.ndf)
-    D_Y = PatchDiscriminator(args.channels_b, args.ndf)
-    for net in (G, F_, D_X, D_Y):
-        init_weights(net, args.init_std)
-    return G, F_, D_X, D_Y
-
-
-def make_optimizers(G, F_, D_X, D_Y, args):
-    """One Adam for both generators and one for both discriminators, as the authors' code: the two
-    generators share one objective (eq. 3), so they take one step on it together."""
-    return (torch.optim.Adam([*G.parameters(), *F_.parameters()], args.lr, betas=tuple(args.betas)),
-            torch.optim.Adam([*D_X.parameters(), *D_Y.parameters()], args.lr, betas=tuple(args.betas)))
-
-
 @torch.no_grad()
 def translate(G, x, batch=64):
-    """x [N, C, H, W] in [-1, 1] -> G(x), in batches. Instance norm without running statistics and
-    no dropout: the same in eval mode as in training."""
+    """x [N, C, H, W] in [-1, 1] -> G(x), in batches (instance norm: the same as in training)."""
     return torch.cat([G(b) for b in x.split(batch)])
 
 
 def sample_grid(G, F_, fixed_a, fixed_b):
-    """Six rows of the fixed inputs: A, G(A), F(G(A)), then B, F(B), G(F(B)). Gray domains are shown
-    as RGB so that both fit one grid. -> ([6n, 3 or C, H, W], nrow n)"""
+    """Six rows of the fixed inputs: A, G(A), F(G(A)), then B, F(B), G(F(B)); gray rows shown as RGB
+    when the other domain is. -> ([6n, C, H, W], nrow n)"""
     fake_b, fake_a = translate(G, fixed_a), translate(F_, fixed_b)
     rows = [fixed_a, fake_b, translate(F_, fake_b), fixed_b, fake_a, translate(G, fake_a)]
     c = max(r.shape[1] for r in rows)
-    return torch.cat([r.expand(-1, c, -1, -1) if r.shape[1] != c else r for r in rows]).cpu(), len(fixed_a)
+    return torch.cat([r.expand(-1, c, -1, -1) for r in rows]).cpu(), len(fixed_a)
 
 
 def train(args):
     run = common.Run(args)
     a, b = load_domains(args, args.load_size)
-    check_channels(args)
     data = PairData(a, b, args.res, name=f'two domains ({len(a)} A, {len(b)} B; one epoch covers the larger)')
-    G, F_, D_X, D_Y = build(args)
-    G, F_, D_X, D_Y = (run.wrap(m.to(run.device)) for m in (G, F_, D_X, D_Y))
+    G, F_, D_X, D_Y = (run.wrap(m.to(run.device)) for m in build(args))
     opt_G, opt_D = make_optimizers(G, F_, D_X, D_Y, args)
     nets = {'G': G, 'F': F_, 'D_X': D_X, 'D_Y': D_Y, 'opt_G': opt_G, 'opt_D': opt_D,
             'pool_X': ImagePool(args.pool_size), 'pool_Y': ImagePool(args.pool_size)}
     run.start(nets, data, batches_per_step=args.d_steps)
     if data.b.numel() < 2 ** 30 or run.device.type == 'cpu':
         data.b = data.b.to(run.device)
-    # the progress grid: 8 fixed images of each domain, centre crops
-    g = torch.Generator().manual_seed(args.seed)
-    fixed_a = center_crop(a[torch.randperm(len(a), generator=g)[:8]], args.res).float().div(127.5).sub(1)
-    fixed_b = center_crop(b[torch.randperm(len(b), generator=g)[:8]], args.res).float().div(127.5).sub(1)
-    fixed_a, fixed_b = fixed_a.to(run.device), fixed_b.to(run.device)
+    g = torch.Generator().manual_seed(args.seed)                       # the progress grid: 8 fixed crops a domain
+    fixed_a, fixed_b = (center_crop(d[torch.randperm(len(d), generator=g)[:8]], args.res).float().div(127.5).sub(1)
+                        .to(run.device) for d in (a, b))
     sample_fn = lambda: sample_grid(G, F_, fixed_a, fixed_b)
     # the schedule counts the --epochs of the run (not a --steps or --minutes cap, which only stop it early)
     horizon = common.batches_per_epoch(len(data), args.batch_size * args.d_steps, run.world) * args.epochs
-    decay_share = args.decay_epochs / args.epochs
 
     for x_a, _ in run.batches(data):
-        f = lr_factor(run.step_num, horizon, decay_share)
-        for opt in (opt_G, opt_D):
-            for group in opt.param_groups:
-                group['lr'] = args.lr * f
-        x = random_crop_flip(x_a, args.res, not args.no_flip)
-        y = random_crop_flip(data.draw_b(len(x), x.device), args.res, not args.no_flip)
-        logs = train_step(nets, x, y, args)
-        logs['lr'] = args.lr * f
-        run.step(logs, nets, sample_fn)
+        lr = args.lr * lr_factor(run.step_num, horizon, args.decay_epochs / args.epochs)
+        for group in (*opt_G.param_groups, *opt_D.param_groups):
+            group['lr'] = lr
+        run.step({**train_step(nets, x_a, data.draw_b(len(x_a), x_a.device), args), 'lr': lr}, nets, sample_fn)
     run.finish(nets, sample_fn)
     return nets
 
@@ -621,62 +600,48 @@ def train(args):
 # Sampling: translate images with a trained G (a2b) or F (b2a)
 # ----------------------------------------------------------------------------------------------
 
+def source_images(args, targs, src):
+    """-> (uint8 images of domain `src`, where they came from): --data-a/--data-b or testA/testB under
+    --data as given now, else the checkpoint's data flags; the built-in pair draws fresh shapes."""
+    flags = {k: getattr(args, k) for k in ('data', 'data_a', 'data_b')}
+    flags = flags if any(flags.values()) else {k: getattr(targs, k, None) for k in flags}
+    sargs = argparse.Namespace(**{**vars(args), **flags, 'dataset': targs.dataset, 'channels': None})
+    dirs = domain_dirs(sargs, 'test')
+    if dirs is None:
+        x = shapes_domain(args.generate, targs.res, args.seed + 7 + (src == 'B'), src == 'B')
+        return x, f'built-in shapes ({"filled" if src == "A" else "outlines"})'
+    path = dirs['AB'.index(src)]
+    if path is None:
+        raise common.UserError(f'--direction {args.direction} translates {src} images: give '
+                               f'--data-{src.lower()} DIR or --input DIR')
+    return load_domain(sargs, path, f'--data-{src.lower()}' if sargs.data_a or sargs.data_b else '--data',
+                       targs.res), path
+
+
 def generate(args):
     ckpt = common.load_checkpoint(args.ckpt, 'cyclegan')
     targs = common.args_from_checkpoint(ckpt, args)
-    device = common.get_device(args.device)
     G, F_, _, _ = build(targs)
-    G.load_state_dict(ckpt['nets']['G'])
-    F_.load_state_dict(ckpt['nets']['F'])
-    G, F_ = G.to(device), F_.to(device)
-    fwd, back = (G, F_) if args.direction == 'a2b' else (F_, G)
-    c_in = targs.channels_a if args.direction == 'a2b' else targs.channels_b
-    src = 'A' if args.direction == 'a2b' else 'B'
-
-    if args.input:
-        x = load_domain(args, args.input, '--input', targs.res)
-        where = args.input
-    else:
-        # the domain's own images: --data-a/--data-b, testA/testB under --data, or the checkpoint's data
-        flags = {k: getattr(args, k) for k in ('data', 'data_a', 'data_b')}
-        if not any(flags.values()):
-            flags = {k: targs.__dict__.get(k) for k in ('data', 'data_a', 'data_b')}
-        sargs = argparse.Namespace(**{**vars(args), **flags, 'dataset': targs.dataset,
-                                      'seed': args.seed, 'channels': None})
-        dirs = domain_dirs(sargs, 'test')
-        if dirs is None:
-            x = shapes_domain(args.generate, targs.res, args.seed + 7 + (src == 'B'), src == 'B', c_in)
-            where = f'built-in shapes ({"filled" if src == "A" else "outlines"})'
-        else:
-            path = dirs[0 if src == 'A' else 1]
-            if path is None:
-                raise common.UserError(f'--direction {args.direction} translates {src} images: give '
-                                       f'--data-{src.lower()} DIR or --input DIR')
-            x = load_domain(sargs, path, f'--data-{src.lower()}' if args.data_a or args.data_b else '--data', targs.res)
-            where = path
-    if args.input:
-        x = x[:args.generate]                                          # a folder: its first N files (or all)
+    common.load_nets({'G': G, 'F': F_}, ckpt, args.ckpt)
+    device = common.get_device(args.device)
+    src, fwd, back = ('A', G, F_) if args.direction == 'a2b' else ('B', F_, G)
+    if args.input:                                                     # a folder: its first N files, or all
+        x, where = load_domain(args, args.input, '--input', targs.res)[:args.generate], args.input
     else:                                                              # a domain: N of its images, at random
+        x, where = source_images(args, targs, src)
         x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(args.seed))[:args.generate]]
-    if x.shape[1] != c_in:
-        x = common.to_channels(x, c_in)
-    x = x.float().div(127.5).sub(1).to(device)
-    fake = translate(fwd, x)
-    rec = translate(back, fake)
-    os.makedirs(args.out, exist_ok=True)
-    for i, img in enumerate(common.to_uint8(fake)):
-        common.save_image(common.make_grid(img[None], nrow=1, pad=0), os.path.join(args.out, f'{i:06d}.png'))
-    # grid.png: bands of three rows, 8 images wide: inputs, translations, reconstructions
-    k = min(len(x), 64)
+    x = common.to_channels(x, targs.channels_a if src == 'A' else targs.channels_b).float().div(127.5).sub(1)
+    fake = translate(fwd.to(device), x.to(device))
+    rec = translate(back.to(device), fake)
+    for i, img in enumerate(fake):
+        common.save_image(img, os.path.join(args.out, f'{i:06d}.png'))
+    # grid.png: bands of three rows, up to 8 images wide: inputs, translations, reconstructions; white
+    # fills a short last band
+    k, w = min(len(x), 64), min(len(x), 8)
     c = max(x.shape[1], fake.shape[1])
-    w = min(8, k)
-    rows = []
-    for i in range(0, k, w):
-        for t in (x, fake, rec):
-            row = t[i:min(i + w, k)].expand(-1, c, -1, -1).cpu()
-            blank = torch.ones(w - len(row), *row.shape[1:])               # white, to end a short last band
-            rows.append(torch.cat([row, blank]))
-    common.save_grid(torch.cat(rows), os.path.join(args.out, 'grid.png'), nrow=w)
+    band = lambda t: torch.cat([t[:k].cpu().expand(-1, c, -1, -1), torch.ones(-k % w, c, *t.shape[2:])])
+    rows = torch.stack([band(t).view(-1, w, c, *t.shape[2:]) for t in (x, fake, rec)], 1)
+    common.save_grid(rows.flatten(0, 2), os.path.join(args.out, 'grid.png'), nrow=w)
     print(f'wrote {len(x)} {args.direction} translations of {where} and grid.png (input | translation | '
           f'reconstruction rows) to {args.out}')
 

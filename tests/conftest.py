@@ -19,12 +19,21 @@ def pytest_configure(config):
 
 def pytest_collection_modifyitems(config, items):
     # the quick `python -m pytest tests -q` stays quick: the e2e runs are a separate CI step
+    for item in items:
+        if item.path.name in E2E_FILES or 'end_to_end' in item.name:
+            item.add_marker(pytest.mark.e2e)
     if config.getoption('--e2e'):
         return
     e2e = [item for item in items if 'e2e' in item.keywords]
     if e2e:
         config.hook.pytest_deselected(items=e2e)
         items[:] = [item for item in items if 'e2e' not in item.keywords]
+
+
+# Whole runs in subprocesses (torchrun, the GPU check on every file, the FID curves' runs, resume
+# after N/2 steps in every file): the second CI step, with every test named *end_to_end* and every
+# test marked e2e. The quick suite keeps the units and the in-process runs.
+E2E_FILES = {'test_fid_curves.py', 'test_gpu_check.py', 'test_distributed.py', 'test_resume.py'}
 
 
 @pytest.fixture

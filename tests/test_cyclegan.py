@@ -142,6 +142,30 @@ def test_training_loss_weights_lambda_and_half_lambda_identity():
         assert (logs['identity'] > 0) == (lam_id > 0)
 
 
+class Affine(nn.Module):
+    """t -> scale * t + shift, with one parameter so that the optimizer has something to step."""
+
+    def __init__(self, scale, shift):
+        super().__init__()
+        self.scale, self.shift = scale, nn.Parameter(torch.tensor(shift))
+
+    def forward(self, t):
+        return self.scale * t + self.shift
+
+
+def test_train_step_feeds_each_image_to_its_cycle_and_identity_term():
+    """G(t) = t + 0.5 and F(t) = -t on constant images x = 0.1 and y = 0.3 give each term its own value:
+    cycle |F(G(x)) - x| + |G(F(y)) - y| = |-0.6 - 0.1| + |0.2 - 0.3| = 0.8 (x and y swapped: 1.0),
+    identity |G(y) - y| + |F(x) - x| = |0.8 - 0.3| + |-0.1 - 0.1| = 0.7 (G(y) against x: 1.1)."""
+    args = make_args('--lambda-cycle', 10, '--lambda-identity', 0.5)
+    nets = make_nets(args)
+    nets['G'], nets['F'] = Affine(1.0, 0.5), Affine(-1.0, 0.0)
+    nets['opt_G'] = torch.optim.SGD([nets['G'].shift, nets['F'].shift], lr=0.0)
+    logs = cyclegan.train_step(nets, torch.full((1, 3, 32, 32), 0.1), torch.full((1, 3, 32, 32), 0.3), args)
+    assert logs['cycle'] == pytest.approx(0.8) and logs['identity'] == pytest.approx(0.7)
+    assert logs['loss_G'] == pytest.approx(logs['adv_G'] + logs['adv_F'] + 10 * 0.8 + 5 * 0.7, rel=1e-5)
+
+
 def test_image_pool_fills_then_swaps_half_the_time():
     torch.manual_seed(0)
     pool = cyclegan.ImagePool(50)
@@ -215,7 +239,7 @@ def test_g_step_leaves_d_grads_alone_and_d_step_leaves_g_alone():
 def test_d_steps_update_both_ds_on_fresh_batches_per_g_step():
     torch.manual_seed(0)
     assert make_args().d_steps == 1                    # Sec. 4: one update of each D per G update
-    args = make_args('--d-steps', '3')
+    args = make_args('--d-steps', '3', '--no-flip')     # the crop is the whole 32x32 image: y unchanged
     nets = make_nets(args)
     calls = {'D': 0, 'G': 0}
     for name in ('D', 'G'):

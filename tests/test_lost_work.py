@@ -84,6 +84,7 @@ runpy.run_path({script!r}, run_name='__main__')
 """
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize('when', ['mid-step', 'mid-save'])
 def test_sigterm_saves_the_finished_step(tmp_path, when):
     out, mark = tmp_path / 'run', tmp_path / 'saving'
@@ -110,6 +111,7 @@ def test_sigterm_saves_the_finished_step(tmp_path, when):
 
 # ---------------------------------------------------------------- 2. one run per --out
 
+@pytest.mark.e2e
 def test_a_second_run_into_the_same_out_is_refused_until_the_first_ends(tmp_path, capsys):
     out = tmp_path / 'run'
     flags = [*TINY, '--data-root', tmp_path / 'c', '--out', out]
@@ -283,6 +285,7 @@ common.cli(lambda: gan_mlp.main(sys.argv[1:]))
 """
 
 
+@pytest.mark.e2e
 def test_a_dead_torchrun_peer_is_one_line(tmp_path):
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))

@@ -728,6 +728,7 @@ def tf_files(weights_file, tmp_path_factory):
     return folder
 
 
+@pytest.mark.e2e
 def test_the_three_weight_formats_give_the_same_network(tf_files, images):
     ref = metrics.load_inception(str(tf_files / "pytorch_fid.pth"))
     nvidia = metrics.load_inception(str(tf_files / "inception-2015-12-05.pt"))
@@ -941,6 +942,7 @@ def test_cli_finds_the_installed_weights(package_weights, real_model, tmp_path, 
     assert float(re.search(r"FID: ([-0-9.]+)", text).group(1)) == pytest.approx(expected, rel=1e-4, abs=1e-3)
 
 
+@pytest.mark.e2e
 def test_metrics_py_works_copied_alone(package_weights, tmp_path, real_and_fake_images):
     """metrics.py imports nothing from the project: copied alone into an empty folder, it computes an FID, with the
     installed package's weights found without --inception-weights."""
@@ -986,6 +988,7 @@ def _metric_lines(text):
     return [line for line in text.splitlines() if line.split(":")[0] in ("FID", "KID", "Precision")]
 
 
+@pytest.mark.e2e
 def test_cli_all_against_a_features_file_equals_against_the_folder(package_weights, tmp_path, capsys,
                                                                    real_and_fake_folders):
     """`stats --features` stores the pool features, so `all --real FILE.npz` gives the KID and

@@ -116,6 +116,7 @@ def log_steps(path):
         return [int(r['step']) for r in csv.DictReader(f)]
 
 
+@pytest.mark.e2e
 def test_sigkill_leaves_a_log_that_matches_the_checkpoint(tmp_path):
     out = tmp_path / 'run'
     # --epochs: so that the run is still going when killed (TINY's 100 epochs are 400 steps, under a second)
@@ -177,6 +178,7 @@ runpy.run_path({script!r}, run_name='__main__')
 """
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize('when', ['mid-training', 'while the end is written'])
 def test_ctrl_c_saves_the_step_that_finished(tmp_path, when):
     out, mark = tmp_path / 'run', tmp_path / 'drawing-the-losses'
@@ -217,6 +219,7 @@ def test_os_errors_are_one_line(tmp_path, capsys, monkeypatch):
     assert err.startswith(f'error: {tmp_path / "ro" / "samples"}: not allowed (Permission denied)')
 
 
+@pytest.mark.e2e
 def test_full_disk_during_a_save_keeps_the_checkpoint(tmp_path):
     """A real short write: a file size limit below the checkpoint's size (EFBIG, as a full disk)."""
     out = tmp_path / 'run'

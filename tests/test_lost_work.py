@@ -16,6 +16,7 @@ from PIL import Image
 
 import common
 from conftest import ROOT, run_script
+from test_robust import log_steps, wait_for
 
 TINY = ['--dataset', 'shapes', '--shapes-n', '16', '--res', '8', '--g-hidden', '16', '--d-units', '8',
         '--batch-size', '4', '--sample-every', '100000']
@@ -25,14 +26,6 @@ def start(*args, code=None):
     cmd = [sys.executable, '-c', code] if code else [sys.executable, os.path.join(ROOT, 'gan_mlp.py')]
     return subprocess.Popen(cmd + [str(a) for a in args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env={**os.environ, 'PYTHONUNBUFFERED': '1'})
-
-
-def wait_for(path, proc, timeout=120):
-    t = time.time()
-    while not os.path.exists(path):
-        assert proc.poll() is None, proc.communicate()
-        assert time.time() - t < timeout
-        time.sleep(0.1)
 
 
 def in_process(capsys, *argv):
@@ -54,12 +47,6 @@ def one_error_line(r):
     assert r.returncode == 2, r.stderr[-2000:]
     assert 'Traceback' not in r.stderr and lines[-1].startswith('error: '), r.stderr[-2000:]
     return lines[-1]
-
-
-def log_steps(path):
-    import csv
-    with open(path) as f:
-        return [int(r['step']) for r in csv.DictReader(f)]
 
 
 # ---------------------------------------------------------------- 1. SIGTERM does what Ctrl-C does

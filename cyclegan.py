@@ -38,7 +38,7 @@ Usage:
     python benchmarks/prepare_data.py --mnist M/raw --cifar C.tar --mnistm --out /tmp/gan-data
     python cyclegan.py --data /tmp/gan-data/mnist2mnistm --res 32 --channels 3 --ngf 32 --ndf 32 \
                        --batch-size 4 --epochs 2 --decay-epochs 1                   # MNIST <-> MNIST-M-style
-    python cyclegan.py --res 32 --ngf 16 --ndf 16 --steps 300 --d-steps 2      # 2 updates of each D per G step (paper: 1)
+    python cyclegan.py --res 32 --ngf 16 --ndf 16 --steps 300 --d-steps 2     # 2 updates of each D per G step
     python cyclegan.py --generate 16 --ckpt runs/cyclegan/last.pt --direction a2b    # from the training data
     python cyclegan.py --input DIR --ckpt runs/cyclegan/last.pt --direction b2a      # a whole folder
 
@@ -78,87 +78,66 @@ import common
 # Arguments
 # ----------------------------------------------------------------------------------------------
 
-# The built-in pair's images per domain. The paper's datasets hold a few hundred to a few thousand
-# images per domain (facades 400, maps 1,096, cityscapes 2,975; the released horse2zebra 1,067 and
-# 1,334): at 1,000, 200 epochs of batch 1 are the paper's ~200k steps, and the two domains at the
-# default --load-size 286 take 0.46 GB. The 20,000 the other files draw would take 9.1 GB, and 200
-# epochs would be 4 million steps.
-BUILTIN_PER_DOMAIN = 1000
-
-# G halves the image twice and doubles it twice; at 32 the PatchGAN's three stride-2 and two 4x4
-# layers leave a 2x2 map
+# G halves the image twice and doubles it back; at 32 the PatchGAN's output map is 2x2
 res_type = common._flag_type('res', int, lambda v: v >= 32 and v % 4 == 0, 'a multiple of 4 and at least 32')
 # A translation's FID is against the other domain, not the training data that --eval-every measures
 no_eval = common._flag_type('eval_every', int, lambda v: v == 0,
                             '0: cyclegan has no --eval-every; benchmarks/cyclegan_mnist.py measures its FID')
 
 
-class TranslateFolder(argparse.Action):
-    """--input DIR is a sampling command of its own (every image of DIR unless --generate N), so its
-    --out defaults to the sampling folder; an --out given before or after it wins."""
-
+class TranslateFolder(argparse.Action):       # --input DIR samples: --out defaults to the sampling folder
     def __call__(self, parser, ns, value, option_string=None):
         ns.input, ns.out = value, ns.out or os.path.join('runs', 'cyclegan', 'generated')
 
 
 def get_args(argv=None):
-    p = common.base_parser(__doc__, model='cyclegan', dataset='shapes', res=256, batch_size=1, epochs=200,
-                           sample_every=500, ckpt_every=2000)
-    p.set_defaults(shapes_n=BUILTIN_PER_DOMAIN)
+    p = common.base_parser(__doc__, model='cyclegan', dataset='shapes', res=256, batch_size=1, epochs=200)
+    # the built-in pair's images per domain, as in the paper's datasets (400 to 2,975): 200 epochs are ~200k steps
+    p.set_defaults(shapes_n=1000)
     p._option_string_actions['--res'].type = res_type
     p._option_string_actions['--eval-every'].type = no_eval
     d = p.add_argument_group('two domains (or --data DIR with trainA/ trainB/, or the built-in --dataset shapes)')
     d.add_argument('--data-a', metavar='DIR', help='a folder of domain A (X) images, any sizes')
     d.add_argument('--data-b', metavar='DIR', help='a folder of domain B (Y) images, any sizes')
     d.add_argument('--load-size', type=common.positive_int,
-                   help='images are resized to this, then randomly cropped to --res '
-                        '(default round(res * 286 / 256): the authors\' 286 -> 256)')
+                   help="resized to this, then randomly cropped to --res (default res * 286 / 256, rounded)")
     d.add_argument('--no-flip', action='store_true', help='no random horizontal flip (the paper flips)')
     g = p.add_argument_group('Zhu et al. 2017')
-    g.add_argument('--ngf', type=common.positive_int, default=64,
-                   help="the generators' width: channels of c7s1-64 (Appendix 7.2)")
-    g.add_argument('--ndf', type=common.positive_int, default=64, help="the discriminators' width: channels of C64")
+    g.add_argument('--ngf', type=common.positive_int, default=64, help="generator width: c7s1-64's channels (App. 7.2)")
+    g.add_argument('--ndf', type=common.positive_int, default=64, help="discriminator width: C64's channels")
     g.add_argument('--n-blocks', type=common.nonneg_int,
                    help='residual blocks in each generator (default: 6 at --res 128 and below, 9 above)')
-    g.add_argument('--lambda-cycle', type=common.nonneg_float, default=10.0,
-                   help='lambda, the cycle-consistency weight (eq. 3)')
+    g.add_argument('--lambda-cycle', type=common.nonneg_float, default=10.0, help='lambda: cycle loss weight (eq. 3)')
     g.add_argument('--lambda-identity', type=common.nonneg_float, default=0.5,
-                   help='identity-loss weight as a fraction of lambda (Sec. 5.2: 0.5; the authors\' code default). '
-                        '0: off, the paper\'s eq. 3 alone')
+                   help="identity loss weight as a fraction of lambda (Sec. 5.2: 0.5, the authors' default; 0: off)")
     g.add_argument('--pool-size', type=common.nonneg_int, default=50,
                    help="generated images in each D's history buffer (Sec. 4; Shrivastava et al. 2017). 0: off")
     g.add_argument('--d-steps', type=common.positive_int, default=1, metavar='K',
                    help='updates of D_X and D_Y per update of G and F, each on fresh real batches (the paper: 1)')
     g.add_argument('--lr', type=common.positive_float, default=2e-4, help='Adam learning rate (Sec. 4)')
     g.add_argument('--betas', type=common.decay_rate, nargs=2, default=[0.5, 0.999], metavar=('B1', 'B2'),
-                   help='Adam betas (the authors\' code)')
+                   help="Adam betas (the authors' code)")
     g.add_argument('--decay-epochs', type=common.nonneg_float, default=100,
-                   help='the lr falls linearly to 0 over the last DECAY_EPOCHS of the --epochs epochs (Sec. 4: '
-                        '100 of 200)')
-    g.add_argument('--init-std', type=common.positive_float, default=0.02,
-                   help='std of the N(0, std) weight init (Sec. 4)')
+                   help='the lr falls linearly to 0 over the last DECAY_EPOCHS of --epochs (Sec. 4: 100 of 200)')
+    g.add_argument('--init-std', type=common.positive_float, default=0.02, help='std of the N(0, std) init (Sec. 4)')
     s = p.add_argument_group('cyclegan sampling')
     s.add_argument('--direction', choices=['a2b', 'b2a'],
                    help='with --generate / --input: translate A -> B with G (the default), or B -> A with F')
     s.add_argument('--input', metavar='DIR', action=TranslateFolder,
-                   help='translate the images of this folder (all of them, or the first --generate N); without '
-                        'it, --generate N draws N images of the source domain at random (by --seed)')
+                   help='translate this folder (all, or the first --generate N) rather than N source-domain images')
     args = common.parse(p, argv)
     args.sampling = args.sampling or args.input is not None
     if args.input and not args.ckpt:
-        raise common.UserError('--input DIR translates with a trained model: add --ckpt PATH '
-                               '(e.g. runs/cyclegan/last.pt)')
+        raise common.UserError('--input DIR translates with a trained model: add --ckpt PATH (runs/cyclegan/last.pt)')
     if args.direction and not args.sampling:
         raise common.UserError('--direction is for translating with a checkpoint: add --generate N or --input DIR')
-    args.direction = args.direction or 'a2b'
-    args.load_size = args.load_size or round(args.res * 286 / 256)
-    if args.load_size < args.res:
-        raise common.UserError(f'--load-size {args.load_size} is smaller than --res {args.res}: the random crop '
-                               'needs at least --res')
-    if args.n_blocks is None:
-        args.n_blocks = 6 if args.res <= 128 else 9
     if args.decay_epochs > args.epochs:
         raise common.UserError(f'--decay-epochs {args.decay_epochs:g} must lie between 0 and --epochs {args.epochs}')
+    args.load_size = args.load_size or round(args.res * 286 / 256)
+    if args.load_size < args.res:
+        raise common.UserError(f'--load-size {args.load_size} is smaller than --res {args.res}: nothing to crop')
+    args.direction = args.direction or 'a2b'
+    args.n_blocks = (6 if args.res <= 128 else 9) if args.n_blocks is None else args.n_blocks
     return args
 
 
@@ -420,136 +399,89 @@ def train_step(nets, x_all, y_all, args):
 # Training loop
 # ----------------------------------------------------------------------------------------------
 
-# The two unpaired domains at --load-size: two folders, or the built-in pair
+def shapes_domain(n, res, seed, outlined=False, channels=3, chunk=64):
+    """The built-in pair's A (make_shapes's filled shapes) or B (outlined: the shape's pixels within t = res / 16
+    of the background), uint8 [n, channels, res, res], and the shape classes [n]. In chunks (the float work stays
+    small); chunk k draws from seed + 2k * 1,000,003 mod 2^32: none repeats one of this domain or of seed + 1's."""
+    x, y = torch.empty(n, channels, res, res, dtype=torch.uint8), torch.empty(n, dtype=torch.long)
+    t = max(1, res // 16)
+    for k, i in enumerate(range(0, n, chunk)):
+        img, y[i:i + chunk] = common.make_shapes(min(chunk, n - i), res, (seed + 2 * k * 1_000_003) % 2 ** 32)
+        if outlined:
+            bg = img[:1, :, :1, :1]                                            # a corner: the dark background
+            fg = (img.int() - bg).abs().amax(1, keepdim=True) > 8             # [chunk, 1, res, res]
+            # erosion: the min over each (2t+1)^2 window, over its columns then its rows (70 comparisons, not 1,225)
+            eroded = -F.max_pool2d(F.max_pool2d(-fg.float(), (2 * t + 1, 1), 1, (t, 0)), (1, 2 * t + 1), 1, (0, t))
+            img = torch.where(fg & (eroded < 0.5), img, bg)
+        x[i:i + chunk] = common.to_channels(img, channels)
+    return x, y
 
-def domain_dirs(args, split='train'):
-    """(dir_a, dir_b) from --data-a/--data-b, or split + 'A'/'B' below --data (testA/testB fall back
-    to trainA/trainB); None for the built-in pair. Training needs both domains, sampling its source."""
-    if args.data and (args.data_a or args.data_b):
-        raise common.UserError('give either --data DIR (with trainA/ and trainB/) or --data-a and --data-b, not both')
-    if split == 'train' and (args.data_a is None) != (args.data_b is None):
-        given, missing = ('--data-a', '--data-b') if args.data_b is None else ('--data-b', '--data-a')
-        raise common.UserError(f'{given} needs {missing}: cyclegan learns between two domains')
-    if args.data_a or args.data_b:
-        return args.data_a, args.data_b
-    if args.data:
-        if not os.path.isdir(args.data):
-            raise common.UserError(f'--data {args.data}: no such folder')
-        for a, b in ((os.path.join(args.data, s + 'A'), os.path.join(args.data, s + 'B')) for s in (split, 'train')):
-            if os.path.isdir(a) and os.path.isdir(b):
-                return a, b
-        raise common.UserError(f'--data {args.data} has no trainA/ and trainB/ (the CycleGAN datasets\' layout); '
-                               'or give the two folders with --data-a and --data-b')
-    if args.dataset != 'shapes':
-        raise common.UserError(f'--dataset {args.dataset} is one domain; cyclegan needs two: --data-a DIR '
-                               '--data-b DIR, --data DIR with trainA/ and trainB/, or the built-in pair '
-                               '--dataset shapes')
-    return None
+
+def shapes_pair(n, res, seed, channels=3):
+    return tuple(shapes_domain(n, res, seed + s, s == 1, channels)[0] for s in (0, 1))    # B: other draws, unpaired
 
 
 def load_domain(args, path, flag, res):
-    """One folder, uint8 [N, C, res, res], through common.load_data (decoded once and cached), whose
-    messages name --data: here they name `flag`. A domain is never streamed (draw_b indexes it)."""
+    """A folder through common.load_data (decoded once, cached) -> uint8 [N, C, res, res]; errors name `flag`."""
     try:
         data = common.load_data(argparse.Namespace(**{**vars(args), 'data': path, 'res': res}))
     except common.UserError as e:
         raise common.UserError(str(e).replace('--data ', f'{flag} ', 1)) from None
-    if data.stream is not None:
+    if data.stream is not None:                        # draw_b picks B images at random: never streamed
         raise common.UserError(f'{flag} {path}: too large to hold in memory at {res}x{res}; raise --max-memory-gb')
     return data.images
 
 
-def outlines(images, bg):
-    """Filled shapes -> their outlines: the shape's pixels that have a background pixel within t
-    pixels (t = res / 16), the rest background. uint8 [N, 3, H, W] -> uint8 [N, 3, H, W]."""
-    t = max(1, images.shape[-1] // 16)
-    fg = (images.int() - bg).abs().amax(1, keepdim=True) > 8                   # [N, 1, H, W]
-    # 1 where the whole (2t+1)^2 window is shape: a min over the square, taken as a min over its
-    # columns then its rows (2(2t+1) comparisons a pixel rather than (2t+1)^2: 70 vs 1,225 at 286)
-    k = 2 * t + 1
-    eroded = -F.max_pool2d(F.max_pool2d(-fg.float(), (k, 1), 1, (t, 0)), (1, k), 1, (0, t))
-    edge = fg & (eroded < 0.5)
-    return torch.where(edge, images, torch.full_like(images, bg))
-
-
-# Images of the built-in pair made per call of make_shapes and outlines: both work in float (4 bytes
-# a value, several temporaries), so a whole domain at once would take many times the uint8 set.
-PAIR_CHUNK = 64
-
-
-def shapes_domain(n, res, seed, outlined=False, channels=3):
-    """One domain of the built-in pair, uint8 [n, channels, res, res]. Chunk k draws from seed + 2k *
-    1,000,003 mod 2^32 (torch keeps a seed's low 32 bits): the first is make_shapes(n, res, seed), no
-    two chunks of one domain repeat, and the domains seeded seed and seed + 1 differ in parity."""
-    out = torch.empty(n, channels, res, res, dtype=torch.uint8)
-    for k, i in enumerate(range(0, n, PAIR_CHUNK)):
-        x, _ = common.make_shapes(min(PAIR_CHUNK, n - i), res, seed=(seed + 2 * k * 1_000_003) % 2 ** 32)
-        if outlined:
-            x = outlines(x, int(x[0, 0, 0, 0]))                                 # a corner: the dark background
-        out[i:i + len(x)] = common.to_channels(x, channels)
-    return out
-
-
-def shapes_pair(n, res, seed, channels=3):
-    """The built-in pair: A, the built-in shapes filled; B, shapes drawn as outlines of the same
-    colours, from another seed (unpaired). A translation keeps class and colour, swaps fill <-> outline."""
-    return shapes_domain(n, res, seed, False, channels), shapes_domain(n, res, seed + 1, True, channels)
-
-
-def check_pair_memory(args, res):
-    """The built-in pair cannot be streamed: over --max-memory-gb, or the free memory, it is refused
-    before a byte of it is built."""
-    need = 2 * args.shapes_n * (args.channels or 3) * res * res
-    what = f'--shapes-n {args.shapes_n} images per domain of the built-in pair at {res}x{res}'
-    if need > args.max_memory_gb * 2 ** 30:
-        raise common.UserError(f'{what} takes {need / 2 ** 30:,.2f} GB, over --max-memory-gb '
-                               f'{args.max_memory_gb:g}: lower --shapes-n (or --res), or raise --max-memory-gb')
-    common.check_memory(need, f'{what} (lower --shapes-n or --res)')
-
-
-def load_domains(args, res):
-    """-> uint8 [N_a, C_a, res, res], [N_b, C_b, res, res]; each domain's channels go on args
-    (channels_a, channels_b), which rebuild the networks from a checkpoint."""
-    dirs = domain_dirs(args)
-    if dirs is None:
-        check_pair_memory(args, res)
-        a, b = shapes_pair(args.shapes_n, res, args.seed, args.channels or 3)
-    else:
-        a, b = (load_domain(args, d, f'--data-{s}' if args.data_a else '--data', res) for d, s in zip(dirs, 'ab'))
-    args.channels_a, args.channels_b = a.shape[1], b.shape[1]
-    if args.lambda_identity > 0 and args.channels_a != args.channels_b:
-        raise common.UserError(
-            f'domain A has {args.channels_a} channel(s) and B {args.channels_b}: the identity loss '
-            f'(--lambda-identity {args.lambda_identity:g}) feeds B images to G: A -> B, which needs the same '
-            'channels; add --channels 3 (gray repeated to RGB) or --lambda-identity 0')
-    return a, b
-
-
-def center_crop(x, res):
-    top, left = (x.shape[-2] - res) // 2, (x.shape[-1] - res) // 2
-    return x[..., top:top + res, left:left + res]
+def load_domains(args, res, split='train', which='AB'):
+    """[uint8 [N, C, res, res] for each domain in `which`]: --data-a / --data-b, split + A / B under --data (else
+    trainA/ trainB/), or the built-in pair (never streamed: refused before it is built if too large)."""
+    dirs = {'A': args.data_a, 'B': args.data_b}
+    if args.data and any(dirs.values()):
+        raise common.UserError('give either --data DIR (with trainA/ and trainB/) or --data-a and --data-b, not both')
+    if args.data:
+        sub = [s for s in (split, 'train') if all(os.path.isdir(os.path.join(args.data, s + d)) for d in 'AB')]
+        if not sub:
+            raise common.UserError(f'--data {args.data}: no such folder' if not os.path.isdir(args.data) else
+                                   f'--data {args.data}: no trainA/ and trainB/ in it; or give --data-a and --data-b')
+        dirs = {d: os.path.join(args.data, sub[0] + d) for d in 'AB'}
+    elif not any(dirs.values()):
+        if args.dataset != 'shapes':
+            raise common.UserError(f'--dataset {args.dataset} is one domain; cyclegan needs two: --data-a DIR --data-b '
+                                   'DIR, --data DIR with trainA/ and trainB/, or the built-in pair --dataset shapes')
+        need = len(which) * args.shapes_n * (args.channels or 3) * res * res
+        what = f'--shapes-n {args.shapes_n} images per domain of the built-in pair at {res}x{res}'
+        if need > args.max_memory_gb * 2 ** 30:
+            raise common.UserError(f'{what} takes {need / 2 ** 30:,.2f} GB, over --max-memory-gb '
+                                   f'{args.max_memory_gb:g}: lower --shapes-n (or --res), or raise --max-memory-gb')
+        common.check_memory(need, f'{what} (lower --shapes-n or --res)')
+        return [shapes_domain(args.shapes_n, res, args.seed + (d == 'B'), d == 'B', args.channels or 3)[0]
+                for d in which]
+    for d in which:
+        if dirs[d] is None:                                            # --data-a or --data-b alone
+            raise common.UserError(f'--data-{"ab"[d == "A"]} needs --data-{d.lower()}: cyclegan needs two domains')
+    return [load_domain(args, dirs[d], '--data' if args.data else f'--data-{d.lower()}', res) for d in which]
 
 
 class PairData(common.Data):
-    """Two unpaired domains as one dataset for common.Run: `images` holds A, cycled up to max(|A|, |B|)
-    (an epoch covers the larger domain, as the authors' unaligned loader); `b` holds B, drawn from
-    at random each step (draw_b)."""
+    """For common.Run: `images` holds A, cycled up to max(|A|, |B|) (an epoch covers the larger domain, as in the
+    authors' unaligned loader); `b` holds B, drawn from at random, with replacement, at each step (draw_b)."""
 
     def __init__(self, a, b, res, name):
         n = max(len(a), len(b))
         super().__init__(a if n == len(a) else a[torch.arange(n) % len(a)], None, None, name)
-        self.b, self.n_a, self.res = b, len(a), res
+        self.a, self.b, self.res = a, b, res
+
+    def crops(self, n, seed=0):
+        """n fixed centre crops of each domain (all of a smaller one): uint8 [n, C_a or C_b, res, res] on the CPU."""
+        g, o = torch.Generator().manual_seed(seed), (self.a.shape[-1] - self.res) // 2
+        return [d[torch.randperm(len(d), generator=g)[:n].to(d.device), :, o:o + self.res, o:o + self.res].cpu()
+                for d in (self.a, self.b)]
 
     def preview(self, n=64):
-        """n fixed centre crops, the first half (at most) from A, the rest from B, in the larger channels."""
-        g = torch.Generator().manual_seed(0)
-        a = self.images[:self.n_a].cpu()[torch.randperm(self.n_a, generator=g)[:n // 2]]
-        b = self.b.cpu()[torch.randperm(len(self.b), generator=g)[:n - len(a)]]
-        c = max(a.shape[1], b.shape[1])
-        return torch.cat([common.to_channels(center_crop(d, self.res), c) for d in (a, b)])
+        a, b = self.crops(n // 2)
+        return torch.cat([common.to_channels(d, max(a.shape[1], b.shape[1])) for d in (a, b)])
 
     def draw_b(self, n, device):
-        """n B images at random (with replacement, as the authors' loader), float in [-1, 1]."""
         idx = torch.randint(len(self.b), (n,))
         return self.b[idx.to(self.b.device)].to(device).float().div_(127.5).sub_(1)
 
@@ -560,33 +492,30 @@ def translate(G, x, batch=64):
     return torch.cat([G(b) for b in x.split(batch)])
 
 
-def sample_grid(G, F_, fixed_a, fixed_b):
-    """Six rows of the fixed inputs: A, G(A), F(G(A)), then B, F(B), G(F(B)); gray rows shown as RGB
-    when the other domain is. -> ([6n, C, H, W], nrow n)"""
-    fake_b, fake_a = translate(G, fixed_a), translate(F_, fixed_b)
-    rows = [fixed_a, fake_b, translate(F_, fake_b), fixed_b, fake_a, translate(G, fake_a)]
-    c = max(r.shape[1] for r in rows)
-    return torch.cat([r.expand(-1, c, -1, -1) for r in rows]).cpu(), len(fixed_a)
-
-
 def train(args):
     run = common.Run(args)
     a, b = load_domains(args, args.load_size)
+    args.channels_a, args.channels_b = a.shape[1], b.shape[1]          # on args: a checkpoint rebuilds the networks
+    if args.lambda_identity > 0 and args.channels_a != args.channels_b:
+        raise common.UserError(f'domain A has {args.channels_a} channel(s) and B {args.channels_b}: the identity loss '
+                               'feeds B images to G: A -> B; add --channels 3 (gray as RGB) or --lambda-identity 0')
     data = PairData(a, b, args.res, name=f'two domains ({len(a)} A, {len(b)} B; one epoch covers the larger)')
     G, F_, D_X, D_Y = (run.wrap(m.to(run.device)) for m in build(args))
     opt_G, opt_D = make_optimizers(G, F_, D_X, D_Y, args)
     nets = {'G': G, 'F': F_, 'D_X': D_X, 'D_Y': D_Y, 'opt_G': opt_G, 'opt_D': opt_D,
             'pool_X': ImagePool(args.pool_size), 'pool_Y': ImagePool(args.pool_size)}
     run.start(nets, data, batches_per_step=args.d_steps)
+    fixed_a, fixed_b = (d.float().div(127.5).sub(1).to(run.device) for d in data.crops(8, args.seed))
     if data.b.numel() < 2 ** 30 or run.device.type == 'cpu':
         data.b = data.b.to(run.device)
-    g = torch.Generator().manual_seed(args.seed)                       # the progress grid: 8 fixed crops a domain
-    fixed_a, fixed_b = (center_crop(d[torch.randperm(len(d), generator=g)[:8]], args.res).float().div(127.5).sub(1)
-                        .to(run.device) for d in (a, b))
-    sample_fn = lambda: sample_grid(G, F_, fixed_a, fixed_b)
+
+    def sample_fn():            # the progress grid, 6 rows: A, G(A), F(G(A)), B, F(B), G(F(B)) (gray as RGB by RGB)
+        fake_b, fake_a = translate(G, fixed_a), translate(F_, fixed_b)
+        rows = [fixed_a, fake_b, translate(F_, fake_b), fixed_b, fake_a, translate(G, fake_a)]
+        c = max(r.shape[1] for r in rows)
+        return torch.cat([r.expand(-1, c, -1, -1) for r in rows]).cpu(), len(fixed_a)
     # the schedule counts the --epochs of the run (not a --steps or --minutes cap, which only stop it early)
     horizon = common.batches_per_epoch(len(data), args.batch_size * args.d_steps, run.world) * args.epochs
-
     for x_a, _ in run.batches(data):
         lr = args.lr * lr_factor(run.step_num, horizon, args.decay_epochs / args.epochs)
         for group in (*opt_G.param_groups, *opt_D.param_groups):
@@ -600,24 +529,6 @@ def train(args):
 # Sampling: translate images with a trained G (a2b) or F (b2a)
 # ----------------------------------------------------------------------------------------------
 
-def source_images(args, targs, src):
-    """-> (uint8 images of domain `src`, where they came from): --data-a/--data-b or testA/testB under
-    --data as given now, else the checkpoint's data flags; the built-in pair draws fresh shapes."""
-    flags = {k: getattr(args, k) for k in ('data', 'data_a', 'data_b')}
-    flags = flags if any(flags.values()) else {k: getattr(targs, k, None) for k in flags}
-    sargs = argparse.Namespace(**{**vars(args), **flags, 'dataset': targs.dataset, 'channels': None})
-    dirs = domain_dirs(sargs, 'test')
-    if dirs is None:
-        x = shapes_domain(args.generate, targs.res, args.seed + 7 + (src == 'B'), src == 'B')
-        return x, f'built-in shapes ({"filled" if src == "A" else "outlines"})'
-    path = dirs['AB'.index(src)]
-    if path is None:
-        raise common.UserError(f'--direction {args.direction} translates {src} images: give '
-                               f'--data-{src.lower()} DIR or --input DIR')
-    return load_domain(sargs, path, f'--data-{src.lower()}' if sargs.data_a or sargs.data_b else '--data',
-                       targs.res), path
-
-
 def generate(args):
     ckpt = common.load_checkpoint(args.ckpt, 'cyclegan')
     targs = common.args_from_checkpoint(ckpt, args)
@@ -627,16 +538,22 @@ def generate(args):
     src, fwd, back = ('A', G, F_) if args.direction == 'a2b' else ('B', F_, G)
     if args.input:                                                     # a folder: its first N files, or all
         x, where = load_domain(args, args.input, '--input', targs.res)[:args.generate], args.input
-    else:                                                              # a domain: N of its images, at random
-        x, where = source_images(args, targs, src)
+    else:   # N at random from the source given now (testA/ testB/ under --data), else the checkpoint's data;
+        # the built-in pair draws them afresh, from seeds --seed + 7 (A) and + 8 (B)
+        flags = {k: getattr(args, k) for k in ('data', 'data_a', 'data_b')}
+        if not (flags['data'] or flags['data_' + src.lower()]):
+            flags = {k: getattr(targs, k, None) for k in flags}
+        sargs = argparse.Namespace(**{**vars(args), **flags, 'dataset': targs.dataset, 'channels': None,
+                                      'shapes_n': args.generate, 'seed': args.seed + 7})
+        x, = load_domains(sargs, targs.res, 'test', src)
         x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(args.seed))[:args.generate]]
+        where = flags['data_' + src.lower()] or flags['data'] or 'built-in shapes'
     x = common.to_channels(x, targs.channels_a if src == 'A' else targs.channels_b).float().div(127.5).sub(1)
     fake = translate(fwd.to(device), x.to(device))
     rec = translate(back.to(device), fake)
     for i, img in enumerate(fake):
         common.save_image(img, os.path.join(args.out, f'{i:06d}.png'))
-    # grid.png: bands of three rows, up to 8 images wide: inputs, translations, reconstructions; white
-    # fills a short last band
+    # grid.png: bands of 3 rows (inputs, translations, reconstructions) up to 8 wide; white pads the last band
     k, w = min(len(x), 64), min(len(x), 8)
     c = max(x.shape[1], fake.shape[1])
     band = lambda t: torch.cat([t[:k].cpu().expand(-1, c, -1, -1), torch.ones(-k % w, c, *t.shape[2:])])

@@ -52,16 +52,18 @@ TRAIN_FLAGS = ['--res', '32', '--channels', '3', '--ngf', '32', '--ndf', '32', '
 
 
 class Classifier(nn.Module):
-    """x [B, 3, 32, 32] in [-1, 1] -> logits [B, n_out]; features() -> the 128-d penultimate layer.
-    n_out 10: the digit; 12: the digit (0..9) and the domain (10: A, 11: B) as two softmax heads."""
+    """x [B, channels, 32, 32] in [-1, 1] -> logits [B, n_classes] (the digit, or benchmarks/cyclegan_shapes.py's
+    shape), or with domains [B, n_classes + 2]: the class and the domain (A, B) as two softmax heads;
+    features() -> the 128-d penultimate layer."""
 
-    def __init__(self, n_out=10):
+    def __init__(self, n_classes=10, domains=False, channels=3):
         super().__init__()
+        self.n_classes = n_classes
         self.body = nn.Sequential(
-            nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),       # 16x16
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),      # 8x8
+            nn.Conv2d(channels, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),       # 16x16
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),             # 8x8
             nn.Flatten(), nn.Dropout(0.3), nn.Linear(64 * 8 * 8, 128), nn.ReLU())
-        self.head = nn.Linear(128, n_out)
+        self.head = nn.Linear(128, n_classes + 2 * domains)
 
     def features(self, x):
         return self.body(x)
@@ -80,21 +82,22 @@ def load_split(path, data_root):
     return d.images.float() / 127.5 - 1, d.labels
 
 
-def train_classifier(x, y, epochs=5, seed=0, domain=None):
-    """A digit classifier on (x, y); with domain [N] (0: A, 1: B), a joint digit-and-domain one."""
+def train_classifier(x, y, epochs=5, seed=0, domain=None, n_classes=10):
+    """A classifier of x [N, C, 32, 32] into y [N] (n_classes); with domain [N] (0: A, 1: B), a joint
+    class-and-domain one."""
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model = Classifier(10 if domain is None else 12)
+    model = Classifier(n_classes, domain is not None, x.shape[1])
     opt = torch.optim.Adam(model.parameters(), 1e-3)
     for _ in range(epochs):
         model.train()
         for idx in torch.randperm(len(x), generator=g).split(64):
-            # small shifts: translated digits may sit a pixel or two off
+            # small shifts: translated images may sit a pixel or two off
             xb = torch.roll(x[idx], shifts=tuple(torch.randint(-2, 3, (2,), generator=g).tolist()), dims=(2, 3))
             out = model(xb)
-            loss = F.cross_entropy(out[:, :10], y[idx])
+            loss = F.cross_entropy(out[:, :n_classes], y[idx])
             if domain is not None:
-                loss = loss + F.cross_entropy(out[:, 10:], domain[idx])
+                loss = loss + F.cross_entropy(out[:, n_classes:], domain[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -103,11 +106,12 @@ def train_classifier(x, y, epochs=5, seed=0, domain=None):
 
 @torch.no_grad()
 def read(model, x):
-    """-> (predicted digits [N], features [N, 128] as numpy, predicted domain [N] or None)."""
+    """-> (predicted classes [N], features [N, 128] as numpy, predicted domain [N] or None)."""
     logits = torch.cat([model(b) for b in x.split(250)])
     feats = torch.cat([model.features(b) for b in x.split(250)])
-    domain = logits[:, 10:].argmax(1) if logits.shape[1] == 12 else None
-    return logits[:, :10].argmax(1), feats.numpy(), domain
+    n = model.n_classes
+    domain = logits[:, n:].argmax(1) if logits.shape[1] > n else None
+    return logits[:, :n].argmax(1), feats.numpy(), domain
 
 
 def main():

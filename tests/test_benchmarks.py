@@ -1,4 +1,5 @@
-"""The class-fidelity benchmark script (benchmarks/cifar_classifier.py --eval), on a tiny folder."""
+"""The benchmark scripts that measure a checkpoint, on tiny inputs: the class fidelity of
+benchmarks/cifar_classifier.py --eval, and benchmarks/cyclegan_shapes.py's figures for the built-in pair."""
 import os
 import re
 import sys
@@ -50,3 +51,36 @@ def test_eval_reports_fidelity_and_variety(tmp_path):
     _, v_collapsed = evaluate('collapsed')
     assert v_real == 1.0 and v_collapsed == 0.0
     assert abs(f_real + f_swap - 1) < 1e-9
+
+
+def test_cyclegan_shapes_prints_shape_kept_and_domain_reached(tmp_path):
+    """benchmarks/cyclegan_shapes.py on a 20-step checkpoint of the built-in pair at the smallest widths, with
+    few images and one classifier epoch: for each direction, both figures with their two reference columns.
+    A checkpoint trained on anything but the built-in pair is refused in one line."""
+    import cyclegan
+    out = tmp_path / 'run'
+    cyclegan.main(['--res', '32', '--ngf', '4', '--ndf', '4', '--n-blocks', '1', '--shapes-n', '16', '--steps', '20',
+                   '--sample-every', '100', '--out', str(out)])
+
+    def measure(ckpt):
+        return run_script('benchmarks/cyclegan_shapes.py', '--ckpt', ckpt, '--epochs', 1, '--n-train', 120,
+                          '--n-test', 40, cwd=tmp_path)
+    r = measure(out / 'last.pt')
+    assert r.returncode == 0, r.stderr[-2000:]
+    pct = r'\d+\.\d%'
+    assert re.search(rf'test accuracy {pct} \(A, filled\) / {pct} \(B, outlines\); the joint CNN tells the domain of '
+                     rf'{pct}', r.stdout), r.stdout
+    for direction, src, dst in (('A -> B (G)', 'filled shapes', 'B'), ('B -> A (F)', 'outlines', 'A')):
+        block = r.stdout.split(f'{direction}: 40 held-out {src}\n')[1].split('\n\n')[0].splitlines()
+        refs = rf'translations {pct} \| untranslated inputs {pct} \| real {dst} test images {pct}$'
+        assert len(block) == 2, r.stdout
+        assert re.fullmatch(rf"  shape kept \(the {dst} classifier reads the input's shape\): {refs}", block[0]), block
+        assert re.fullmatch(rf'  domain reached \(the joint CNN says {dst}\): {refs}', block[1]), block
+
+    ckpt = torch.load(out / 'last.pt', weights_only=True)
+    ckpt['args']['data_a'], ckpt['args']['data_b'] = 'a', 'b'
+    torch.save(ckpt, tmp_path / 'folders.pt')
+    r = measure(tmp_path / 'folders.pt')
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        f'error: {tmp_path / "folders.pt"} was trained on folders of images, not on the built-in pair; '
+        'benchmarks/cyclegan_mnist.py measures MNIST <-> MNIST-M']

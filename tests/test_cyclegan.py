@@ -270,23 +270,29 @@ def test_builtin_pair_is_filled_and_outlined_shapes():
     assert not torch.equal(fg_a, fg_filled)                         # different draws: unpaired
 
 
-def test_default_builtin_pair_is_of_the_papers_size_and_fits_a_small_machine():
+def test_default_builtin_pair_is_of_the_papers_size_and_fits_a_small_machine(monkeypatch):
     """With no flags (and at --res 256) the built-in pair holds about as many images per domain as the
     paper's datasets, and both domains at --load-size 286 stay far under 4 GB."""
+    built = []
+    monkeypatch.setattr(cyclegan, 'shapes_domain', lambda n, res, *a, **k: (built.append((n, res)), None))
     for argv in ([], ['--res', '256']):
         args = cyclegan.get_args(argv)
         assert args.load_size == 286 and 400 <= args.shapes_n <= 3000
         need = 2 * args.shapes_n * 3 * args.load_size ** 2
         assert need < 4 * 2 ** 30, f'{need / 2 ** 30:.1f} GB'
         args.max_memory_gb = 4
-        cyclegan.check_pair_memory(args, args.load_size)              # accepted
+        built.clear()
+        cyclegan.load_domains(args, args.load_size)                     # accepted, and both domains built
+        assert built == [(args.shapes_n, 286)] * 2
+    monkeypatch.undo()
     a, b = cyclegan.shapes_pair(5, 36, seed=0)
     assert a.dtype == b.dtype == torch.uint8 and a.numel() + b.numel() == 2 * 5 * 3 * 36 ** 2   # the bytes counted
 
 
 def test_builtin_pair_is_built_in_uint8_chunks(monkeypatch):
-    """make_shapes, outlines and the channel conversion (each in float) see one chunk at a time, never
-    a whole domain; the first chunk is make_shapes's own draw and no chunk repeats another."""
+    """make_shapes, the erosion of the outlines and the channel conversion (each in float) see one chunk
+    at a time, never a whole domain; the first chunk is make_shapes's own draw, its labels come along,
+    and no chunk repeats another."""
     seen = []                                          # (function, images it was given)
 
     def recording(name, f):
@@ -294,17 +300,19 @@ def test_builtin_pair_is_built_in_uint8_chunks(monkeypatch):
             seen.append((name, len(x) if torch.is_tensor(x) else x))      # make_shapes takes a count
             return f(x, *a, **k)
         return wrapper
-    for mod, name in ((common, 'make_shapes'), (cyclegan, 'outlines'), (common, 'to_channels')):
+    for mod, name in ((common, 'make_shapes'), (cyclegan.F, 'max_pool2d'), (common, 'to_channels')):
         monkeypatch.setattr(mod, name, recording(name, getattr(mod, name)))
-    n = 2 * cyclegan.PAIR_CHUNK + 5
+    chunk = 64
+    n = 2 * chunk + 5
     a, b = cyclegan.shapes_pair(n, 16, seed=3, channels=1)
     assert a.shape == b.shape == (n, 1, 16, 16) and a.dtype == b.dtype == torch.uint8
-    assert {name for name, _ in seen} == {'make_shapes', 'outlines', 'to_channels'}
-    assert max(size for _, size in seen) == cyclegan.PAIR_CHUNK
+    assert {name for name, _ in seen} == {'make_shapes', 'max_pool2d', 'to_channels'}
+    assert max(size for _, size in seen) == chunk
     monkeypatch.undo()
-    a = cyclegan.shapes_domain(n, 16, seed=3)
-    assert torch.equal(a[:cyclegan.PAIR_CHUNK], common.make_shapes(cyclegan.PAIR_CHUNK, 16, seed=3)[0])
-    chunks = list(a.split(cyclegan.PAIR_CHUNK)) + list(cyclegan.shapes_domain(n, 16, seed=4).split(cyclegan.PAIR_CHUNK))
+    a, y = cyclegan.shapes_domain(n, 16, seed=3)
+    assert torch.equal(a[:chunk], common.make_shapes(chunk, 16, seed=3)[0])
+    assert torch.equal(y[:chunk], common.make_shapes(chunk, 16, seed=3)[1]) and y.shape == (n,)
+    chunks = list(a.split(chunk)) + list(cyclegan.shapes_domain(n, 16, seed=4)[0].split(chunk))
     assert not any(torch.equal(c[:5], d[:5]) for i, c in enumerate(chunks) for d in chunks[i + 1:])
 
 
@@ -333,7 +341,7 @@ def test_pair_data_epoch_and_preview():
     assert len(d) == 5                                              # max(|A|, |B|): A cycles
     assert cyclegan.PairData(b, a, 32, 'x').images is b             # the larger A is kept as is, not copied
     p = d.preview(8)
-    assert p.shape == (8, 3, 32, 32) and (p[:3] == 0).all() and (p[3:] == 200).all()   # A's 3 then B's
+    assert p.shape == (7, 3, 32, 32) and (p[:3] == 0).all() and (p[3:] == 200).all()   # A's 3 then 4 of B's
     torch.manual_seed(0)
     yb = d.draw_b(4, 'cpu')
     assert yb.shape == (4, 3, 36, 36) and torch.allclose(yb, torch.tensor(200 / 127.5 - 1))

@@ -1,22 +1,23 @@
 """Plumbing shared by every model file: nothing in here is part of any paper.
 
-Read top to bottom:
-    errors        UserError, and `cli()` which turns it into one line and a non-zero exit
-    arguments     the CLI core every model file extends with its paper's flags
-    device, seed  and distributed setup (torchrun / DDP)
-    data          torchvision datasets, a folder of images, and the built-in `shapes`
-    batches       in-memory uint8 tensor -> shuffled batches in [-1, 1] on the device
-    pictures      image grids, PNG files, the loss plot
-    checkpoints   atomic save, safe load (`weights_only=True`)
-    Run           one training run: output folder, progress bar, logs, samples, checkpoints
+Sections, top to bottom:
+    errors        UserError, and `cli()`, the one place an error becomes a line `error: ...` and an exit status
+    arguments     the CLI core every model file extends with its paper's flags; the sampling modes
+    device        device, seed and distributed setup (torchrun / DDP)
+    data          torchvision datasets, a folder of images (decoded once, cached), the built-in `shapes`
+    batches       one permutation per epoch, sliced into batches in [-1, 1] on the device
+    pictures      image grids, PNG files, the progress GIF, the loss plot
+    monitor       the mode-collapse monitor
+    checkpoints   atomic save, safe load (`weights_only=True`), what a resume may change
+    Run           one training run: output folder, progress bar, logs, samples, checkpoints, Ctrl-C
 
 A model file uses it like this:
 
-    run = common.Run(args)                       # device, seed, out dir, config.json
+    run = common.Run(args)                       # device, seed
     data = common.load_data(args)                # uint8 images [N, C, H, W] (+ labels)
     ... build networks and optimisers ...
     nets = {'G': G, 'D': D, 'opt_G': opt_G, 'opt_D': opt_D}
-    run.start(nets, data)                        # resume, real grid, progress bar
+    run.start(nets, data)                        # resume, out dir, config.json, real grid, progress bar
     for x, y in run.batches(data):               # x: [B, C, H, W] in [-1, 1] on run.device
         logs = train_step(...)
         run.step(logs, nets, sample_fn)          # log, sample grid, checkpoint
@@ -24,6 +25,7 @@ A model file uses it like this:
 """
 import argparse
 import atexit
+import contextlib
 import csv
 import errno
 import glob
@@ -40,7 +42,6 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 
 # ----------------------------------------------------------------------------------------------
@@ -51,37 +52,44 @@ class UserError(Exception):
     """Something the user can fix: a bad path, a bad flag value, a failed download."""
 
 
-_active_run = None     # the Run in progress, so that `cli` can say where its last checkpoint is on Ctrl-C
+_active_run = None     # the Run in progress, so that `cli` can say where its last checkpoint is
 _output_folder = None  # --out, named by an OS error that carries no file name (a write cut short)
 
 
 def cli(main):
-    """Run `main()` as a command. A UserError, an OS error on a file (a full disk, a folder that
-    cannot be written) and memory that runs out each become one line `error: <message>` and exit
-    status 2; Ctrl-C says which checkpoint holds which step, exit status 130."""
+    """Run `main()` as a command. A UserError, an OS error (a full disk, a folder that cannot be
+    written), memory that runs out and a torchrun peer that died each become one line
+    `error: <message>` and exit status 2; Ctrl-C (130) and SIGTERM (143) say which checkpoint holds
+    which step. Any other exception is a bug, and keeps its traceback."""
     try:
         main()
-    except UserError as e:
-        _fail(e)
-    except OSError as e:
-        _fail(os_error_message(e))
-    except (RuntimeError, MemoryError) as e:  # torch raises RuntimeError (OutOfMemoryError on CUDA)
-        if _is_out_of_memory(e):
-            _fail(out_of_memory_message(e))
-        if _is_peer_failure(e):
-            _fail(f'another process of this torchrun job died ({str(e).strip().splitlines()[0][:100]}); '
-                  + _where_to_resume())
-        raise
-    except KeyboardInterrupt as e:
-        run = _active_run
-        _end_progress()
-        # SIGTERM (what schedulers send before SIGKILL) is handled as Ctrl-C is; its exit status is 128 + 15
-        name, status = ('terminated', 143) if run is not None and run._signal == signal.SIGTERM else ('interrupted', 130)
-        if str(e):
-            print(f'{name}: {e}', file=sys.stderr)
+    except (KeyboardInterrupt, UserError, OSError, RuntimeError, MemoryError) as e:  # torch's OOM: RuntimeError
+        text, run = str(e), _active_run
+        if isinstance(e, KeyboardInterrupt):
+            message = None
+        elif isinstance(e, UserError):
+            message = text
+        elif isinstance(e, OSError):
+            message = os_error_message(e)
+        elif isinstance(e, MemoryError) or "can't allocate memory" in text or 'out of memory' in text.lower():
+            message = out_of_memory_message(e)
+        # a collective (all-reduce, broadcast) whose peer is gone: gloo says the connection was reset or
+        # closed, NCCL that the communicator was aborted
+        elif torch.distributed.is_available() and torch.distributed.is_initialized() and any(
+                s in text.lower() for s in ('connection reset', 'connection closed', 'broken pipe', 'peer',
+                                            'nccl communicator', 'timed out', 'socket')):
+            message = f'another process of this torchrun job died ({text.strip().splitlines()[0][:100]}); '
+            message += _where_to_resume()
         else:
-            print(f'{name}: {_where_to_resume()}', file=sys.stderr)
-        sys.exit(status)
+            raise
+        if run is not None:  # close the progress bar first, so that the message is the last line
+            run._close()
+        if message is None:  # Ctrl-C or SIGTERM: the exit status is 128 + the signal's number
+            term = run is not None and run._signal == signal.SIGTERM
+            print(f'{"terminated" if term else "interrupted"}: {_where_to_resume()}', file=sys.stderr)
+            sys.exit(143 if term else 130)
+        print(f'error: {message}', file=sys.stderr)
+        sys.exit(2)
 
 
 def _where_to_resume():
@@ -91,39 +99,14 @@ def _where_to_resume():
     return 'nothing was saved before the first checkpoint' if run is not None else 'no run had started'
 
 
-def _is_peer_failure(e):
-    """A collective (all-reduce, broadcast) whose peer process is gone: gloo says the connection was
-    reset or closed, NCCL that the communicator was aborted."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return False
-    m = str(e).lower()
-    return any(s in m for s in ('connection reset', 'connection closed', 'broken pipe', 'peer', 'nccl communicator',
-                                'timed out', 'socket'))
-
-
-def _fail(message):
-    _end_progress()
-    print(f'error: {message}', file=sys.stderr)
-    sys.exit(2)
-
-
-def _end_progress():
-    """Close the progress bar of a run in progress, so that the last line is the message alone."""
-    if _active_run is not None and getattr(_active_run, 'bar', None) is not None:
-        _active_run.bar.close()
-    if _active_run is not None:
-        _active_run._release_interrupt()
-
-
 def os_error_message(e):
     """An OSError in one line: the path, what went wrong, and what to do about it."""
-    path = e.filename or ''
-    where = f'{path}: ' if path else (f'writing into {_output_folder}: ' if _output_folder else '')
+    path = e.filename or _output_folder or 'the output folder'
     if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        folder = os.path.dirname(os.path.abspath(path)) if path else (_output_folder or 'the output folder')
-        return (f'{where}no space left to write it ({e.strerror}). Free space on the disk holding {folder} '
+        return (f'could not write {path} ({e.strerror}): is the disk full? Free space on the disk holding it '
                 '(old runs/, the decode caches in --data-root), or give --out on another disk; '
                 'checkpoints already written are intact')
+    where = f'{e.filename}: ' if e.filename else (f'writing into {_output_folder}: ' if _output_folder else '')
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f'{where}not allowed ({e.strerror}): check its permissions, or give --out a folder you can write to'
     if isinstance(e, (NotADirectoryError, FileExistsError)):
@@ -131,16 +114,11 @@ def os_error_message(e):
     return f'{where}{e.strerror or e}'
 
 
-def _is_out_of_memory(e):
-    return isinstance(e, MemoryError) or "can't allocate memory" in str(e) or 'out of memory' in str(e).lower()
-
-
 def out_of_memory_message(e):
     m = re.search(r'allocate (\d+) bytes', str(e)) or re.search(r'Tried to allocate ([\d.]+ [KMGT]i?B)', str(e))
     need = 'more' if not m else f'a tensor of {_gb(int(m.group(1))) if m.group(1).isdigit() else m.group(1)}'
     return (f'out of memory: the run needed {need} with {_gb(available_memory())} free (the least of RAM, ulimit -v '
-            'and the cgroup limit). Lower --batch-size, '
-            '--res, the network sizes (e.g. --z-dim) or --generate N')
+            'and the cgroup limit). Lower --batch-size, --res, the network sizes (e.g. --z-dim) or --generate N')
 
 
 def _gb(nbytes):
@@ -148,9 +126,8 @@ def _gb(nbytes):
 
 
 def available_memory(device='cpu'):
-    """Bytes free for new tensors (None if unknown): CUDA's free memory; on the CPU the lowest of
-    Linux's MemAvailable, what the address-space limit (ulimit -v) leaves this process, and what
-    the cgroup's memory.max (a container's or a scheduler's limit) leaves it."""
+    """Bytes free for new tensors (None if unknown): CUDA's free memory; on the CPU the least of
+    MemAvailable, what ulimit -v leaves this process and what a cgroup's memory.max leaves it."""
     if torch.device(device).type == 'cuda':
         return torch.cuda.mem_get_info(device)[0]
     import resource
@@ -189,8 +166,7 @@ def check_memory(nbytes, what, device='cpu'):
 DATASETS = ['mnist', 'fashion-mnist', 'cifar10', 'flowers102', 'shapes']
 
 
-# Flag value types: argparse checks each value as it parses it, and a bad one is one line
-# `error: argument --lr: -1 is not a positive number` (see _Parser).
+# Flag value types: argparse checks each value as it parses it: `error: argument --lr: -1 is not a positive number`
 def _flag_type(name, convert, ok, what):
     def check(text):
         try:
@@ -277,33 +253,31 @@ def base_parser(doc, model, dataset, res, batch_size, epochs, sample_every=500, 
 def parse(p, argv=None, valid_res=None):
     """Parse and check the core flags. `valid_res` lists the resolutions the model can build."""
     args = p.parse_args(argv)
-    global _resumable
+    global _resumable, _output_folder
     _resumable = RESUMABLE | {a.dest for g in p._action_groups for a in g._group_actions
                               if any(w in (g.title or '') for w in ('sampling', 'speed', 'evaluation', 'diagnostics'))}
-    for name, v in vars(args).items():  # a float flag of any file: NaN or inf is never a valid setting
+    for name, v in vars(args).items():  # a float flag of any file, even a plain type=float: NaN or inf is never valid
         if any(isinstance(x, float) and not math.isfinite(x) for x in (v if isinstance(v, list) else [v])):
-            raise UserError(f'--{name.replace("_", "-")} {v}: not a finite number')
+            raise UserError(f'{_flag(name)} {v}: not a finite number')
     if valid_res is not None and args.res not in valid_res:
         raise UserError(f'{args.model} cannot build --res {args.res}; choose one of {", ".join(map(str, valid_res))}')
     modes = [m for m in SAMPLING_MODES if getattr(args, m, None) not in (None, False)]
     args.sampling = bool(modes)
     if modes and not args.ckpt:
-        raise UserError(f'--{modes[0].replace("_", "-")} needs --ckpt PATH (a checkpoint written by training, '
+        raise UserError(f'{_flag(modes[0])} needs --ckpt PATH (a checkpoint written by training, '
                         f'e.g. runs/{args.model}/last.pt)')
     if hasattr(args, 'interp_steps'):
         walks = [m for m in ('interpolate', 'interpolate_class') if hasattr(args, m)]
         if args.interp_steps is not None and not any(getattr(args, m) not in (None, False) for m in walks):
-            raise UserError('--interp-steps goes with ' + ' or '.join(f'--{m.replace("_", "-")}' for m in walks))
+            raise UserError('--interp-steps goes with ' + ' or '.join(map(_flag, walks)))
         args.interp_steps = p.interp_steps if args.interp_steps is None else args.interp_steps
     if args.out is None:
         args.out = os.path.join('runs', args.model, 'generated') if args.sampling else os.path.join('runs', args.model)
-    global _output_folder
     _output_folder = args.out
     return args
 
 
-# The sampling modes a model file may have; each reads --ckpt and writes into --out
-# (default runs/<model>/generated). Any number of them can be asked for in one command.
+# The sampling modes a model file may have, any number in one command: each reads --ckpt, writes into --out
 SAMPLING_MODES = ('generate', 'interpolate', 'interpolate_class', 'truncation_sweep', 'style_mix')
 INTERP_ROWS = 8         # rows of an --interpolate grid
 
@@ -326,12 +300,9 @@ def latent_walk(points, steps):
 
 
 def write_unconditional(args, z_dim, draw, walk=None):
-    """The sampling modes of an unconditional model, each seeded by --seed on its own:
-    --generate N writes N images and grid.png into --out; --interpolate writes interpolate.png,
-    INTERP_ROWS walks of --interp-steps images, each row from one random z to the next.
-
-    draw(z [n, z_dim], on the CPU) -> images [n, C, H, W] in [-1, 1], n <= 256;
-    walk(points [INTERP_ROWS + 1, z_dim], steps) -> images [INTERP_ROWS * steps, C, H, W]
+    """--generate N (N images and grid.png) and --interpolate (interpolate.png) of an unconditional
+    model, each seeded by --seed on its own. draw(z [n, z_dim], on the CPU) -> images [n, C, H, W] in
+    [-1, 1], n <= 256; walk(points [INTERP_ROWS + 1, z_dim], steps) -> [INTERP_ROWS * steps, C, H, W]
     (default: draw along latent_walk's straight lines)."""
     if args.generate:
         z = torch.randn(args.generate, z_dim, generator=torch.Generator().manual_seed(args.seed))
@@ -339,10 +310,8 @@ def write_unconditional(args, z_dim, draw, walk=None):
         print(f'wrote {args.generate} images and grid.png to {args.out}')
     if args.interpolate:
         z = torch.randn(INTERP_ROWS + 1, z_dim, generator=torch.Generator().manual_seed(args.seed))
-        if walk is None:
-            x = torch.cat([draw(zb) for zb in latent_walk(z, args.interp_steps).split(256)])
-        else:
-            x = walk(z, args.interp_steps)
+        x = (walk(z, args.interp_steps) if walk is not None
+             else torch.cat([draw(zb) for zb in latent_walk(z, args.interp_steps).split(256)]))
         path = os.path.join(args.out, 'interpolate.png')
         save_grid(x, path, nrow=args.interp_steps)
         print(f'wrote {path}: {INTERP_ROWS} latent walks of {args.interp_steps} steps')
@@ -353,49 +322,21 @@ def write_unconditional(args, z_dim, draw, walk=None):
 # ----------------------------------------------------------------------------------------------
 
 def get_device(name='auto'):
+    """--device as a torch.device; under torchrun a GPU is this process's own (LOCAL_RANK)."""
+    mps = getattr(torch.backends, 'mps', None) is not None and torch.backends.mps.is_available()
     if name == 'auto':
-        if torch.cuda.is_available():
-            return torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0)))
-        if getattr(torch.backends, 'mps', None) and torch.backends.mps.is_available():
-            return torch.device('mps')
-        return torch.device('cpu')
+        name = 'cuda' if torch.cuda.is_available() else 'mps' if mps else 'cpu'
     if name == 'cuda' and not torch.cuda.is_available():
         raise UserError('--device cuda was asked for but no CUDA GPU is visible; use --device cpu')
-    if name == 'mps' and not (getattr(torch.backends, 'mps', None) and torch.backends.mps.is_available()):
+    if name == 'mps' and not mps:
         raise UserError('--device mps was asked for but MPS is not available; use --device cpu')
-    if name == 'cuda':
-        return torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0)))
-    return torch.device(name)
-
-
-def peak_memory_gb(device):
-    """Peak GPU memory allocated by PyTorch, or the process's peak resident memory on the CPU."""
-    if torch.device(device).type == 'cuda':
-        return torch.cuda.max_memory_allocated(device) / 2 ** 30
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # Linux reports KiB
+    return torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0))) if name == 'cuda' else torch.device(name)
 
 
 def seed_everything(seed):
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def init_distributed(device):
-    """Join the process group when launched by torchrun (it sets WORLD_SIZE, RANK, LOCAL_RANK)."""
-    if int(os.environ.get('WORLD_SIZE', 1)) > 1 and not torch.distributed.is_initialized():
-        if device.type == 'cuda':
-            torch.cuda.set_device(device)
-        torch.distributed.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
-        # Leave the group before the interpreter exits: a process group still alive at exit can
-        # abort a rank in C++ ("terminate called without an active exception") after its work is done.
-        atexit.register(_leave_process_group)
-
-
-def _leave_process_group():
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
 
 
 def dist_info():
@@ -410,6 +351,7 @@ def dist_info():
 # ----------------------------------------------------------------------------------------------
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.webp', '.tif', '.tiff', '.ppm', '.pgm')
+GRAY_MODES = ('1', 'L', 'LA', 'I', 'I;16', 'I;16B', 'I;16L')  # PIL modes of single-channel images
 
 
 class Data:
@@ -439,11 +381,8 @@ class Data:
 
 
 def load_data(args, need_labels=False):
-    """The dataset the flags ask for, resized and centre-cropped to args.res, in args.channels.
-
-    Also records what the networks need to be rebuilt later (channels, classes) on `args`,
-    so it lands in config.json and in every checkpoint.
-    """
+    """The dataset the flags ask for at args.res, in args.channels. Records on `args` what rebuilding
+    the networks needs (channels, classes), so that config.json and every checkpoint hold it."""
     if args.data:
         files, labels, classes = _list_folder(args.data)
         channels = args.channels or (1 if _all_gray(files[:32]) else 3)
@@ -494,116 +433,81 @@ def to_channels(x, c):
     return (x.float() * w).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
 
 
+def _to_square(img, res):
+    """Any PIL image -> uint8 [3, res, res]: upright, in 8-bit RGB, the short side scaled to res
+    (antialiased bicubic), the centre cropped."""
+    from PIL import Image, ImageOps
+    from torchvision.transforms.v2 import functional as TF
+    img = ImageOps.exif_transpose(img)  # a camera's way up, as viewers show it (else portraits train sideways)
+    if img.mode.startswith('I'):  # 16- or 32-bit gray: scaled 0..65535 -> 0..255 (PIL's convert would clip at 255)
+        img = Image.fromarray((np.clip(np.asarray(img).astype(np.float64), 0, 65535) / 257).round().astype(np.uint8))
+    return TF.pil_to_tensor(TF.center_crop(TF.resize(img.convert('RGB'), res, TF.InterpolationMode.BICUBIC), res))
+
+
 def _torchvision_dataset(name, root):
     import torchvision.datasets as tvd
-    if name == 'mnist':
-        return tvd.MNIST(root, train=True, download=True)
-    if name == 'fashion-mnist':
-        return tvd.FashionMNIST(root, train=True, download=True)
-    if name == 'cifar10':
-        return tvd.CIFAR10(root, train=True, download=True)
     if name == 'flowers102':
         return tvd.Flowers102(root, split='train', download=True)
-    raise UserError(f'unknown dataset {name}')
+    return {'mnist': tvd.MNIST, 'fashion-mnist': tvd.FashionMNIST, 'cifar10': tvd.CIFAR10}[name](
+        root, train=True, download=True)
 
 
 def _load_torchvision(name, res, root):
-    cache = os.path.join(root, 'cache', f'{name}-{res}.pt')
-    d = _read_cache(cache, ['images', 'labels', 'classes'])
-    if d is not None:
-        return d['images'], d['labels'], d['classes']
-    try:
-        ds = _torchvision_dataset(name, root)
-    except UserError:
-        raise
-    except Exception as e:  # torchvision raises URLError, RuntimeError, OSError... on a failed download
-        # The reason in one line and whole words: the first sentence of the first line (torchvision
-        # may run sentences together, "download.Please"), and a long one cut at a space.
-        first = (str(e).strip().splitlines() or ['no message'])[0]
-        m = re.match(r'.*?[.!?](?=\s|$|[A-Z][a-z])', first)
-        reason = (m.group(0) if m else first).rstrip('.')
-        if len(reason) > 200:
-            reason = reason[:200].rsplit(' ', 1)[0] + ' ...'
-        raise UserError(f'could not download {name} into {root} ({type(e).__name__}: {reason}). '
-                        'Check your internet connection, or train on a folder with --data DIR, '
-                        'or on the built-in dataset with --dataset shapes') from None
-    if name in ('mnist', 'fashion-mnist'):
-        images = ds.data.unsqueeze(1)                                   # uint8 [N, 1, 28, 28]
-        labels = ds.targets.long()
-    elif name == 'cifar10':
-        images = torch.from_numpy(ds.data).permute(0, 3, 1, 2)          # uint8 [N, 3, 32, 32]
-        labels = torch.tensor(ds.targets).long()
-    else:  # PIL images of varied sizes: decode and resize each one, once
-        imgs, labs = [], []
-        for img, lab in ds:
-            imgs.append(_pil_to_square(_to_rgb(img), res))
-            labs.append(lab)
-        images, labels = torch.stack(imgs), torch.tensor(labs).long()
-    classes = [str(c) for c in getattr(ds, 'classes', [])] or [str(i) for i in range(int(labels.max()) + 1)]
-    images = _resize_crop(images.contiguous(), res)
-    _save_cache(cache, images, labels, classes)
-    return images, labels, classes
-
-
-def _to_rgb(img):
-    """Any PIL image -> 8-bit RGB. A 16-bit (or 32-bit integer) grayscale image is scaled down,
-    0..65535 -> 0..255: PIL's own convert would clip it at 255 (a solid white image)."""
-    from PIL import Image, ImageOps
-    # A camera's JPEG stores its pixels as the sensor saw them and the way up in its EXIF
-    # orientation tag; viewers apply it, so the model must too (else portraits train sideways).
-    img = ImageOps.exif_transpose(img)
-    if img.mode.startswith('I'):
-        a = np.asarray(img).astype(np.float64)
-        img = Image.fromarray((np.clip(a, 0, 65535) / 257).round().astype(np.uint8), 'L')
-    return img.convert('RGB')
-
-
-def _pil_to_square(img, res):
-    """PIL image -> uint8 [C, res, res]: short side to res (antialiased bicubic), centre crop."""
-    from torchvision.transforms.v2 import functional as TF
-    return TF.pil_to_tensor(TF.center_crop(TF.resize(img, res, TF.InterpolationMode.BICUBIC), res))
+    """A torchvision dataset at res, downloaded and decoded once. -> (images, labels, classes)"""
+    def decode():
+        try:
+            ds = _torchvision_dataset(name, root)
+        except Exception as e:  # torchvision raises URLError, RuntimeError, OSError... on a failed download
+            # The reason in one line and whole words: the first sentence of the first line (torchvision
+            # may run sentences together, "download.Please"), and a long one cut at a space.
+            first = (str(e).strip().splitlines() or ['no message'])[0]
+            m = re.match(r'.*?[.!?](?=\s|$|[A-Z][a-z])', first)
+            reason = (m.group(0) if m else first).rstrip('.')
+            if len(reason) > 200:
+                reason = reason[:200].rsplit(' ', 1)[0] + ' ...'
+            raise UserError(f'could not download {name} into {root} ({type(e).__name__}: {reason}). '
+                            'Check your internet connection, or train on a folder with --data DIR, '
+                            'or on the built-in dataset with --dataset shapes') from None
+        if name in ('mnist', 'fashion-mnist'):
+            images, labels = ds.data.unsqueeze(1), ds.targets.long()                          # [N, 1, 28, 28]
+        elif name == 'cifar10':
+            images, labels = torch.from_numpy(ds.data).permute(0, 3, 1, 2), torch.tensor(ds.targets).long()
+        else:  # PIL images of varied sizes: decode and resize each one, once
+            pairs = [(_to_square(img, res), lab) for img, lab in ds]
+            images, labels = torch.stack([p[0] for p in pairs]), torch.tensor([p[1] for p in pairs]).long()
+        classes = [str(c) for c in getattr(ds, 'classes', [])] or [str(i) for i in range(int(labels.max()) + 1)]
+        return _resize_crop(images.contiguous(), res), labels, classes
+    return _cached(os.path.join(root, 'cache', f'{name}-{res}.pt'), None, decode)
 
 
 def _list_folder(path):
-    """Every image file below `path`, recursively, and its label: top-level subfolders are the
-    classes (when every file sits in one and there are at least two). -> (files, labels or None, classes)"""
+    """Every image file below `path`, sorted, each real file once (a link back up the tree or a second
+    link to a file is not followed again), hidden ones left out; the top-level subfolders are the
+    classes when every file sits in one and there are two or more. -> (files, labels or None, classes)"""
     if not os.path.exists(path):
         raise UserError(f'--data {path}: no such folder')
     if not os.path.isdir(path):
         raise UserError(f'--data {path}: not a folder (give a folder of images)')
-    files = _image_files(path)
+    seen, files = set(), []
+    for top, dirs, names in os.walk(path, followlinks=True):
+        if os.path.realpath(top) in seen:
+            dirs[:] = []
+            continue
+        seen.add(os.path.realpath(top))
+        dirs[:] = sorted(d for d in dirs if not d.startswith('.'))
+        for f in sorted(os.path.join(top, n) for n in names if not n.startswith('.')
+                        and n.lower().endswith(IMAGE_EXTENSIONS)):
+            if os.path.realpath(f) not in seen and os.path.isfile(f):
+                seen.add(os.path.realpath(f))
+                files.append(f)
     if not files:
         raise UserError(f'--data {path}: no images found (looked for {", ".join(IMAGE_EXTENSIONS)}, in subfolders too)')
+    files.sort()
     tops = [os.path.relpath(f, path).split(os.sep)[0] for f in files]
     labelled = all(os.sep in os.path.relpath(f, path) for f in files)
     classes = sorted(set(tops)) if labelled and len(set(tops)) > 1 else None
     labels = torch.tensor([classes.index(t) for t in tops]).long() if classes else None
     return files, labels, classes
-
-
-def _image_files(path):
-    """The image files below `path`, sorted, each real file once: symlinked folders are followed,
-    but a folder already seen (a link back up the tree, a second link to it) is not entered again,
-    and two links to one file count once. Hidden files and folders are left out."""
-    seen_dirs, found = set(), []
-    for top, dirs, names in os.walk(path, followlinks=True):
-        real = os.path.realpath(top)
-        if real in seen_dirs:
-            dirs[:] = []
-            continue
-        seen_dirs.add(real)
-        dirs[:] = [d for d in dirs if not d.startswith('.')]
-        found += [os.path.join(top, n) for n in names if not n.startswith('.') and n.lower().endswith(IMAGE_EXTENSIONS)]
-    files, seen = [], set()
-    for f in sorted(found):
-        real = os.path.realpath(f)
-        if real not in seen and os.path.isfile(f):
-            seen.add(real)
-            files.append(f)
-    return files
-
-
-GRAY_MODES = ('1', 'L', 'LA', 'I', 'I;16', 'I;16B', 'I;16L')  # PIL modes of single-channel images
 
 
 def _all_gray(files):
@@ -619,72 +523,60 @@ def _all_gray(files):
 
 
 def _load_folder(path, files, all_labels, classes, res, root):
-    """Decode the files _list_folder found once into uint8 [N, C, res, res] (cached on disk).
+    """Decode the files _list_folder found into uint8 [N, C, res, res], once.
     -> (images, labels of the files that could be read, or None)"""
     from PIL import Image
-
-    # The cache is valid for exactly these files: each one's path below the folder (which decides
-    # its class) and its bytes, and the decode settings. Keyed on content, not on size and time: a
-    # file replaced by another of the same size and date (cp -p, a tar extracted with its dates,
-    # fixed-size BMP/PPM) changes the key, and the folder is decoded again. Hashing reads each file
-    # once, far cheaper than decoding it.
+    from tqdm import tqdm
+    # The cache holds for exactly these files: each one's path (its class) and its bytes, not its size and
+    # date, which a replacement may share (cp -p, fixed-size BMP/PPM). Hashing is far cheaper than decoding.
     key = hashlib.blake2b(json.dumps([res, 'v4']).encode(), digest_size=20)
     for f in files:
         key.update(os.path.relpath(f, path).encode() + b'\0')
         with open(f, 'rb') as fh:
             key.update(hashlib.blake2b(fh.read()).digest())
-    key = key.hexdigest()
+
+    def decode():
+        imgs, labs, bad, gray = [], [], 0, True
+        for i, f in enumerate(tqdm(files, desc=f'decoding {path}', leave=False, dynamic_ncols=True)):
+            try:
+                with Image.open(f) as img:
+                    gray = gray and img.mode in GRAY_MODES
+                    imgs.append(_to_square(img, res))
+            except Exception:  # truncated, corrupt or not really an image: skip and count it
+                bad += 1
+                continue
+            if classes:
+                labs.append(int(all_labels[i]))
+        if bad:
+            print(f'warning: skipped {bad} unreadable file(s) in {path}', file=sys.stderr)
+        if not imgs:
+            raise UserError(f'--data {path}: none of the {len(files)} image files could be read')
+        images = torch.stack(imgs)
+        if gray:  # a folder of grayscale images (e.g. digits) keeps one channel
+            images = images[:, :1].contiguous()
+        return images, torch.tensor(labs).long() if classes else None, classes
     name = hashlib.sha1(f'{os.path.abspath(path)}|{res}'.encode()).hexdigest()[:16]
-    cache = os.path.join(root, 'cache', f'folder-{name}.pt')
-    d = _read_cache(cache, ['images', 'labels', 'key'])
-    if d is not None and d['key'] == key:
-        return d['images'], d['labels']
+    return _cached(os.path.join(root, 'cache', f'folder-{name}.pt'), key.hexdigest(), decode)[:2]
 
-    imgs, labs, bad, gray = [], [], 0, True
-    for i, f in enumerate(_progress(files, desc=f'decoding {path}')):
+
+def _cached(path, key, decode):
+    """decode() -> (images, labels, classes), kept in the file `path` with `key` (what it was decoded
+    from) for the next run. A cache that cannot be read (cut short by a kill, written by another
+    version) is reported once and decoded again, which overwrites it; a read-only or full
+    --data-root only costs the decode next time."""
+    if os.path.exists(path):
         try:
-            with Image.open(f) as img:
-                gray = gray and img.mode in GRAY_MODES
-                imgs.append(_pil_to_square(_to_rgb(img), res))
-        except Exception:  # truncated, corrupt or not really an image: skip and count it
-            bad += 1
-            continue
-        if classes:
-            labs.append(int(all_labels[i]))
-    if bad:
-        print(f'warning: skipped {bad} unreadable file(s) in {path}', file=sys.stderr)
-    if not imgs:
-        raise UserError(f'--data {path}: none of the {len(files)} image files could be read')
-    images = torch.stack(imgs)
-    if gray:  # a folder of grayscale images (e.g. digits) keeps one channel
-        images = images[:, :1].contiguous()
-    labels = torch.tensor(labs).long() if classes else None
-    _save_cache(cache, images, labels, classes, key=key)
-    return images, labels
-
-
-def _save_cache(path, images, labels, classes, **extra):
-    try:
+            d = torch.load(path, map_location='cpu', weights_only=True)
+            if d.get('key') == key:
+                return d['images'], d['labels'], d['classes']
+        except Exception as e:
+            print(f'warning: the decode cache {path} could not be read ({type(e).__name__}); decoding again',
+                  file=sys.stderr)
+    images, labels, classes = decode()
+    with contextlib.suppress(OSError):
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        atomic_save({'images': images, 'labels': labels, 'classes': classes, **extra}, path)
-    except (OSError, UserError):
-        pass  # a read-only or full data root only costs the decode next time
-
-
-def _read_cache(path, keys):
-    """A decode cache's dict, or None when there is none. One that cannot be read (cut short by a
-    kill, written by another version) is reported once and decoded again, which overwrites it."""
-    if not os.path.exists(path):
-        return None
-    try:
-        d = torch.load(path, map_location='cpu', weights_only=True)
-        if not isinstance(d, dict) or any(k not in d for k in keys):
-            raise ValueError('missing entries')
-        return d
-    except Exception as e:
-        print(f'warning: the decode cache {path} could not be read ({type(e).__name__}); decoding again',
-              file=sys.stderr)
-        return None
+        atomic_save({'images': images, 'labels': labels, 'classes': classes, 'key': key}, path)
+    return images, labels, classes
 
 
 # The built-in procedural dataset: coloured shapes on a dark background, no download.
@@ -692,23 +584,18 @@ SHAPE_CLASSES = ('circle', 'square', 'triangle', 'diamond', 'ring', 'cross')
 
 
 def make_shapes(n, res, seed=0):
-    """n images uint8 [n, 3, res, res] of one filled shape each, and its class [n].
-
-    Every shape sits at the centre at one size on the same dark grey, so that a sample's only
-    variations are its class (the silhouette) and its colour (any hue, vivid): small enough a
-    distribution for an MLP GAN to draw recognisable shapes within a few hundred steps. (With
-    +-10% jitter in position and size and tinted backgrounds, gan_mlp needed about 1000.)
-    Each class's silhouette is an inside-test on the pixel grid, computed once; the same seed
-    always gives the same images.
-    """
+    """n images uint8 [n, 3, res, res] of one filled shape each, and its class [n] (the same for the
+    same seed). One size, centred, on one dark grey: a sample varies only in its class and its colour,
+    a distribution small enough for an MLP GAN to draw recognisable shapes within a few hundred steps."""
+    import colorsys
     g = torch.Generator().manual_seed(seed)
     labels = torch.randint(len(SHAPE_CLASSES), (n,), generator=g)
-    size = 0.7                                                             # half-extent, in [-1, 1] units
-    fg = _hsv_to_rgb(torch.rand(n, generator=g), 0.55 + 0.45 * torch.rand(n, generator=g),
-                     0.7 + 0.3 * torch.rand(n, generator=g))               # [n, 3] in [0, 1]
+    hsv = torch.rand(n, generator=g), 0.55 + 0.45 * torch.rand(n, generator=g), 0.7 + 0.3 * torch.rand(n, generator=g)
+    fg = torch.tensor([colorsys.hsv_to_rgb(*c) for c in zip(*(t.tolist() for t in hsv))])  # [n, 3] in [0, 1]
     bg = 0.06                                                              # every background: one dark grey
     t = (torch.arange(res) + 0.5) / res * 2 - 1
     yy, xx = torch.meshgrid(t, t, indexing='ij')
+    size = 0.7                                                             # half-extent, in [-1, 1] units
     x, y = xx / size, yy / size                                            # [res, res]: the shape spans [-1, 1]
     inside = {                                                             # one filled region per class
         'circle': lambda x, y: x ** 2 + y ** 2 <= 1,
@@ -727,25 +614,25 @@ def make_shapes(n, res, seed=0):
     return out, labels
 
 
-def _hsv_to_rgb(h, s, v):
-    """[n] each -> [n, 3] in [0, 1]."""
-    import colorsys
-    return torch.tensor([colorsys.hsv_to_rgb(*hsv) for hsv in zip(h.tolist(), s.tolist(), v.tolist())])
-
-
-def _progress(it, **kw):
-    from tqdm import tqdm
-    return tqdm(it, leave=False, dynamic_ncols=True, **kw)
-
-
 # ----------------------------------------------------------------------------------------------
-# Batches: the whole dataset stays a uint8 tensor (on the GPU when there is one); each epoch is a
-# fresh permutation, sliced into batches and normalised to [-1, 1] on the device.
+# Batches: the dataset stays uint8 (on the GPU when there is one); each epoch is a fresh permutation, sliced
+# into batches normalised to [-1, 1] on the device. A folder too large for memory: a DataLoader, same slices.
 # ----------------------------------------------------------------------------------------------
 
 def batches_per_epoch(n, batch_size, world_size=1):
     """Full batches each process sees per epoch (the last partial batch is dropped)."""
     return max(1, n // (batch_size * world_size))
+
+
+def _index_batches(n, batch_size, seed, epoch, start):
+    """This process's index batches of one epoch from batch `start` on. The permutation depends only on
+    (seed, epoch), so a resumed run sees the very batches the interrupted one would have."""
+    rank, world = dist_info()
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch))
+    if n < batch_size * world:  # tiny datasets: repeat to fill at least one batch per rank
+        perm = perm.repeat(math.ceil(batch_size * world / n))[:batch_size * world]
+    for b in range(start, batches_per_epoch(len(perm), batch_size, world)):
+        yield perm[(b * world + rank) * batch_size:(b * world + rank + 1) * batch_size]
 
 
 class FolderStream(torch.utils.data.Dataset):
@@ -762,83 +649,49 @@ class FolderStream(torch.utils.data.Dataset):
         for j in [i] + torch.randint(len(self.files), (20,)).tolist():  # an unreadable file: take another
             try:
                 with Image.open(self.files[j]) as img:
-                    x = to_channels(_pil_to_square(_to_rgb(img), self.res)[None], self.channels)[0]
+                    x = to_channels(_to_square(img, self.res)[None], self.channels)[0]
                 return x, (int(self.labels[j]) if self.labels is not None else -1)
             except Exception:
                 continue
         raise UserError(f'{self.files[i]} and 20 other files could not be read')
 
 
-class EpochSampler(torch.utils.data.Sampler):
-    """Yields this rank's index batches of one epoch, the same permutation as the in-memory path."""
+class _EpochSampler(torch.utils.data.Sampler):
+    """The DataLoader's batches of one epoch, from batch `start` on: set `epoch` and `start` before each."""
 
     def __init__(self, n, batch_size, seed):
         self.n, self.batch_size, self.seed, self.epoch, self.start = n, batch_size, seed, 0, 0
 
     def __iter__(self):
-        rank, world = dist_info()
-        perm = epoch_permutation(self.n, self.batch_size * world, self.seed, self.epoch)
-        for b in range(self.start, batches_per_epoch(len(perm), self.batch_size, world)):
-            yield perm[(b * world + rank) * self.batch_size:(b * world + rank + 1) * self.batch_size].tolist()
-
-    def __len__(self):
-        return batches_per_epoch(self.n, self.batch_size, dist_info()[1]) - self.start
-
-
-def epoch_permutation(n, global_batch, seed, epoch):
-    g = torch.Generator().manual_seed(seed * 100003 + epoch)
-    perm = torch.randperm(n, generator=g)
-    if n < global_batch:  # tiny datasets: repeat to fill at least one batch per rank
-        perm = perm.repeat(math.ceil(global_batch / n))[:global_batch]
-    return perm
+        return (b.tolist() for b in _index_batches(self.n, self.batch_size, self.seed, self.epoch, self.start))
 
 
 def epoch_batches(data, batch_size, epoch, seed, device, start=0):
-    """Yield (x, y) for one epoch from batch index `start` on. x: float [B, C, H, W] in [-1, 1].
-
-    The permutation depends only on (seed, epoch), so a resumed run sees the very batches the
-    interrupted one would have. Under torchrun every rank takes its own slice of it.
-    """
-    if data.stream is not None:
-        yield from _stream_batches(data, batch_size, epoch, seed, device, start)
-        return
-    rank, world = dist_info()
-    perm = epoch_permutation(len(data), batch_size * world, seed, epoch)
-    per = batches_per_epoch(len(perm), batch_size, world)
-    for b in range(start, per):
-        idx = perm[(b * world + rank) * batch_size:(b * world + rank + 1) * batch_size]
-        x = data.images[idx.to(data.images.device)].to(device, non_blocking=True)
-        x = x.float().div_(127.5).sub_(1)
-        y = data.labels[idx.to(data.labels.device)].to(device) if data.labels is not None else None
-        yield x, y
-
-
-def _stream_batches(data, batch_size, epoch, seed, device, start):
-    """The streaming path: one DataLoader per run (persistent workers, pinned memory), re-aimed
-    at each epoch through its sampler."""
-    if getattr(data, 'loader', None) is None or data.loader.batch_sampler.batch_size != batch_size:
-        sampler = EpochSampler(len(data), batch_size, seed)
-        workers = getattr(data, 'workers', 2)
-        data.loader = torch.utils.data.DataLoader(
-            data.stream, batch_sampler=sampler, num_workers=workers, pin_memory=torch.device(device).type == 'cuda',
-            persistent_workers=workers > 0)
-    data.loader.batch_sampler.epoch, data.loader.batch_sampler.start = epoch, start
-    for x, y in data.loader:
-        x = x.to(device, non_blocking=True).float().div_(127.5).sub_(1)
-        yield x, (y.to(device) if data.labels is not None else None)
+    """Yield (x, y) for one epoch from batch index `start` on. x: float [B, C, H, W] in [-1, 1]."""
+    if data.stream is None:  # without labels y is the indices, and None is yielded
+        labels = data.labels
+        batches = ((data.images[i.to(data.images.device)], i if labels is None else labels[i.to(labels.device)])
+                   for i in _index_batches(len(data), batch_size, seed, epoch, start))
+    else:  # one DataLoader per run (persistent workers, pinned memory), re-aimed at each epoch through its sampler
+        if getattr(data, 'loader', None) is None or data.loader.batch_sampler.batch_size != batch_size:
+            workers = getattr(data, 'workers', 2)
+            data.loader = torch.utils.data.DataLoader(
+                data.stream, batch_sampler=_EpochSampler(len(data), batch_size, seed), num_workers=workers,
+                pin_memory=torch.device(device).type == 'cuda', persistent_workers=workers > 0)
+        data.loader.batch_sampler.epoch, data.loader.batch_sampler.start = epoch, start
+        batches = data.loader
+    for x, y in batches:
+        yield x.to(device, non_blocking=True).float().div_(127.5).sub_(1), (
+            y.to(device) if data.labels is not None else None)
 
 
 # ----------------------------------------------------------------------------------------------
-# Pictures
+# Pictures: every file is written to a temp name and renamed, so a kill never leaves half a picture
 # ----------------------------------------------------------------------------------------------
 
 def to_uint8(x):
-    """float [N, C, H, W] in [-1, 1] -> uint8 [N, C, H, W] on the same device (uint8 passes through).
-
-    The project's one rule for 8-bit pixels, torchvision.utils.save_image's: floor((x + 1) / 2 * 255
-    + 0.5), clamped to [0, 255] (the cast truncates, which is floor on values >= 0). metrics.py, which
-    stands alone, repeats this rule (tests hold the two equal), so FID measured during training equals
-    FID of the saved PNG files."""
+    """float [N, C, H, W] in [-1, 1] -> uint8, by torchvision's save_image rule (uint8 passes through).
+    metrics.py repeats the rule, so FID measured during training equals FID of the saved PNG files."""
     if x.dtype == torch.uint8:
         return x
     if not x.is_floating_point():
@@ -847,9 +700,8 @@ def to_uint8(x):
 
 
 def make_grid(x, nrow=None, pad=2):
-    """float [N, C, H, W] in [-1, 1] (or uint8) -> uint8 HxWxC numpy image of an nrow-wide grid
-    (HxW for one channel), white between the cells: torchvision.utils.make_grid, which would
-    turn a one-channel grid into three."""
+    """float [N, C, H, W] in [-1, 1] (or uint8) -> uint8 HxWxC numpy image of an nrow-wide grid, white
+    between the cells: torchvision.utils.make_grid, but one channel stays HxW (torchvision makes it three)."""
     from torchvision.utils import make_grid as tv_make_grid
     x = to_uint8(x).cpu()
     nrow = nrow or max(1, int(math.ceil(math.sqrt(len(x)))))
@@ -858,8 +710,7 @@ def make_grid(x, nrow=None, pad=2):
 
 
 def save_image(arr, path):
-    """Save an HxW or HxWxC uint8 numpy image, or a [C, H, W] tensor in [-1, 1], as PNG. Written to a
-    temp file and renamed, so a kill mid-write never leaves a half-written `path`."""
+    """Save an HxW or HxWxC uint8 numpy image, or a [C, H, W] tensor in [-1, 1], as PNG."""
     from PIL import Image
     if torch.is_tensor(arr):
         arr = make_grid(arr[None], nrow=1, pad=0)
@@ -878,12 +729,10 @@ def save_grid(x, path, nrow=None):
 
 
 def write_gif(frame_paths, path, max_frames=100, max_side=768, ms_per_frame=200):
-    """An animated GIF of the given images (e.g. the fixed-noise grids, in step order), written
-    with PIL. Long runs keep max_frames evenly spaced frames (always the last one); frames larger
-    than max_side are scaled down so the file stays small. The last frame is held for 2 s."""
+    """An animated GIF of the given images (e.g. the fixed-noise grids, in step order). Long runs keep
+    max_frames evenly spaced frames (always the last one), scaled to at most max_side so that the file
+    stays small; a frame that cannot be read is left out. The last frame is held for 2 s."""
     from PIL import Image
-    if not frame_paths:
-        return
     if len(frame_paths) > max_frames:
         idx = np.linspace(0, len(frame_paths) - 1, max_frames).round().astype(int)
         frame_paths = [frame_paths[i] for i in sorted(set(idx.tolist()))]
@@ -892,21 +741,14 @@ def write_gif(frame_paths, path, max_frames=100, max_side=768, ms_per_frame=200)
         try:
             with Image.open(f) as im:
                 im = im.convert('RGB')
-        except (OSError, ValueError, SyntaxError):  # a grid cut short by a kill: leave that frame out
+        except (OSError, ValueError, SyntaxError):  # a grid cut short by a kill
             continue
-        if max(im.size) > max_side:
-            s = max_side / max(im.size)
-            im = im.resize((round(im.width * s), round(im.height * s)), Image.BILINEAR)
+        im.thumbnail((max_side, max_side), Image.BILINEAR)
         frames.append(im)
-    if not frames:
-        return
-    durations = [ms_per_frame] * (len(frames) - 1) + [2000]
-    # PIL folds a frame identical to the one before it into a longer frame; grids of a
-    # training run differ from step to step, so in practice there is one frame per grid.
-    tmp = path + '.tmp.gif'
-    frames[0].save(tmp, save_all=True, append_images=frames[1:], duration=durations, loop=0, disposal=1,
-                   optimize=False)
-    os.replace(tmp, path)
+    if frames:
+        frames[0].save(path + '.tmp.gif', save_all=True, append_images=frames[1:], loop=0, disposal=1,
+                       duration=[ms_per_frame] * (len(frames) - 1) + [2000], optimize=False)
+        os.replace(path + '.tmp.gif', path)
 
 
 def write_samples(x, out, labels=None, classes=None, nrow=None):
@@ -917,7 +759,7 @@ def write_samples(x, out, labels=None, classes=None, nrow=None):
     x = to_uint8(x).cpu()
     for i in range(len(x)):
         folder = out if labels is None else os.path.join(out, str(classes[labels[i]] if classes else int(labels[i])))
-        save_image(make_grid(x[i:i + 1], nrow=1, pad=0), os.path.join(folder, f'{i:06d}.png'))
+        save_image(x[i], os.path.join(folder, f'{i:06d}.png'))
     if labels is None:
         save_grid(x[:256], os.path.join(out, 'grid.png'), nrow)
         return
@@ -941,19 +783,15 @@ def plot_losses(csv_path, png_path):
     steps = np.array([float(r['step']) for r in rows])
     fig, axes = plt.subplots(len(keys), 1, figsize=(8, 2.2 * len(keys)), sharex=True, squeeze=False)
     for ax, k in zip(axes[:, 0], keys):
-        v = np.array([float(r[k]) if r.get(k) not in (None, '') else np.nan for r in rows])
-        if np.isnan(v).any():  # logged every K steps (FID, the collapse monitor): join the logged points
-            ax.plot(steps[~np.isnan(v)], v[~np.isnan(v)], 'o-', ms=3, lw=1.2, color='C1')
-            ax.set_ylabel(k)
-            ax.grid(alpha=0.3)
-            continue
-        ax.plot(steps, v, lw=0.6, alpha=0.35, color='C0')
-        if len(v) >= 20:  # a moving average makes the trend readable through GAN noise
-            w = max(5, len(v) // 50)
-            ok = ~np.isnan(v)
-            sm = np.convolve(np.nan_to_num(v), np.ones(w) / w, mode='valid') / np.maximum(
-                np.convolve(ok.astype(float), np.ones(w) / w, mode='valid'), 1e-8)
-            ax.plot(steps[w - 1:], sm, lw=1.2, color='C1')
+        v = np.array([float(r[k]) if r.get(k) else np.nan for r in rows])
+        logged = ~np.isnan(v)
+        if not logged.all():  # logged every K steps (FID, the collapse monitor): join the logged points
+            ax.plot(steps[logged], v[logged], 'o-', ms=3, lw=1.2, color='C1')
+        else:
+            ax.plot(steps, v, lw=0.6, alpha=0.35, color='C0')
+            if len(v) >= 20:  # a moving average makes the trend readable through GAN noise
+                w = max(5, len(v) // 50)
+                ax.plot(steps[w - 1:], np.convolve(v, np.ones(w) / w, mode='valid'), lw=1.2, color='C1')
         ax.set_ylabel(k)
         ax.grid(alpha=0.3)
     axes[-1, 0].set_xlabel('step')
@@ -964,14 +802,12 @@ def plot_losses(csv_path, png_path):
 
 
 # ----------------------------------------------------------------------------------------------
-# Mode-collapse monitor: is G still drawing varied samples?
+# Monitor: is G still drawing varied samples? (mode collapse)
 # ----------------------------------------------------------------------------------------------
 
 def diversity(x):
-    """Mean pairwise distance within a batch, x: [N, ...] -> a float. The distance is the RMS
-    per-value difference ||x_i - x_j||_2 / sqrt(dim), so the figure does not grow with the
-    resolution; for images in [-1, 1] it lies in [0, 2]. A collapsed G (every z -> nearly the
-    same image) drives it towards 0."""
+    """Mean pairwise RMS difference ||x_i - x_j||_2 / sqrt(dim) within a batch x [N, ...]: in [0, 2] for
+    images in [-1, 1] at any resolution, and near 0 for a collapsed G (every z -> nearly one image)."""
     x = x.detach().flatten(1).double()
     n = len(x)
     if n < 2:
@@ -996,18 +832,12 @@ def add_monitor_args(p):
 
 
 class CollapseMonitor:
-    """Mode-collapse figures for a fixed batch of samples, against the same figures for real images.
+    """monitor = CollapseMonitor(args, data.preview(128), out); logs.update(monitor(fake, step)).
 
-    monitor = CollapseMonitor(args, data.preview(128), out)    # real: uint8 [N, C, H, W]
-    logs.update(monitor(fake))                                 # fake: [N, C, H, W] in [-1, 1]
-
-    Logs `diversity` = diversity(fake) / diversity(real), so 1 means "as varied as the data".
-    With --classifier, also `classes_covered` (classes holding at least half of a uniform share,
-    0.5/K, of the samples) and `top_class_share`, and one row of every class's share in
-    class_shares.csv. Below --collapse-threshold it prints one warning line, once per fall. An
-    untrained G draws near-identical images, so the warning is armed only once the figure has
-    risen above the threshold, or after `warmup` steps.
-    """
+    Logs `diversity` = diversity(fake) / diversity(real): 1 means "as varied as the data". With
+    --classifier also `classes_covered` (classes with at least 0.5/K of the samples), `top_class_share`
+    and every class's share in class_shares.csv. Below --collapse-threshold it warns once per fall;
+    an untrained G draws near-identical images, so only once the figure rose above it or after `warmup` steps."""
 
     def __init__(self, args, real, out=None, warmup=500):
         self.threshold, self.out, self.warmup = args.collapse_threshold, out, warmup
@@ -1021,21 +851,19 @@ class CollapseMonitor:
         if args.classifier:
             if not os.path.isfile(args.classifier):
                 raise UserError(f'--classifier {args.classifier}: no such file')
+            # An exported program holds the classifier's graph and weights: no Python class needed. On a
+            # bad file torch logs a traceback of its own before raising: the one line below says it all.
+            export_log = logging.getLogger('torch.export')
+            level, export_log.level = export_log.level, logging.CRITICAL
             try:
-                # an exported program holds the classifier's graph and weights: no Python class needed.
-                # torch logs a traceback of its own before raising on a bad file: the line below says it all
-                export_log = logging.getLogger('torch.export')
-                level, export_log.level = export_log.level, logging.CRITICAL
-                try:
-                    program = torch.export.load(args.classifier)
-                finally:
-                    export_log.setLevel(level)
-                self.clf = program.module()
+                self.clf = torch.export.load(args.classifier).module()
                 with torch.no_grad():
                     k = self.clf(real[:2]).shape
             except Exception as e:
                 raise UserError(f'--classifier {args.classifier} is not an exported classifier (torch.export.save) '
                                 f'taking images {list(real.shape[1:])} in [-1, 1] ({type(e).__name__})') from None
+            finally:
+                export_log.setLevel(level)
             if len(k) != 2:
                 raise UserError(f'--classifier {args.classifier} must return logits [B, K]; it returned {list(k)}')
             self.k = k[1]
@@ -1060,9 +888,10 @@ class CollapseMonitor:
         self.armed = self.armed or logs['diversity'] >= self.threshold or step >= self.warmup
         if self.armed and logs['diversity'] < self.threshold and not self.warned:
             from tqdm import tqdm
-            tqdm.write(f'warning: step {step}: mode collapse? Samples from a fixed z batch are {logs["diversity"]:.2f}x '
-                       f'as varied as real images (below --collapse-threshold {self.threshold:g}): G is mapping '
-                       'different z to near-identical images. See "Troubleshooting" in the README.', file=sys.stderr)
+            tqdm.write(f'warning: step {step}: mode collapse? Samples from a fixed z batch are '
+                       f'{logs["diversity"]:.2f}x as varied as real images (below --collapse-threshold '
+                       f'{self.threshold:g}): G is mapping different z to near-identical images. See '
+                       '"Troubleshooting" in the README.', file=sys.stderr)
             self.warned = True
         elif logs['diversity'] >= self.threshold:
             self.warned = False                     # warn again if it falls again
@@ -1074,22 +903,16 @@ class CollapseMonitor:
 # ----------------------------------------------------------------------------------------------
 
 def atomic_save(obj, path):
-    """Write to a temp file, then rename: a kill mid-save never leaves a broken `path`. A write that
-    fails (a full disk, a file size limit) leaves `path` as it was and says so in one line."""
+    """Write to a temp file, then rename: a kill, or a write that fails (a full disk, a file size
+    limit), mid-save leaves `path` as it was."""
     tmp = f'{path}.tmp{os.getpid()}'
     try:
         torch.save(obj, tmp)
         os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:  # torch's zip writer raises RuntimeError on a short write
-        if isinstance(e, RuntimeError) and 'write' not in str(e) and 'pos' not in str(e):
+    except RuntimeError as e:  # torch's zip writer reports a short write as a RuntimeError: say which file
+        if 'write' not in str(e) and 'pos' not in str(e):
             raise
-        if isinstance(e, OSError) and e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO):
-            raise
-        kept = f'{path} is left as it was' if os.path.exists(path) else f'nothing was written to {path}'
-        why = getattr(e, 'strerror', None) or 'the write failed'
-        raise UserError(f'could not write {path} ({why}): is the disk full? Free space on the disk holding '
-                        f'{os.path.dirname(os.path.abspath(path))} (old runs/, the decode caches in --data-root) '
-                        f'or give --out on another disk; {kept}') from None
+        raise OSError(errno.ENOSPC, 'the write failed', str(path)) from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -1099,17 +922,14 @@ def remove_orphan_temp_files(folder):
     """Temp files of atomic_save left by a process killed mid-save (name.tmp<pid>, that pid gone)."""
     for f in glob.glob(os.path.join(glob.escape(folder), '*.tmp*')):
         m = re.search(r'\.tmp(\d+)$', f)
-        if not m or int(m.group(1)) == os.getpid():
-            continue
         try:
-            os.kill(int(m.group(1)), 0)
-            continue                                   # its writer still runs
+            if m and int(m.group(1)) != os.getpid():
+                os.kill(int(m.group(1)), 0)            # no error: its writer still runs
         except ProcessLookupError:
+            os.remove(f)
+            print(f'removed {f}, left by a save that was killed', file=sys.stderr)
+        except (PermissionError, OverflowError):       # another user's process, or no process id at all
             pass
-        except (PermissionError, OverflowError):
-            continue
-        os.remove(f)
-        print(f'removed {f}, left by a save that was killed', file=sys.stderr)
 
 
 def unwrap(m):
@@ -1120,10 +940,8 @@ def unwrap(m):
 
 
 class DDP(torch.nn.parallel.DistributedDataParallel):
-    """DistributedDataParallel that steps aside for a forward whose parameters take no gradient
-    (D in the G step, frozen with requires_grad_(False)): through DDP such a forward would make
-    every rank wait for D gradients that never come, and the next D step would fail. The model
-    files call D the same way in every step and need not know."""
+    """DistributedDataParallel that steps aside for a forward whose parameters take no gradient (D in
+    the G step): through DDP every rank would wait for D gradients that never come."""
 
     def forward(self, *args, **kwargs):
         if not any(p.requires_grad for p in self.module.parameters()):
@@ -1145,11 +963,6 @@ class Autocast(torch.nn.Module):
         return out.float() if torch.is_tensor(out) else type(out)(o.float() if torch.is_tensor(o) else o for o in out)
 
 
-def state_of(nets):
-    """{'G': module, 'opt_G': optimizer, ...} -> {'G': state_dict, ...}."""
-    return {k: unwrap(v).state_dict() for k, v in nets.items()}
-
-
 def rng_state():
     s = {'torch': torch.get_rng_state(), 'python': random.getstate()}
     if torch.cuda.is_available():
@@ -1165,7 +978,9 @@ def set_rng_state(s):
 
 
 def load_checkpoint(path, model):
-    """Load a checkpoint safely (tensors and plain containers only) and check it is `model`'s."""
+    """Load a checkpoint safely (tensors and plain containers only) and check that it is a whole one
+    of `model`'s. Weights that hold NaN or inf (saved after training diverged) would sample black
+    images and train on nothing: refused here, for --resume and every sampling mode alike."""
     if not os.path.isfile(path):
         raise UserError(f'checkpoint {path}: no such file')
     try:
@@ -1178,95 +993,84 @@ def load_checkpoint(path, model):
     if ckpt['model'] != model:
         raise UserError(f'checkpoint {path} is a {ckpt["model"]} checkpoint; use {ckpt["model"]}.py for it, '
                         f'or give a {model} checkpoint')
-    problem = _checkpoint_problem(ckpt)
-    if problem:
-        raise UserError(f'checkpoint {path} is damaged: {problem}')
-    return ckpt
-
-
-def _checkpoint_problem(ckpt):
-    """What is wrong with a checkpoint's structure (a hand-made or damaged file), or None. Weights
-    that hold NaN or inf (saved after training diverged) would sample black images and train on
-    nothing: refused here, for --resume and every sampling mode alike."""
-    step = ckpt.get('step')
+    damaged, step = f'checkpoint {path} is damaged: ', ckpt.get('step')
     if not isinstance(step, int) or isinstance(step, bool) or step < 0:
-        return f'its step is {step!r}, not a count >= 0'
-    for k, kind in (('args', dict), ('nets', dict), ('rng', dict)):
-        if not isinstance(ckpt.get(k), kind):
-            return f'it has no {k}' if k not in ckpt else f'its {k} is a {type(ckpt[k]).__name__}, not a {kind.__name__}'
+        raise UserError(f'{damaged}its step is {step!r}, not a count >= 0')
+    for k in ('args', 'nets', 'rng'):
+        if not isinstance(ckpt.get(k), dict):
+            raise UserError(damaged + (f'it has no {k}' if k not in ckpt else
+                                       f'its {k} is a {type(ckpt[k]).__name__}, not a dict'))
     for name, state in ckpt['nets'].items():
         if not isinstance(state, dict):
-            return f'its {name} is a {type(state).__name__}, not a state dict'
-        if 'param_groups' in state:                     # an optimizer: its moments may be anything finite or not
-            continue
-        for k, v in state.items():
+            raise UserError(f'{damaged}its {name} is a {type(state).__name__}, not a state dict')
+        for k, v in state.items():  # an optimizer's state is nested, and its moments may be anything
             if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all():
-                return (f'{name}.{k} holds NaN or inf (saved after training diverged?); '
-                        'use an earlier checkpoint')
-    return None
-
-
-def check_checkpoint_args(ckpt, args, path):
-    """The stored training flags must hold every flag this file defines, each of the type its parser
-    gives (a hand-edited 'res': 'abc' is refused here, not as a TypeError deep in the networks)."""
-    saved = ckpt['args']
-    missing = [k for k in vars(args) if k not in saved and k not in ('classes', 'channels')]
-    if missing:
-        raise UserError(f'checkpoint {path} lacks the training flags {", ".join(_flag(k) for k in missing[:5])}: '
-                        f'it was written by another version of {args.model}.py, or damaged')
-    for k, v in saved.items():
-        ours = getattr(args, k, None)
-        number = (int, float)
-        if ours is None or v is None or isinstance(v, type(ours)) or (
-                isinstance(ours, number) and isinstance(v, number) and not isinstance(v, bool)):
-            continue
-        raise UserError(f'checkpoint {path} is damaged: its {_flag(k)} is {v!r}, not a {type(ours).__name__}')
+                raise UserError(f'{damaged}{name}.{k} holds NaN or inf (saved after training diverged?); '
+                                'use an earlier checkpoint')
+    return ckpt
 
 
 def _flag(dest):
     return '--' + dest.replace('_', '-')
 
 
-# Flags that a resumed run may change: how long and how often, where, how fast, and the optimiser's
-# settings (lr and betas come from the flags on resume, see _load_optimizer). Everything else (the
-# data, the batch size, the architecture, the loss, the seed) changes what the checkpoint means, and
-# a change is refused unless --allow-changes says so. parse() adds the sampling, evaluation, speed
-# and diagnostics groups of each file.
+# Flags that a resumed run may change (with lr_*, and the sampling, evaluation, speed and diagnostics
+# groups, see parse): how long and how often, where, how fast, the optimiser's settings. Any other
+# change (data, batch size, architecture, loss, seed) changes what the checkpoint means: --allow-changes.
 RESUMABLE = {'data_root', 'max_memory_gb', 'workers', 'epochs', 'steps', 'minutes', 'device', 'out', 'resume',
              'sample_every', 'ckpt_every', 'allow_changes', 'sampling', 'betas', 'momentum', 'momentum_epochs',
              'lr_decay', 'lr_min', 'decay_epochs', 'adam_eps'}
 _resumable = set(RESUMABLE)
 
 
-def check_resume_changes(ckpt, args, path):
-    """Refuse a resume whose flags change the run's meaning, naming what differs."""
-    def same(k, a, b):
-        if k == 'data' and a and b:
-            return os.path.abspath(a) == os.path.abspath(b)
-        return a == b or (isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and list(a) == list(b))
-    changed = [k for k, v in ckpt['args'].items() if k in vars(args) and k not in _resumable
-               and not (k == 'lr' or k.startswith('lr_')) and not same(k, v, getattr(args, k))]
-    if changed and not getattr(args, 'allow_changes', False):
-        diff = ', '.join(f'{_flag(k)} {ckpt["args"][k]!r} -> {getattr(args, k)!r}' for k in changed[:4])
+def check_checkpoint_args(ckpt, args, path, resume=False):
+    """The stored training flags must hold every flag this file defines, each of the type its parser
+    gives (a hand-edited 'res': 'abc' is refused here, not as a TypeError deep in the networks). On
+    --resume, no flag that changes the run's meaning may differ either, unless --allow-changes."""
+    saved = ckpt['args']
+    missing = [k for k in vars(args) if k not in saved and k not in ('classes', 'channels')]
+    if missing:
+        raise UserError(f'checkpoint {path} lacks the training flags {", ".join(map(_flag, missing[:5]))}: '
+                        f'it was written by another version of {args.model}.py, or damaged')
+    for k, v in saved.items():
+        ours, number = getattr(args, k, None), (int, float)
+        if ours is None or v is None or isinstance(v, type(ours)) or (
+                isinstance(ours, number) and isinstance(v, number) and not isinstance(v, bool)):
+            continue
+        raise UserError(f'checkpoint {path} is damaged: its {_flag(k)} is {v!r}, not a {type(ours).__name__}')
+    if not resume or getattr(args, 'allow_changes', False):
+        return
+
+    def norm(k, v):  # a --data folder as an absolute path, a tuple as a list
+        return os.path.abspath(v) if k == 'data' and v else list(v) if isinstance(v, tuple) else v
+    changed = [k for k, v in saved.items() if k in vars(args) and k not in _resumable
+               and not (k == 'lr' or k.startswith('lr_')) and norm(k, v) != norm(k, getattr(args, k))]
+    if changed:
+        diff = ', '.join(f'{_flag(k)} {saved[k]!r} -> {getattr(args, k)!r}' for k in changed[:4])
         raise UserError(f'--resume {path}: these flags differ from the run it continues: {diff}. Give its flags '
                         '(config.json beside it), or --allow-changes to continue with the new ones')
 
 
 def load_nets(nets, ckpt, path='the checkpoint'):
-    """Load every network and optimizer of a run from its checkpoint. A checkpoint of the same model
-    trained with other shape flags (sizes, --optim, a trick that adds a layer) does not fit: say
-    so in one line rather than with load_state_dict's traceback, or, for an optimizer of another
-    kind, with a KeyError at its first step."""
+    """Load every network and optimizer of a run, or say in one line that the checkpoint was trained with
+    other shape flags. An optimizer takes its moments and step counts from the checkpoint, but lr, betas
+    and the like from this run's flags, so that e.g. a lower --lr on resume takes effect."""
     for k, v in nets.items():
-        v, saved = unwrap(v), ckpt['nets'].get(k)
+        v, saved, problem = unwrap(v), ckpt['nets'].get(k), None
         if saved is None:
             problem = f'it has no {k}'
         elif isinstance(v, torch.optim.Optimizer):
-            problem = _load_optimizer(v, saved, k)
+            groups = [[(sorted(g), len(g['params'])) for g in s['param_groups']] for s in (v.state_dict(), saved)]
+            if groups[0] != groups[1]:
+                problem = f'its {k} is another optimizer or has other parameter groups'
+            else:
+                flags = [{n: x for n, x in g.items() if n != 'params'} for g in v.param_groups]
+                v.load_state_dict(saved)
+                for g, f in zip(v.param_groups, flags):
+                    g.update(f)
         else:
             try:
                 v.load_state_dict(saved)
-                problem = None
             except (RuntimeError, KeyError, ValueError) as e:
                 problem = f'its {k} has other shapes ({str(e).strip().splitlines()[-1].strip()[:200]})'
         if problem:
@@ -1274,26 +1078,10 @@ def load_nets(nets, ckpt, path='the checkpoint'):
                             f'with (its args are stored in it and in config.json beside it)')
 
 
-def _load_optimizer(opt, saved, name):
-    """Adam's moments and step counts come from the checkpoint, but lr, betas and the like from this
-    run's flags, so that e.g. a lower --lr on resume takes effect. -> None, or what does not fit."""
-    ours, theirs = opt.state_dict()['param_groups'], saved['param_groups']
-    if [(sorted(g), len(g['params'])) for g in ours] != [(sorted(g), len(g['params'])) for g in theirs]:
-        return f'its {name} is another optimizer or has other parameter groups'
-    flags = [{n: x for n, x in g.items() if n != 'params'} for g in opt.param_groups]
-    opt.load_state_dict(saved)
-    for g, f in zip(opt.param_groups, flags):
-        g.update(f)
-    return None
-
-
 def args_from_checkpoint(ckpt, args):
-    """The training args stored in a checkpoint, for rebuilding the networks at sampling time.
-
-    Every sampling mode begins here, so this is also where sampling is made repeatable: the global
-    RNGs are seeded from --seed (a sampling path that draws from them, e.g. StyleGAN's per-layer
-    noise, writes the same images for the same --ckpt and --seed), and --generate N is refused
-    before allocating if N images cannot fit. (--class exists only in the conditional files.)"""
+    """The training args stored in a checkpoint, for rebuilding the networks at sampling time. Every
+    sampling mode begins here: the global RNGs are seeded from --seed (the same --ckpt and --seed give
+    the same images, StyleGAN's noise too), and a --generate N that cannot fit is refused."""
     check_checkpoint_args(ckpt, args, getattr(args, 'ckpt', None) or 'the checkpoint')
     targs = argparse.Namespace(**{**ckpt['args'], 'device': args.device})
     if getattr(args, 'seed', None) is not None:
@@ -1308,72 +1096,60 @@ def args_from_checkpoint(ckpt, args):
 def check_class(cls, ckpt_args, flag='--class'):
     """A class index given by `flag` must name one of the classes the checkpoint was trained on."""
     classes = ckpt_args.classes
-    if cls is None:
-        return
-    if not classes:
+    if cls is not None and not classes:
         raise UserError(f'{flag} needs a class-conditional checkpoint')
-    if not 0 <= cls < len(classes):
+    if cls is not None and not 0 <= cls < len(classes):
         raise UserError(f'{flag} {cls} is out of range: this checkpoint has {len(classes)} classes '
                         f'(0..{len(classes) - 1})')
 
 
-def check_training_flags(args):
-    """Sampling flags do not apply to training: refuse them rather than ignore them."""
-    if getattr(args, 'cls', None) is not None:
-        raise UserError('--class picks the class of generated samples: it needs --generate N --ckpt PATH '
-                        '(training always covers every class)')
-    if getattr(args, 'ckpt', None):
-        raise UserError('--ckpt is read only by the sampling modes (--generate N ...); '
-                        'to continue training from a checkpoint use --resume PATH')
-    if args.out and os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise UserError(f'--out {args.out} is a file; give a folder')
-
-
 # ----------------------------------------------------------------------------------------------
-# Run: one training run's outputs. runs/<model>/{config.json, samples/, losses.csv, losses.png, last.pt}
+# Run: one training run, runs/<model>/{config.json, samples/, progress.gif, losses.csv, losses.png, last.pt}
 # ----------------------------------------------------------------------------------------------
 
 class Run:
     def __init__(self, args):
-        if _active_run is not None:   # runs in one process follow each other: the one before has ended
-            _active_run._unlock()
-        self.args = args
-        check_training_flags(args)
-        self.device = get_device(args.device)
-        init_distributed(self.device)
-        # Numerics set for every run, said in the README (Speed): TF32 and cuDNN autotuning on CUDA,
-        # denormals flushed on the CPU. Neither changes what a GAN learns; both change the last bits.
+        if _active_run is not None and _active_run._lock:  # runs in one process follow each other
+            _active_run._lock.close()
+        # sampling flags do not apply to training: refused rather than ignored
+        if getattr(args, 'cls', None) is not None:
+            raise UserError('--class picks the class of generated samples: it needs --generate N --ckpt PATH '
+                            '(training always covers every class)')
+        if getattr(args, 'ckpt', None):
+            raise UserError('--ckpt is read only by the sampling modes (--generate N ...); '
+                            'to continue training from a checkpoint use --resume PATH')
+        if args.out and os.path.exists(args.out) and not os.path.isdir(args.out):
+            raise UserError(f'--out {args.out} is a file; give a folder')
+        self.args, self.out, self.device = args, args.out, get_device(args.device)
+        if int(os.environ.get('WORLD_SIZE', 1)) > 1 and not torch.distributed.is_initialized():  # under torchrun
+            if self.device.type == 'cuda':
+                torch.cuda.set_device(self.device)
+            torch.distributed.init_process_group('nccl' if self.device.type == 'cuda' else 'gloo')
+            # a process group still alive at exit can abort a rank in C++ after its work is done
+            atexit.register(torch.distributed.destroy_process_group)
+        # Numerics said in the README (Speed): they change the last bits, not what a GAN learns
         if self.device.type == 'cuda':
             torch.backends.cuda.matmul.allow_tf32 = True   # TF32 matmuls/convs: ~free speed on Ampere+
             torch.backends.cudnn.allow_tf32 = True
             torch.backends.cudnn.benchmark = True          # fixed shapes: let cuDNN pick the fastest kernels
         if self.device.type == 'cpu':
-            # Denormal floats (tiny weights and grads late in training) run ~100x slower on x86 CPUs.
-            torch.set_flush_denormal(True)
+            torch.set_flush_denormal(True)                 # denormals (tiny late weights) are ~100x slower on x86
         self.rank, self.world = dist_info()
         self.main = self.rank == 0
-        # Every rank starts from the same weights; each rank still draws its own z (see below).
-        seed_everything(args.seed)
-        self.step_num, self.epoch = 0, 0
-        self.out = args.out
-        self._t0 = time.time()
-        self._csv, self.fid = None, None
-        self._deadline = None                              # --minutes: set when the first step begins
-        self._last_ckpt = None                             # (path, step) of the newest whole checkpoint
-        self._stop = False                                 # Ctrl-C / SIGTERM: save after the step in progress, then stop
-        self._signal = None                                # which of the two came
-        self._handlers = {}                                # the handlers to put back
-        self._lock = None                                  # the open lock file of --out
+        seed_everything(args.seed)    # every rank starts from the same weights; each draws its own z (start)
+        self.step_num, self.epoch, self._t0 = 0, 0, time.time()
+        self.bar, self.fid, self._csv, self._lock = None, None, None, None
+        self._deadline = None         # --minutes: set when the first step begins
+        self._last_ckpt = None        # (path, step) of the newest whole checkpoint
+        self._stop, self._signal, self._handlers = False, None, {}   # Ctrl-C / SIGTERM, see _on_signal
 
-    # -- start: resume if asked, write config and the real grid, open the logs
     def start(self, nets, data, batches_per_step=1):
-        """batches_per_step: real batches one step consumes (k D steps that each see fresh data)."""
-        args = self.args
-        self.k = batches_per_step
+        """Resume if asked; then on rank 0 hold --out, write config.json and the real grid, open the
+        logs. batches_per_step: real batches one step consumes (k D steps that each see fresh data)."""
+        args, self.k = self.args, batches_per_step
         if args.resume:
             ckpt = load_checkpoint(args.resume, args.model)
-            check_checkpoint_args(ckpt, args, args.resume)
-            check_resume_changes(ckpt, args, args.resume)
+            check_checkpoint_args(ckpt, args, args.resume, resume=True)
             load_nets(nets, ckpt, args.resume)
             self.step_num = ckpt['step']
             try:
@@ -1389,16 +1165,20 @@ class Run:
                 and data.images.numel() < 0.5 * torch.cuda.mem_get_info(self.device)[0]):
             data.images = data.images.to(self.device)
             data.labels = data.labels.to(self.device) if data.labels is not None else None
-        self.data = data
         self.per_epoch = batches_per_epoch(len(data), args.batch_size * self.k, self.world)
-        self.total = self.per_epoch * args.epochs
-        if args.steps:
-            self.total = min(self.total, args.steps)
-        if self.main:
-            self._check_memory(nets)
+        self.total = min(self.per_epoch * args.epochs, args.steps or math.inf)
+        if self.main:  # a lower bound, refused before the first step: each network's weights, gradients and
+            # two Adam moments, and a batch of real and fake images with their gradients, in float32
+            params = sum(p.numel() for v in nets.values() if isinstance(unwrap(v), torch.nn.Module)
+                         for p in unwrap(v).parameters())
+            batch = args.batch_size * self.k * (args.channels or 3) * args.res ** 2
+            check_memory(16 * (params + batch), f'training at --batch-size {args.batch_size} and --res {args.res} '
+                         f'({params / 1e6:.3g}M parameters)', self.device)
         global _active_run
         _active_run = self
-        self._catch_interrupt()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):          # not the main thread: keep Python's own
+                self._handlers[sig] = signal.signal(sig, self._on_signal)
         if not self.main:
             return
         os.makedirs(os.path.join(self.out, 'samples'), exist_ok=True)
@@ -1416,10 +1196,9 @@ class Run:
                         mininterval=0.5 if sys.stderr.isatty() else 30)  # a log file gets a line every 30 s
 
     def set_length(self, steps):
-        """Plan the run to end after `steps` steps in all (never past --steps), for a model whose
-        own schedule, not epochs of fixed batches, decides how long training is (ProGAN's growing).
-        Call it after start(); the progress bar follows."""
-        self.total = min(steps, self.args.steps) if self.args.steps else steps
+        """After start(): end after `steps` steps in all (never past --steps), for a model whose own
+        schedule, not epochs of fixed batches, decides how long training is (ProGAN's growing)."""
+        self.total = min(steps, self.args.steps or math.inf)
         if self.main:
             self.bar.total = self.total
             self.bar.refresh()
@@ -1440,36 +1219,21 @@ class Run:
             print(f'warning: {e}\nTraining goes on without FID.', file=sys.stderr)
             return None
 
-    def _check_memory(self, nets):
-        """A lower bound on what training needs, refused before the first step if it cannot fit:
-        each network's weights, gradients and two Adam moments, and a batch of real and fake images
-        with their gradients, in float32."""
-        params = sum(p.numel() for k, v in nets.items() if isinstance(unwrap(v), torch.nn.Module)
-                     for p in unwrap(v).parameters())
-        a = self.args
-        batch = a.batch_size * self.k * (a.channels or 3) * a.res ** 2
-        check_memory(4 * (4 * params + 4 * batch), f'training at --batch-size {a.batch_size} and --res {a.res} '
-                     f'({params / 1e6:.3g}M parameters)', self.device)
+    def _on_signal(self, signum, frame):
+        """The first Ctrl-C or SIGTERM (what schedulers send before SIGKILL) lets the step in progress, or
+        a save, finish; step() then saves and stops. A second one stops at once (atomic_save keeps the
+        checkpoint before whole)."""
+        if self._stop:
+            raise KeyboardInterrupt
+        self._stop, self._signal = True, signum
+        what = 'Ctrl-C' if signum == signal.SIGINT else 'SIGTERM'
+        print(f'\n{what}: finishing step {self.step_num + 1}, saving it, then stopping '
+              f'({what} again to stop at once)', file=sys.stderr)
 
-    def _catch_interrupt(self):
-        """The first Ctrl-C, or SIGTERM (what Slurm, Kubernetes and most schedulers send some
-        seconds before SIGKILL), lets the step in progress finish, saves it, and stops (see step()).
-        A signal during a save lets the save finish: the finished step is never lost. A second
-        signal stops at once, and the checkpoint before stays whole (atomic_save)."""
-        def on_signal(signum, frame):
-            if self._stop:
-                raise KeyboardInterrupt
-            self._stop, self._signal = True, signum
-            what = 'Ctrl-C' if signum == signal.SIGINT else 'SIGTERM'
-            print(f'\n{what}: finishing step {self.step_num + 1}, saving it, then stopping '
-                  f'({what} again to stop at once)', file=sys.stderr)
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._handlers[sig] = signal.signal(sig, on_signal)
-            except ValueError:                             # not the main thread: keep Python's own
-                pass
-
-    def _release_interrupt(self):
+    def _close(self):
+        """Close the progress bar and give Ctrl-C back: the run is over, however it ended."""
+        if self.bar is not None:
+            self.bar.close()
         for sig, handler in self._handlers.items():
             signal.signal(sig, handler)
         self._handlers = {}
@@ -1479,8 +1243,7 @@ class Run:
         log rows and checkpoints with ours. flock is released by the kernel when the process ends,
         however it ends, so a killed run never leaves the folder locked."""
         import fcntl
-        path = os.path.join(self.out, '.lock')
-        f = open(path, 'a+')
+        f = open(os.path.join(self.out, '.lock'), 'a+')
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -1489,48 +1252,32 @@ class Run:
             f.close()
             raise UserError(f'--out {self.out} is in use by another run ({holder}); wait for it to end, '
                             'or give another --out') from None
-        f.seek(0)
-        f.truncate()
+        f.truncate(0)
         f.write(f'pid {os.getpid()} on {os.uname().nodename}')
         f.flush()
         self._lock = f
-
-    def _unlock(self):
-        if self._lock is not None:
-            self._lock.close()
-            self._lock = None
 
     def _open_log(self):
         """losses.csv. On resume it keeps exactly the rows up to the checkpoint's step: rows a killed
         run logged after its last checkpoint are dropped (the resumed run logs those steps again),
         and a log that is missing, empty or cut off mid-row is fine."""
         path = os.path.join(self.out, 'losses.csv')
-        rows = []
-        if self.args.resume and os.path.exists(path):  # keep what came before the resumed step
+        header, rows = [], []
+        if self.args.resume and os.path.exists(path):
             with open(path, newline='') as f:
-                rows = [r for r in csv.reader(f)]
-            header = rows[0] if rows else []
-            if header[:3] == ['step', 'epoch', 'time']:
-                rows = [r for r in rows[1:] if len(r) == len(header) and r[0].isdigit() and int(r[0]) <= self.step_num]
-                self._keys = header[3:]
-            else:
-                rows = []
+                header, *rows = list(csv.reader(f)) or [[]]
+        rows = [r for r in rows if header[:3] == ['step', 'epoch', 'time'] and len(r) == len(header)
+                and r[0].isdigit() and int(r[0]) <= self.step_num]
+        self._keys = header[3:] if rows else None
         self._csv = open(path, 'w', newline='')
         self._writer = csv.writer(self._csv)
-        if rows:
-            self._writer.writerow(['step', 'epoch', 'time'] + self._keys)
-            self._writer.writerows(rows)
-        else:
-            self._keys = None
+        if self._keys is not None:
+            self._writer.writerows([header] + rows)
 
     def wrap(self, module, find_unused_parameters=False):
-        """The network as training calls it: channels_last, --compile, --amp, and
-        DistributedDataParallel under torchrun (gradients averaged across ranks). Checkpoints
-        always hold the bare network's weights (see unwrap), so they load anywhere.
-        find_unused_parameters: for networks where some layers sit out a step (ProGAN's growing).
-
-        channels_last on the CPU too: oneDNN's convolutions are faster in that layout, in fp32 and
-        bf16 (12% to 59% more steps a minute, docs/throughput.md). Only the memory layout changes."""
+        """The network as training calls it: channels_last (on the CPU too: oneDNN is 12% to 59% faster,
+        docs/throughput.md), --compile, --amp, DDP under torchrun. Checkpoints hold the bare network.
+        find_unused_parameters: for networks where some layers sit out a step (ProGAN's growing)."""
         module = module.to(memory_format=torch.channels_last)
         if self.args.compile:
             module = torch.compile(module)
@@ -1541,13 +1288,13 @@ class Run:
             module = DDP(module, device_ids=ids, broadcast_buffers=False, find_unused_parameters=find_unused_parameters)
         return module
 
-    # -- batches: epochs of shuffled batches, from the resumed position, up to the step cap.
-    #    Each is [batch_size * batches_per_step, C, H, W]; a step with k D updates splits it in k.
     def batches(self, data):
-        args = self.args
+        """Epochs of shuffled batches, from the resumed position, up to the step cap. Each is
+        [batch_size * batches_per_step, C, H, W]; a step with k D updates splits it in k."""
         while not self.done():
             self.epoch, start = divmod(self.step_num, self.per_epoch)
-            for x, y in epoch_batches(data, args.batch_size * self.k, self.epoch, args.seed, self.device, start=start):
+            for x, y in epoch_batches(data, self.args.batch_size * self.k, self.epoch, self.args.seed, self.device,
+                                      start=start):
                 yield x, y
                 if self.done():
                     return
@@ -1570,9 +1317,9 @@ class Run:
             late = bool(flag.item())
         return late
 
-    # -- step: count, log, draw the sample grid, write the checkpoint
     def step(self, logs, nets, sample_fn=None, eval_fn=None, epoch=None):
-        """logs: {name: number}; sample_fn() -> the fixed-noise grid; eval_fn(n) -> n fresh samples in [-1, 1];
+        """Count, log, draw the sample grid, write the checkpoint. logs: {name: number};
+        sample_fn() -> the fixed-noise grid; eval_fn(n) -> n fresh samples in [-1, 1];
         epoch: passes over the data so far, for a loop that draws its own batches (else batches() counts)."""
         self.step_num += 1
         if epoch is not None:
@@ -1585,8 +1332,7 @@ class Run:
         if self.fid is not None and eval_fn is not None and self.step_num % self.args.eval_every == 0:
             n = self.args.eval_n
             b = self.args.batch_size   # chunks of a training batch: a device that trains at B can sample B
-            fakes = torch.cat([eval_fn(min(b, n - i)).cpu() for i in range(0, n, b)])
-            logs['fid'] = self.fid(fakes)
+            logs['fid'] = self.fid(torch.cat([eval_fn(min(b, n - i)).cpu() for i in range(0, n, b)]))
             self.bar.write(f'step {self.step_num}: FID {logs["fid"]:.2f} ({n} samples vs {n} training images)')
         if self._keys is None:
             self._keys = list(logs) + (['fid'] if self.fid is not None and 'fid' not in logs else [])
@@ -1606,24 +1352,17 @@ class Run:
             self.sample(sample_fn)
         if self.step_num % self.args.ckpt_every == 0:
             self.save(nets)
-        if self._stop:
-            self._interrupted(nets)
-
-    def _interrupted(self, nets):
-        """Ctrl-C came during the step that just finished: save it and stop."""
-        self._release_interrupt()
-        self.bar.close()
-        if not self._last_ckpt or self._last_ckpt[1] != self.step_num:
-            self.save(nets)
-        self._csv.close()
-        path = self._last_ckpt[0]
-        raise KeyboardInterrupt(f'{path} holds step {self.step_num}; continue with --resume {path}')
+        if self._stop:  # Ctrl-C came during the step that just finished: save it and stop (cli says where)
+            self._close()
+            if not self._last_ckpt or self._last_ckpt[1] != self.step_num:
+                self.save(nets)
+            self._csv.close()
+            raise KeyboardInterrupt
 
     def diverged(self, bad, logs):
         """A loss became NaN or infinite: every later step would only carry it on, and a checkpoint
         written now would hold broken weights. Stop with what to do instead of training on."""
-        self._release_interrupt()
-        self.bar.close()
+        self._close()
         self._csv.flush()
         plot_losses(os.path.join(self.out, 'losses.csv'), os.path.join(self.out, 'losses.png'))
         kept = f' ({self._last_ckpt[0]} holds step {self._last_ckpt[1]})' if self._last_ckpt else ''
@@ -1648,32 +1387,29 @@ class Run:
     def save(self, nets, name='last.pt', extra=None):
         if not self.main:
             return
-        ckpt = {'model': self.args.model, 'step': self.step_num, 'epoch': self.epoch,
-                'args': {k: v for k, v in vars(self.args).items()},
-                'nets': state_of(nets), 'rng': rng_state(), **(extra or {})}
         if self._csv is not None and not self._csv.closed:  # the log holds at least every step the checkpoint does
             self._csv.flush()
-        atomic_save(ckpt, os.path.join(self.out, name))
+        atomic_save({'model': self.args.model, 'step': self.step_num, 'epoch': self.epoch, 'args': vars(self.args),
+                     'nets': {k: unwrap(v).state_dict() for k, v in nets.items()}, 'rng': rng_state(), **(extra or {})},
+                    os.path.join(self.out, name))
         if name == 'last.pt':
             self._last_ckpt = (os.path.join(self.out, name), self.step_num)
 
     def finish(self, nets, sample_fn=None):
         global _active_run
-        if not self.main:
-            self._release_interrupt()
-            _active_run = None
-            return
-        self.bar.close()
         # The checkpoint first, with the Ctrl-C handler still in place: an interrupt while the last
         # pictures are drawn then stops with the final step saved (and cli says so).
         self.save(nets)
-        self._release_interrupt()
-        if sample_fn is not None and self.step_num % self.args.sample_every != 0:
-            self.sample(sample_fn)
-        plot_losses(os.path.join(self.out, 'losses.csv'), os.path.join(self.out, 'losses.png'))
-        self._csv.close()
-        self._unlock()
+        self._close()
+        if self.main:
+            if sample_fn is not None and self.step_num % self.args.sample_every != 0:
+                self.sample(sample_fn)
+            plot_losses(os.path.join(self.out, 'losses.csv'), os.path.join(self.out, 'losses.png'))
+            self._csv.close()
+            self._lock.close()
+            import resource
+            peak = (torch.cuda.max_memory_allocated(self.device) if self.device.type == 'cuda'
+                    else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2 ** 30  # Linux: KiB
+            print(f'done: {self.step_num} steps in {(time.time() - self._t0) / 60:.1f} min, peak memory {peak:.2f} GB. '
+                  f'Samples in {self.out}/samples/, losses in {self.out}/losses.png, checkpoint {self.out}/last.pt')
         _active_run = None
-        mins = (time.time() - self._t0) / 60
-        print(f'done: {self.step_num} steps in {mins:.1f} min, peak memory {peak_memory_gb(self.device):.2f} GB. '
-              f'Samples in {self.out}/samples/, losses in {self.out}/losses.png, checkpoint {self.out}/last.pt')

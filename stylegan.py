@@ -18,6 +18,20 @@ of two images at sampling time. Sampling pulls w towards the average w_avg (trun
 StyleGAN2 also brings the skip-connection generator (the image is the sum of upsampled toRGB
 outputs), a residual discriminator, lazy R1 regularisation and path-length regularisation (Sec. 3).
 
+Two additions of the authors' StyleGAN2-ADA, Training Generative Adversarial Networks with Limited
+Data (Karras et al. 2020b, https://arxiv.org/abs/2006.06676), and its code:
+    --augment ada: adaptive discriminator augmentation. Every image D sees, real or fake, in D's and
+      G's steps and in R1, goes through a pipeline of 12 transforms ('bgc': flips, rotations,
+      translations, scalings, colour), each applied with probability p (Sec. 2). D then cannot
+      overfit a small dataset as easily, and below p = 0.8 or so the augmentations do not "leak"
+      into G's images in practice. p starts at 0 and follows the overfitting heuristic
+      r_t = E[sign(D(real))]: every 4 D steps it moves up if r_t > 0.6, down otherwise, by the
+      images of those 4 steps / 500k (Sec. 3).
+    --cond: class-conditional StyleGAN2 as the ADA code builds it. The one-hot label c is embedded
+      and joined to z in the mapping network; D's logit is the projection (Miyato & Koyama 2018)
+      of its features onto a mapped label vector. Truncation pulls every class towards the one
+      w_avg, as the official code does.
+
 Usage:
     python stylegan.py --dataset shapes --res 32 --fmap-base 512 --fmap-max 64 --z-dim 64 --w-dim 64 --steps 300
     python stylegan.py --res 256 --epochs 50                         # config F widths on the built-in shapes (offline)
@@ -25,8 +39,13 @@ Usage:
     python stylegan.py --res 256 --epochs 50 --data DIR              # a folder of your own images
     python stylegan.py --style adain --data DIR                      # the 2019 AdaIN generator
     python stylegan.py --augment diffaug --data SMALL_DIR            # small datasets (Zhao et al. 2020)
+    python stylegan.py --res 256 --epochs 50 --augment ada           # ADA: p adapts to D's overfitting
+    python stylegan.py --augment ada --augment-p 0.3 --data SMALL_DIR   # the same pipeline at a fixed p
+    python stylegan.py --res 256 --epochs 50 --cond                  # conditional on the shapes' 6 classes
+    python stylegan.py --cond --augment ada --data DIR               # one subfolder per class, with ADA
     python stylegan.py --d-steps 2                                   # 2 D steps per G step (the papers: 1)
     python stylegan.py --generate 64 --psi 0.7 --ckpt runs/stylegan/last.pt
+    python stylegan.py --generate 60 --class 2 --ckpt PATH/last.pt   # class 2 of a --cond checkpoint
     python stylegan.py --style-mix --ckpt runs/stylegan/last.pt      # coarse, middle and fine mixing grids
     python stylegan.py --interpolate --ckpt runs/stylegan/last.pt    # walks in W, 8 rows of --interp-steps 8
     python stylegan.py --truncation-sweep --ckpt runs/stylegan/last.pt
@@ -45,6 +64,18 @@ Deviations from the papers:
     - z ~ N(0, I) is drawn per step; no "minibatch repeats".
     - The learning-rate rise of StyleGAN at high resolutions and the batch-size schedule are not
       implemented: one lr, one batch size (StyleGAN2 config F: lr 0.002, batch 32).
+    - ADA's geometric transforms run as one bilinear resampling of the image at its own resolution,
+      reflected at the border. The official pipeline pads by reflection, upsamples 2x with a
+      wavelet (sym6) low-pass filter, resamples, and filters back down, which suppresses the
+      aliasing that rotations and scalings cause; here an image rotated or scaled is a little
+      blurrier and a little aliased. The parameters, their order and their probabilities are the
+      official 'bgc' ones. The official pipeline also has image-space filtering, noise and cutout;
+      'bgc', the paper's default, does not use them, and neither does this file.
+    - ADA: p is clipped to [0, 1] (the official code clips it at 0 only; above 1 every transform
+      is applied anyway, so only the way back down differs). r_t counts the real logits of D's
+      main steps; the official code also counts those of its separate R1 passes.
+    - --cond draws the fakes' classes from the classes of the step's real batch, that is from the
+      data's class frequencies; the official code draws them from random training images.
 """
 import copy
 import math
@@ -69,7 +100,8 @@ def get_args(argv=None):
     # The default data is the built-in shapes, which exist offline at every --res: torchvision no longer
     # downloads LFW, the faces this default once was. Photos: --dataset flowers102 (larger than 256 px,
     # still downloaded on first use) or --data DIR.
-    p = common.base_parser(__doc__, model='stylegan', dataset='shapes', res=256, batch_size=32, epochs=50)
+    p = common.base_parser(__doc__, model='stylegan', dataset='shapes', res=256, batch_size=32, epochs=50,
+                           conditional=True)
     g = p.add_argument_group('StyleGAN / StyleGAN2 (Karras et al. 2019, 2020)')
     g.add_argument('--style', default='demod', choices=['demod', 'adain'],
                    help='demod: StyleGAN2 weight (de)modulation (default); adain: StyleGAN AdaIN')
@@ -95,8 +127,18 @@ def get_args(argv=None):
     g.add_argument('--ema-kimg', type=common.positive_float, default=10.0, help='G EMA half-life, in thousand images')
     g.add_argument('--d-steps', type=common.positive_int, default=1, metavar='K',
                    help='D steps per G step, each on a fresh real batch (both papers: 1)')
-    g.add_argument('--augment', default='none', choices=['none', 'diffaug'],
-                   help='diffaug: colour, translation and cutout on every image D sees (Zhao et al. 2020)')
+    g.add_argument('--augment', default='none', choices=['none', 'diffaug', 'ada'],
+                   help='diffaug: colour, translation and cutout on every image D sees (Zhao et al. 2020); '
+                        'ada: the StyleGAN2-ADA pipeline, applied with a probability p that adapts (Karras et al. 2020b)')
+    g.add_argument('--augment-p', type=common.probability, metavar='P',
+                   help='with --augment ada: hold p at P instead of adapting it (the official --aug fixed)')
+    g.add_argument('--ada-target', type=common.probability, metavar='T',
+                   help='with --augment ada: the r_t = E[sign(D(real))] that p steers towards (default 0.6)')
+    g.add_argument('--ada-kimg', type=common.positive_float, metavar='K',
+                   help='with --augment ada: thousands of images for p to move by 1 (default 500)')
+    g.add_argument('--cond', action='store_true',
+                   help='class-conditional G and projection D on the labels of the data (class subfolders or a '
+                        'labelled dataset); off by default, as StyleGAN2 is unconditional')
     g = p.add_argument_group('StyleGAN sampling (all read --ckpt and write PNGs to --out)')
     g.add_argument('--psi', type=common.finite_float, default=0.7,
                    help='truncation psi for --generate/--style-mix/--interpolate')
@@ -115,6 +157,15 @@ def get_args(argv=None):
     # a partial group into the statistic (a known bug), so refuse it.
     if args.batch_size % min(args.mbstd_group, args.batch_size):
         raise common.UserError(f'--batch-size {args.batch_size} must be a multiple of --mbstd-group {args.mbstd_group}')
+    given = [f for f in ('augment_p', 'ada_target', 'ada_kimg') if getattr(args, f) is not None]
+    if given and args.augment != 'ada':
+        raise common.UserError(f'--{given[0].replace("_", "-")} goes with --augment ada')
+    if args.augment_p is not None and args.ada_target is not None:
+        raise common.UserError('--augment-p holds p fixed and --ada-target adapts it: give one of the two')
+    if args.augment == 'ada':     # the official defaults: adaptive from p = 0, target 0.6, 500 kimg per unit of p
+        if args.augment_p is None and args.ada_target is None:
+            args.ada_target = 0.6
+        args.ada_kimg = 500.0 if args.ada_kimg is None else args.ada_kimg
     return args
 
 
@@ -194,15 +245,25 @@ def blur_down(x):
 
 
 class MappingNetwork(nn.Module):
-    """f: z [B, z_dim] -> w [B, w_dim]. PixelNorm, then `layers` FC layers with LeakyReLU (Sec. 2)."""
+    """f: z [B, z_dim] -> w [B, w_dim]. PixelNorm, then `layers` FC layers with LeakyReLU (Sec. 2).
 
-    def __init__(self, z_dim, w_dim, layers, lrmul):
+    With c_dim classes (--cond, as the ADA code builds it) the label c [B] enters too: its one-hot
+    vector goes through a linear embedding to w_dim features, which are normalised to unit second
+    moment like z and joined to it, so the first layer takes [B, z_dim + w_dim]. z and the label
+    carry equal weight whatever their sizes. z_dim = 0 maps the label alone (D's label mapping)."""
+
+    def __init__(self, z_dim, w_dim, layers, lrmul, c_dim=0):
         super().__init__()
-        dims = [z_dim] + [w_dim] * layers
+        self.c_dim = c_dim
+        self.embed = EqualizedLinear(c_dim, w_dim) if c_dim else None      # lr multiplier 1, no activation
+        dims = [z_dim + (w_dim if c_dim else 0)] + [w_dim] * layers
         self.fcs = nn.Sequential(*[EqualizedLinear(a, b, lrmul=lrmul, act=True) for a, b in zip(dims, dims[1:])])
 
-    def forward(self, z):
-        return self.fcs(pixel_norm(z))
+    def forward(self, z, c=None):
+        x = [] if z is None else [pixel_norm(z)]
+        if self.c_dim:
+            x.append(pixel_norm(self.embed(F.one_hot(c, self.c_dim).float())))        # [B, w_dim]
+        return self.fcs(torch.cat(x, 1))
 
 
 def modulated_conv2d(x, weight, styles, demodulate=True, padding=1):
@@ -362,29 +423,37 @@ def style_mix(ws1, ws2, k):
     return torch.where(layer < k, ws1, ws2)
 
 
+def num_classes(args):
+    """The label dimension c_dim: the data's classes with --cond, else 0 (unconditional)."""
+    return len(args.classes) if getattr(args, 'cond', False) else 0
+
+
 class Generator(nn.Module):
-    """z [B, z_dim] -> image [B, C, res, res]: mapping f, then synthesis g. Keeps w_avg as a buffer."""
+    """(z [B, z_dim], c [B] or None) -> image [B, C, res, res]: mapping f, then synthesis g. Keeps
+    w_avg as a buffer: one for all classes, as in the ADA code, so truncation pulls every class
+    towards the same average w."""
 
     def __init__(self, args):
         super().__init__()
-        self.z_dim, self.w_avg_beta = args.z_dim, args.w_avg_beta
-        self.mapping = MappingNetwork(args.z_dim, args.w_dim, args.mapping_layers, args.mapping_lrmul)
+        self.z_dim, self.w_avg_beta, self.c_dim = args.z_dim, args.w_avg_beta, num_classes(args)
+        self.mapping = MappingNetwork(args.z_dim, args.w_dim, args.mapping_layers, args.mapping_lrmul, self.c_dim)
         self.synthesis = Synthesis(args.res, args.channels, args.w_dim, args.style, args)
         self.num_ws = self.synthesis.num_ws
         self.register_buffer('w_avg', torch.zeros(args.w_dim))
 
-    def forward(self, z, psi=1.0, cutoff=None, mixing_prob=0.0, return_ws=False, noise=True):
-        """mixing_prob > 0 mixes in a second z for that fraction of the samples (training);
-        return_ws also returns the ws that entered the synthesis (for the path-length gradient).
-        In training mode every call moves w_avg towards this batch's mean w."""
-        w = self.mapping(z)                                                 # [B, w_dim]
+    def forward(self, z, c=None, psi=1.0, cutoff=None, mixing_prob=0.0, return_ws=False, noise=True):
+        """c: the classes [B] of a conditional G; mixing_prob > 0 mixes in a second z (with the same
+        c) for that fraction of the samples (training); return_ws also returns the ws that entered
+        the synthesis (for the path-length gradient). In training mode every call moves w_avg
+        towards this batch's mean w."""
+        w = self.mapping(z, c)                                              # [B, w_dim]
         if self.training:
             # w_avg <- beta w_avg + (1 - beta) mean(w), in every training forward (D's fakes too) and
             # from the unmixed w only, as the official code does (its skip_w_avg_update)
             self.w_avg.mul_(self.w_avg_beta).add_(w.detach().mean(0), alpha=1 - self.w_avg_beta)
         ws = w[:, None].repeat(1, self.num_ws, 1)                           # [B, num_ws, w_dim]
         if mixing_prob > 0:
-            ws2 = self.mapping(torch.randn_like(z))[:, None].expand_as(ws)
+            ws2 = self.mapping(torch.randn_like(z), c)[:, None].expand_as(ws)
             b = len(z)
             k = torch.randint(1, self.num_ws, (b,), device=z.device)       # crossover ~ U[1, num_ws)
             k = torch.where(torch.rand(b, device=z.device) < mixing_prob, k, self.num_ws)
@@ -431,13 +500,24 @@ class DBlock(nn.Module):
         return (x + t) / SQRT2
 
 
+D_MAPPING_LAYERS = 8     # D's label mapping: the ADA code's MappingNetwork defaults (8 layers, lrmul 0.01)
+
+
 class Discriminator(nn.Module):
-    """x [B, C, res, res] -> logit [B]: fromRGB, residual blocks down to 4x4, minibatch stddev,
-    a 3x3 conv, and two FC layers."""
+    """(x [B, C, res, res], c [B] or None) -> logit [B]: fromRGB, residual blocks down to 4x4,
+    minibatch stddev, a 3x3 conv, and two FC layers.
+
+    Conditional (--cond), the projection D of Miyato & Koyama (2018) in the ADA code's form: the
+    last FC layer gives cmap_dim = nf(4) features h(x) instead of one logit, a mapping network of
+    the label alone gives a vector m(c) of the same size, and
+
+        D(x, c) = <h(x), m(c)> / sqrt(cmap_dim),
+
+    the scale keeping the logit's variance that of one feature."""
 
     def __init__(self, args):
         super().__init__()
-        self.group = args.mbstd_group
+        self.group, self.c_dim = args.mbstd_group, num_classes(args)
         self.fromrgb = EqualizedConv2d(args.channels, nf(args.res, args), 1, act=True)
         blocks, r = [], args.res
         while r > 4:
@@ -447,12 +527,18 @@ class Discriminator(nn.Module):
         c4 = nf(4, args)
         self.conv = EqualizedConv2d(c4 + 1, c4, 3, act=True)
         self.fc = EqualizedLinear(c4 * 16, c4, act=True)
-        self.out = EqualizedLinear(c4, 1)
+        self.cmap_dim = c4 if self.c_dim else 1
+        self.out = EqualizedLinear(c4, self.cmap_dim)
+        if self.c_dim:
+            self.mapping = MappingNetwork(0, c4, D_MAPPING_LAYERS, args.mapping_lrmul, self.c_dim)
 
-    def forward(self, x):
+    def forward(self, x, c=None):
         x = self.blocks(self.fromrgb(x))                                    # [B, nf(4), 4, 4]
         x = self.conv(minibatch_stddev(x, self.group))
-        return self.out(self.fc(x.flatten(1))).squeeze(1)
+        h = self.out(self.fc(x.flatten(1)))                                 # [B, cmap_dim]
+        if not self.c_dim:
+            return h.squeeze(1)
+        return (h * self.mapping(None, c)).sum(1) / math.sqrt(self.cmap_dim)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -470,15 +556,17 @@ def g_loss(fake_logit):
     return F.softplus(-fake_logit).mean()
 
 
-def r1_penalty(D, x_real, gamma, augment=None):
+def r1_penalty(D, x_real, gamma, augment=None, c=None):
     """R1 (Mescheder et al. 2018, eq. 9), the gradient penalty on real data only:
 
         R1 = (gamma / 2) E_x[ ||grad_x D(x)||^2 ]
 
     The gradient is taken with create_graph (the penalty is differentiated again), and w.r.t. the
-    un-augmented reals, so the augmentation is part of what D is made smooth through."""
+    un-augmented reals, so the augmentation is part of what D is made smooth through (the ADA
+    code's loss does the same). c: the reals' classes, for a conditional D."""
     x = x_real.detach().requires_grad_(True)
-    logits = D(augment(x) if augment else x)
+    x_aug = augment(x) if augment else x
+    logits = D(x_aug) if c is None else D(x_aug, c)
     grad, = torch.autograd.grad(logits.sum(), x, create_graph=True)       # [B, C, H, W]
     return gamma / 2 * grad.square().sum([1, 2, 3]).mean()
 
@@ -541,6 +629,200 @@ def diff_augment(x):
 
 
 # ----------------------------------------------------------------------------------------------
+# Losses and regularizers: adaptive discriminator augmentation (StyleGAN2-ADA, Karras et al.
+# 2020b). The paper's 'bgc' pipeline (Sec. 2) and the r_t heuristic that sets its p (Sec. 3).
+# ----------------------------------------------------------------------------------------------
+#
+# Each transform draws its parameter per image and is applied with probability p (else it is the
+# identity), so at p = 0 the pipeline changes nothing. Applied with p < 1, each one is invertible
+# as a map of distributions: only one distribution of clean images gives a given distribution of
+# augmented ones, so G satisfies a D that sees augmented reals and fakes only by drawing clean
+# images like the reals, and the augmentations do not leak into G's images (Sec. 2).
+# The seven geometric transforms compose into one matrix G_inv [B, 3, 3], applied as one
+# resampling; the five colour transforms into one matrix C [B, 4, 4] on homogeneous RGB.
+
+ADA_GEOMETRIC = ('xflip', 'rotate90', 'xint', 'scale', 'rotate', 'aniso', 'xfrac')
+ADA_COLOR = ('brightness', 'contrast', 'lumaflip', 'hue', 'saturation')
+# The strengths of the official AugmentPipe, which 'bgc' keeps at their defaults: stds of log2
+# factors for the scalings, contrast and saturation; translations relative to the image size;
+# rotate_max and hue_max in full turns.
+ADA_STRENGTH = dict(xint_max=0.125, scale_std=0.2, rotate_max=1.0, aniso_std=0.2, xfrac_std=0.125,
+                    brightness_std=0.2, contrast_std=0.5, hue_max=1.0, saturation_std=1.0)
+LUMA = (1 / math.sqrt(3),) * 3          # the unit luma axis v of RGB, about which hue turns
+
+
+def batch_matrix(rows):
+    """Rows of entries, each a number or a tensor [B], -> a batch of matrices [B, rows, cols]."""
+    ref = next(e for row in rows for e in row if torch.is_tensor(e))
+    return torch.stack([torch.stack([e if torch.is_tensor(e) else torch.full_like(ref, e) for e in row], -1)
+                        for row in rows], -2)
+
+
+def translate2d(tx, ty):
+    return batch_matrix([[1, 0, tx], [0, 1, ty], [0, 0, 1]])
+
+
+def scale2d(sx, sy):
+    return batch_matrix([[sx, 0, 0], [0, sy, 0], [0, 0, 1]])
+
+
+def rotate2d(theta):
+    return batch_matrix([[theta.cos(), -theta.sin(), 0], [theta.sin(), theta.cos(), 0], [0, 0, 1]])
+
+
+def ada_geometric(n, h, w, p, device, ops=ADA_GEOMETRIC):
+    """G_inv [n, 3, 3]: takes an output pixel (x, y, 1), in pixels from the image centre, to the
+    point of the input image it is read from. Each transform multiplies in its inverse on the right,
+    in the official order, so the flip acts on the image first and the fractional translation last.
+    A rotation is tried before and after the anisotropic scaling, each with probability
+    1 - sqrt(1 - p), so that one of them happens with probability p (the official construction)."""
+    s = ADA_STRENGTH
+    u = lambda *shape: torch.rand(n, *shape, device=device)             # noqa: E731
+    g = lambda *shape: torch.randn(n, *shape, device=device)            # noqa: E731
+
+    def chance(v, identity, prob=p):              # v where the transform is applied, else the identity
+        return torch.where(u(*([1] * (v.dim() - 1))) < prob, v, torch.full_like(v, identity))
+
+    p_rot = 1 - math.sqrt(max(0.0, 1 - p))
+    G_inv = torch.eye(3, device=device).expand(n, 3, 3)
+    steps = ['xflip', 'rotate90', 'xint', 'scale', 'rotate', 'aniso', 'rotate', 'xfrac']
+    for op in (op for op in steps if op in ops):
+        if op == 'xflip':                         # i in {0, 1}: mirror x
+            i = chance(torch.floor(u() * 2), 0)
+            G_inv = G_inv @ scale2d(1 - 2 * i, torch.ones_like(i))
+        elif op == 'rotate90':                    # i in {0, 1, 2, 3} quarter turns
+            i = chance(torch.floor(u() * 4), 0)
+            G_inv = G_inv @ rotate2d(math.pi / 2 * i)
+        elif op == 'xint':                        # whole pixels, up to xint_max of the size each way
+            t = chance((u(2) * 2 - 1) * s['xint_max'], 0)
+            G_inv = G_inv @ translate2d(-torch.round(t[:, 0] * w), -torch.round(t[:, 1] * h))
+        elif op == 'scale':                       # isotropic, 2^N(0, scale_std^2)
+            k = chance(torch.exp2(g() * s['scale_std']), 1)
+            G_inv = G_inv @ scale2d(1 / k, 1 / k)
+        elif op == 'rotate':                      # any angle, once before and once after aniso
+            theta = chance((u() * 2 - 1) * math.pi * s['rotate_max'], 0, p_rot)
+            G_inv = G_inv @ rotate2d(theta)
+        elif op == 'aniso':                       # stretch x by k, squeeze y by 1/k
+            k = chance(torch.exp2(g() * s['aniso_std']), 1)
+            G_inv = G_inv @ scale2d(1 / k, k)
+        elif op == 'xfrac':                       # sub-pixel translation, N(0, xfrac_std^2) of the size
+            t = chance(g(2) * s['xfrac_std'], 0)
+            G_inv = G_inv @ translate2d(-t[:, 0] * w, -t[:, 1] * h)
+    return G_inv
+
+
+def ada_warp(x, G_inv):
+    """x [B, C, H, W] read at G_inv (output pixel): bilinear, reflected at the border (see the
+    Deviations). Linear in x, so G's gradient passes through, and twice differentiable, as R1
+    through the augmentation needs. grid_sample's [-1, 1] coordinates (align_corners=False) are
+    the centred pixel coordinates times 2/W and 2/H."""
+    h, w = x.shape[2:]
+    to_unit = torch.diag(torch.tensor([2 / w, 2 / h, 1.0], device=x.device, dtype=G_inv.dtype))
+    to_pixels = torch.diag(torch.tensor([w / 2, h / 2, 1.0], device=x.device, dtype=G_inv.dtype))
+    theta = (to_unit @ G_inv @ to_pixels)[:, :2]                                 # [B, 2, 3]
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)  # [B, H, W, 2]
+    return F.grid_sample(x, grid, mode='bilinear', padding_mode='reflection', align_corners=False)
+
+
+def ada_color(n, p, device, ops=ADA_COLOR, channels=3):
+    """C [n, 4, 4], acting on (r, g, b, 1) with values in [-1, 1], so that 0 is mid-grey. Each
+    transform multiplies on the left, in the official order: brightness (add b), contrast (scale
+    by c), luma flip (reflect along v), hue (turn about v), saturation (scale the part off v by s).
+    Hue and saturation leave a grey image grey; as in the official code they are skipped for one
+    channel."""
+    s = ADA_STRENGTH
+    u = lambda: torch.rand(n, device=device)                            # noqa: E731
+    g = lambda: torch.randn(n, device=device)                           # noqa: E731
+    chance = lambda v, identity: torch.where(u() < p, v, torch.full_like(v, identity))     # noqa: E731
+    eye = torch.eye(4, device=device)
+    v = torch.tensor([*LUMA, 0.0], device=device)
+    vv = torch.outer(v, v)                                              # projection onto the luma axis
+    C = eye.expand(n, 4, 4)
+    for op in (op for op in ADA_COLOR if op in ops):
+        if op == 'brightness':
+            b = chance(g() * s['brightness_std'], 0)
+            C = batch_matrix([[1, 0, 0, b], [0, 1, 0, b], [0, 0, 1, b], [0, 0, 0, 1]]) @ C
+        elif op == 'contrast':
+            c = chance(torch.exp2(g() * s['contrast_std']), 1)
+            C = batch_matrix([[c, 0, 0, 0], [0, c, 0, 0], [0, 0, c, 0], [0, 0, 0, 1]]) @ C
+        elif op == 'lumaflip':                    # Householder reflection I - 2 v v^T, with i in {0, 1}
+            i = chance(torch.floor(u() * 2), 0)
+            C = (eye - 2 * vv * i.view(-1, 1, 1)) @ C
+        elif op == 'hue' and channels > 1:        # Rodrigues: I + sin K + (1 - cos) K^2, K = [v]x
+            theta = chance((u() * 2 - 1) * math.pi * s['hue_max'], 0).view(-1, 1, 1)
+            vx, vy, vz = LUMA
+            K = torch.tensor([[0, -vz, vy, 0], [vz, 0, -vx, 0], [-vy, vx, 0, 0], [0, 0, 0, 0]], device=device)
+            C = (eye + theta.sin() * K + (1 - theta.cos()) * (K @ K)) @ C
+        elif op == 'saturation' and channels > 1:
+            k = chance(torch.exp2(g() * s['saturation_std']), 1)
+            C = (vv + (eye - vv) * k.view(-1, 1, 1)) @ C
+    return C
+
+
+def ada_recolor(x, C):
+    """x [B, C, H, W] with colours mapped by C [B, 4, 4]. One channel: the official code's rule,
+    the grey value scaled by the sum and shifted by the offset of C's RGB rows averaged."""
+    if x.shape[1] == 3:
+        return torch.einsum('bij,bjhw->bihw', C[:, :3, :3].to(x.dtype), x) + C[:, :3, 3, None, None].to(x.dtype)
+    m = C[:, :3].mean(1).to(x.dtype)                                    # [B, 4]
+    return x * m[:, :3].sum(1).view(-1, 1, 1, 1) + m[:, 3].view(-1, 1, 1, 1)
+
+
+def ada_augment(x, p, geometric=ADA_GEOMETRIC, color=ADA_COLOR):
+    """The 'bgc' pipeline at probability p: x [B, C, H, W] -> [B, C, H, W], geometry first, then
+    colour, as in the official code. Differentiable in x."""
+    n, channels, h, w = x.shape
+    if geometric:
+        x = ada_warp(x, ada_geometric(n, h, w, p, x.device, geometric))
+    if color:
+        x = ada_recolor(x, ada_color(n, p, x.device, color, channels))
+    return x
+
+
+class AdaptiveAugment(nn.Module):
+    """--augment ada: the pipeline at probability p, and the heuristic that sets p (Sec. 3).
+
+    The overfitting heuristic r_t = E[sign(D(x_real))] is taken over the real logits of the last
+    `interval` D steps (4). Once every `interval` D steps,
+
+        p <- clip(p + sign(r_t - target) * N / (kimg * 1000), 0, 1),
+
+    N the images those steps saw (batch * 4): a D that is sure of the reals (r_t above the target
+    0.6) is overfitting, and gets more augmentation; p can cross [0, 1] in kimg thousand images.
+    target None holds p where it starts (--augment-p). p and the window of per-step sign sums are
+    buffers, so a resumed run carries on with the same p and the same partial window."""
+
+    def __init__(self, p=0.0, target=0.6, kimg=500.0, interval=4):
+        super().__init__()
+        self.target, self.kimg, self.interval = target, kimg, interval
+        self.register_buffer('p', torch.tensor(float(p)))
+        self.register_buffer('signs', torch.zeros(interval))       # sum of sign(D(real)) of D step k % interval
+        self.register_buffer('counts', torch.zeros(interval))      # the reals it summed over
+
+    def forward(self, x):
+        p = float(self.p)
+        return ada_augment(x, p) if p > 0 else x      # p = 0 is the identity: skip the resampling
+
+    @property
+    def r_t(self):
+        return self.signs.sum() / self.counts.sum().clamp(min=1)
+
+    @torch.no_grad()
+    def observe(self, real_logit, d_step):
+        """Record the real logits [B] of D step `d_step` (counted from 0 over the run); after every
+        `interval`-th D step, move p. Under torchrun the sums are over every rank's reals, so all
+        ranks hold one p (the official code collects the statistic over all GPUs too)."""
+        s = torch.stack([real_logit.sign().sum(), torch.tensor(float(real_logit.numel()), device=real_logit.device)])
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(s)
+        k = d_step % self.interval
+        self.signs[k], self.counts[k] = s[0], s[1]
+        if self.target is not None and k == self.interval - 1:
+            adjust = torch.sign(self.r_t - self.target) * self.counts.sum() / (self.kimg * 1000)
+            self.p.copy_((self.p + adjust).clamp(0, 1))
+
+
+# ----------------------------------------------------------------------------------------------
 # One training step: --d-steps times D main and D lazy R1, then G main, G lazy path length, and
 # the G EMA
 # ----------------------------------------------------------------------------------------------
@@ -554,21 +836,31 @@ def every_param(net):
     return sum(0 * p.sum() for p in net.parameters())
 
 
-def train_step(G, D, G_ema, opt_G, opt_D, pl, x, step, ema_beta, args):
+def fake_classes(c_real, n):
+    """Classes [n] for G's fakes, drawn from the step's real classes c_real, so from the data's class
+    frequencies as in the ADA code (None for an unconditional run)."""
+    return None if c_real is None else c_real[torch.randint(len(c_real), (n,), device=c_real.device)]
+
+
+def train_step(G, D, G_ema, opt_G, opt_D, pl, x, step, ema_beta, args, c=None, ada=None):
     """x: [d_steps * B, C, H, W] reals in [-1, 1], one fresh minibatch for each D step; step: the
     step index (lazy regularisers fire when their count % interval == 0); ema_beta: the G EMA decay
-    per step. Returns the logs (D's from the last D step)."""
+    per step; c: the reals' classes [d_steps * B] (--cond); ada: the AdaptiveAugment of --augment
+    ada. Returns the logs (D's from the last D step)."""
     dev = x.device
-    aug = diff_augment if args.augment == 'diffaug' else (lambda t: t)
-    logs = {}
+    aug = ada if args.augment == 'ada' else diff_augment if args.augment == 'diffaug' else (lambda t: t)
+    logs, real_logits = {}, []
 
     D.requires_grad_(True)
-    for i, x_real in enumerate(x.chunk(args.d_steps)):
+    for i, (x_real, c_real) in enumerate(zip(x.chunk(args.d_steps), [None] * args.d_steps if c is None
+                                             else c.chunk(args.d_steps))):
         b = len(x_real)
-        # D main: NS logistic loss on reals and on (style-mixed) fakes
+        # D main: NS logistic loss on reals and on (style-mixed) fakes, each judged with its class
+        c_fake = fake_classes(c_real, b)
         with torch.no_grad():
-            fake = G(torch.randn(b, args.z_dim, device=dev), mixing_prob=args.mixing_prob)
-        real_logit, fake_logit = D(aug(x_real)), D(aug(fake))
+            fake = G(torch.randn(b, args.z_dim, device=dev), c_fake, mixing_prob=args.mixing_prob)
+        real_logit, fake_logit = D(aug(x_real), c_real), D(aug(fake), c_fake)
+        real_logits.append(real_logit.detach())
         loss_D = d_loss(real_logit, fake_logit)
         opt_D.zero_grad(set_to_none=True)
         loss_D.backward()
@@ -580,7 +872,7 @@ def train_step(G, D, G_ema, opt_G, opt_D, pl, x, step, ema_beta, args):
         # counts D's main steps (step * d_steps + i), not G steps: the x r1_every weight and the
         # lazy Adam correction c = k / (k + 1) (lazy_adam) both assume k D updates per R1 update.
         if args.r1_gamma > 0 and (step * args.d_steps + i) % args.r1_every == 0:
-            r1 = r1_penalty(D, x_real, args.r1_gamma, aug)
+            r1 = r1_penalty(D, x_real, args.r1_gamma, aug, c_real)
             opt_D.zero_grad(set_to_none=True)
             (r1 * args.r1_every + every_param(D)).backward()
             opt_D.step()
@@ -588,8 +880,9 @@ def train_step(G, D, G_ema, opt_G, opt_D, pl, x, step, ema_beta, args):
 
     # G main. D's weights are frozen so that no gradient is computed for them.
     D.requires_grad_(False)
-    fake = G(torch.randn(b, args.z_dim, device=dev), mixing_prob=args.mixing_prob)
-    loss_G = g_loss(D(aug(fake)))
+    c_fake = fake_classes(c_real, b)
+    fake = G(torch.randn(b, args.z_dim, device=dev), c_fake, mixing_prob=args.mixing_prob)
+    loss_G = g_loss(D(aug(fake), c_fake))
     opt_G.zero_grad(set_to_none=True)
     loss_G.backward()
     opt_G.step()
@@ -598,7 +891,7 @@ def train_step(G, D, G_ema, opt_G, opt_D, pl, x, step, ema_beta, args):
     # G reg, lazy: path length on a smaller batch every pl_every steps, times the interval
     if args.pl_weight > 0 and step % args.pl_every == 0:
         z = torch.randn(max(1, b // args.pl_batch_shrink), args.z_dim, device=dev)
-        img, ws = G(z, mixing_prob=args.mixing_prob, return_ws=True)
+        img, ws = G(z, fake_classes(c_real, len(z)), mixing_prob=args.mixing_prob, return_ws=True)
         penalty = pl(img, ws)
         opt_G.zero_grad(set_to_none=True)
         (penalty * args.pl_weight * args.pl_every + every_param(G)).backward()
@@ -606,6 +899,11 @@ def train_step(G, D, G_ema, opt_G, opt_D, pl, x, step, ema_beta, args):
         logs.update(pl=penalty.item(), pl_mean=pl.pl_mean.item())
 
     ema_update(G_ema, common.unwrap(G), ema_beta)
+    # ADA: p moves after the whole step, as the official loop moves it after its iteration's phases
+    if ada is not None:
+        for i, real_logit in enumerate(real_logits):
+            ada.observe(real_logit, step * args.d_steps + i)
+        logs.update(p=ada.p.item(), r_t=ada.r_t.item())
     return logs
 
 
@@ -651,18 +949,20 @@ def make_optimizers(G, D, args):
 # F widths, the 64-image grid in one chunk took a CPU run at batch 2 from 4.3 GB to 18.4 GB.
 
 @torch.no_grad()
-def sample(G, z, chunk, psi=1.0, cutoff=None):
-    """z [N, z_dim] -> images [N, C, res, res], `chunk` at a time, with G in eval mode."""
+def sample(G, z, chunk, psi=1.0, cutoff=None, c=None):
+    """z [N, z_dim] (and classes c [N] for a conditional G) -> images [N, C, res, res], `chunk` at a
+    time, with G in eval mode."""
     was = G.training
     G.eval()
-    x = torch.cat([G(zb, psi=psi, cutoff=cutoff) for zb in z.split(chunk)])
+    cs = [None] * len(z.split(chunk)) if c is None else c.split(chunk)
+    x = torch.cat([G(zb, cb, psi=psi, cutoff=cutoff) for zb, cb in zip(z.split(chunk), cs)])
     G.train(was)
     return x
 
 
 def train(args):
     run = common.Run(args)
-    data = common.load_data(args)
+    data = common.load_data(args, need_labels=args.cond)
     G, D = build(args)
     G, D = G.to(run.device), D.to(run.device)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)    # what we sample from
@@ -670,16 +970,39 @@ def train(args):
     opt_G, opt_D = make_optimizers(G, D, args)
     G, D = run.wrap(G), run.wrap(D)
     nets = {'G': G, 'D': D, 'G_ema': G_ema, 'opt_G': opt_G, 'opt_D': opt_D, 'pl': pl}
+    ada = None
+    if args.augment == 'ada':      # p and its heuristic's window travel in the checkpoint with the networks
+        start_p = args.augment_p if args.augment_p is not None else 0.0
+        ada = nets['ada'] = AdaptiveAugment(start_p, args.ada_target, args.ada_kimg).to(run.device)
     run.start(nets, data, batches_per_step=args.d_steps)
+    k = num_classes(args)
+    if k and run.main:
+        run.bar.write(f'--cond: G and D conditioned on the {k} classes of {data.name} '
+                      f'({", ".join(data.classes[:6])}{", ..." if k > 6 else ""}); the sample grid has a row '
+                      f'per class{" (the first 10)" if k > 10 else ""}')
     # the EMA moves once per G update, whose batch is batch_size (whatever --d-steps)
     beta = ema_beta(args.batch_size * run.world, args.ema_kimg)
     fixed_z = torch.randn(64, args.z_dim, generator=torch.Generator().manual_seed(args.seed)).to(run.device)
     b = args.batch_size
-    sample_fn = lambda: sample(G_ema, fixed_z, b)                                      # noqa: E731
-    eval_fn = lambda n: sample(G_ema, torch.randn(n, args.z_dim, device=run.device), b)  # noqa: E731
+    if k:
+        # a row of 8 per class (the first 10, as cgan.py and biggan.py draw theirs), one z per column
+        rows, cols = min(k, 10), 8
+        fixed_z = fixed_z[:cols].repeat(rows, 1)
+        fixed_c = torch.arange(rows, device=run.device).repeat_interleave(cols)
+        sample_fn = lambda: (sample(G_ema, fixed_z, b, c=fixed_c), cols)                # noqa: E731
+    else:
+        sample_fn = lambda: sample(G_ema, fixed_z, b)                                  # noqa: E731
 
-    for x, _ in run.batches(data):
-        logs = train_step(G, D, G_ema, opt_G, opt_D, pl, x, run.step_num, beta, args)
+    def eval_fn(n):
+        """n fresh samples for FID; a conditional G draws its classes from the data's labels."""
+        c = None
+        if k:
+            c = data.labels[torch.randint(len(data.labels), (n,)).to(data.labels.device)].to(run.device)
+        return sample(G_ema, torch.randn(n, args.z_dim, device=run.device), b, c=c)
+
+    for x, c in run.batches(data):
+        logs = train_step(G, D, G_ema, opt_G, opt_D, pl, x, run.step_num, beta, args,
+                          c=c if k else None, ada=ada)
         run.step(logs, nets, sample_fn, eval_fn)
     run.finish(nets, sample_fn)
     return nets
@@ -708,9 +1031,9 @@ def mix_range(name, num_ws):
 
 
 @torch.no_grad()
-def ws_of(G, z, psi, cutoff):
-    """z [N, z_dim] -> truncated ws [N, num_ws, w_dim]."""
-    w = G.mapping(z)[:, None].repeat(1, G.num_ws, 1)
+def ws_of(G, z, psi, cutoff, c=None):
+    """z [N, z_dim] (classes c [N] if conditional) -> truncated ws [N, num_ws, w_dim]."""
+    w = G.mapping(z, c)[:, None].repeat(1, G.num_ws, 1)
     return truncate(w, G.w_avg, psi, cutoff)
 
 
@@ -720,12 +1043,17 @@ def synth(G, ws, chunk):
     return torch.cat([G.synthesis(wb) for wb in ws.split(chunk)])
 
 
-def style_mix_grid(G, gen, args, name, chunk, n_a=6, n_b=5):
+def no_classes(n):
+    return None
+
+
+def style_mix_grid(G, gen, args, name, chunk, n_a=6, n_b=5, classes=no_classes):
     """StyleGAN Fig. 3: sources A across the top, B down the left; cell (i, j) is A_j with the
-    `name` band of styles copied from B_i. Returns (images, nrow)."""
+    `name` band of styles copied from B_i. classes(n) -> the sources' classes [n] or None. Returns
+    (images, nrow)."""
     dev = G.w_avg.device
-    wa = ws_of(G, torch.randn(n_a, G.z_dim, generator=gen).to(dev), args.psi, args.trunc_cutoff)
-    wb = ws_of(G, torch.randn(n_b, G.z_dim, generator=gen).to(dev), args.psi, args.trunc_cutoff)
+    wa = ws_of(G, torch.randn(n_a, G.z_dim, generator=gen).to(dev), args.psi, args.trunc_cutoff, classes(n_a))
+    wb = ws_of(G, torch.randn(n_b, G.z_dim, generator=gen).to(dev), args.psi, args.trunc_cutoff, classes(n_b))
     lo, hi = mix_range(name, G.num_ws)
     img_a, img_b = synth(G, wa, chunk), synth(G, wb, chunk)
     rows = [torch.cat([torch.ones_like(img_a[:1]), img_a])]                # a white corner cell
@@ -736,20 +1064,25 @@ def style_mix_grid(G, gen, args, name, chunk, n_a=6, n_b=5):
     return torch.cat(rows), n_a + 1
 
 
-def interpolation_grid(G, gen, args, chunk, legs=common.INTERP_ROWS):
-    """A walk in W: linear from w_0 to w_1 in the first row, w_1 to w_2 in the next, and so on."""
+def interpolation_grid(G, gen, args, chunk, legs=common.INTERP_ROWS, classes=no_classes):
+    """A walk in W: linear from w_0 to w_1 in the first row, w_1 to w_2 in the next, and so on. A
+    conditional G keeps each row's class at both ends (row r: class r mod K, or --class)."""
     dev = G.w_avg.device
-    keys = ws_of(G, torch.randn(legs + 1, G.z_dim, generator=gen).to(dev), args.psi, args.trunc_cutoff)
+    z = torch.randn(legs + 1, G.z_dim, generator=gen).to(dev)
+    c = classes(legs)
+    start = ws_of(G, z[:-1], args.psi, args.trunc_cutoff, c)                  # [legs, num_ws, w_dim]
+    end = ws_of(G, z[1:], args.psi, args.trunc_cutoff, c)
     t = torch.linspace(0, 1, args.interp_steps, device=dev).view(1, -1, 1, 1)
-    ws = keys[:-1, None].lerp(keys[1:, None], t)                            # [legs, STEPS, num_ws, w_dim]
+    ws = start[:, None].lerp(end[:, None], t)                                 # [legs, STEPS, num_ws, w_dim]
     return synth(G, ws.flatten(0, 1), chunk), args.interp_steps
 
 
-def truncation_grid(G, gen, args, chunk, rows=6):
-    """StyleGAN Fig. 8: each row one z, each column one psi."""
+def truncation_grid(G, gen, args, chunk, rows=6, classes=no_classes):
+    """StyleGAN Fig. 8: each row one z (and class), each column one psi."""
     psis = args.truncation_sweep or PAPER_PSIS
     dev = G.w_avg.device
-    w = G.mapping(torch.randn(rows, G.z_dim, generator=gen).to(dev))[:, None].repeat(1, G.num_ws, 1)
+    z = torch.randn(rows, G.z_dim, generator=gen).to(dev)
+    w = G.mapping(z, classes(rows))[:, None].repeat(1, G.num_ws, 1)
     ws = torch.stack([truncate(w, G.w_avg, psi, args.trunc_cutoff) for psi in psis], 1)
     return synth(G, ws.flatten(0, 1), chunk), len(psis)
 
@@ -758,6 +1091,9 @@ def truncation_grid(G, gen, args, chunk, rows=6):
 def generate(args):
     ckpt = common.load_checkpoint(args.ckpt, 'stylegan')
     targs = common.args_from_checkpoint(ckpt, args)
+    if args.cls is not None and not targs.cond:
+        raise common.UserError('--class needs a class-conditional checkpoint (one trained with --cond)')
+    common.check_class(args.cls, targs)
     device = common.get_device(args.device)
     G, _ = build(targs)
     G.load_state_dict(ckpt['nets']['G_ema'])
@@ -765,23 +1101,48 @@ def generate(args):
     gen = torch.Generator().manual_seed(args.seed)
     chunk = targs.batch_size                     # the checkpoint's training batch (see sample)
     os.makedirs(args.out, exist_ok=True)
+    k = num_classes(targs)
+
+    def classes(n, balanced=False):
+        """None (unconditional); all --class K; else class after class (balanced: N = 100 K gives
+        100 of each) or, for the rows of a grid, row r of class r mod K."""
+        if not k:
+            return None
+        if args.cls is not None:
+            return torch.full((n,), args.cls, device=device)
+        return (torch.arange(n) * k // n if balanced else torch.arange(n) % k).to(device)
+
+    def which(what):
+        if not k:
+            return ''
+        if args.cls is not None:
+            return f', class {targs.classes[args.cls]}'
+        return f', {what} of classes {", ".join(targs.classes[:10])}{", ..." if k > 10 else ""} in turn'
+
     if args.generate:
         z = torch.randn(args.generate, targs.z_dim, generator=gen).to(device)
-        common.write_samples(sample(G, z, chunk, args.psi, args.trunc_cutoff), args.out)
-        print(f'wrote {args.generate} images (psi {args.psi}) and grid.png to {args.out}')
+        c = classes(args.generate, balanced=True)
+        x = sample(G, z, chunk, args.psi, args.trunc_cutoff, c)
+        if k:            # one subfolder per class, and a grid with a row per class, as cgan.py and biggan.py write
+            common.write_samples(x, args.out, c.tolist(), targs.classes)
+            print(f'wrote {args.generate} images (psi {args.psi}) into {args.out}/<class>/, and grid.png'
+                  + (f' (class {targs.classes[args.cls]})' if args.cls is not None else ' (a row per class)'))
+        else:
+            common.write_samples(x, args.out)
+            print(f'wrote {args.generate} images (psi {args.psi}) and grid.png to {args.out}')
     if args.style_mix is not None:
         for name in args.style_mix or ['coarse', 'middle', 'fine']:
-            x, nrow = style_mix_grid(G, gen, args, name, chunk)
+            x, nrow = style_mix_grid(G, gen, args, name, chunk, classes=classes)
             common.save_grid(x, os.path.join(args.out, f'style_mix_{name}.png'), nrow)
-            print(f'wrote {args.out}/style_mix_{name}.png')
+            print(f'wrote {args.out}/style_mix_{name}.png' + which('sources'))
     if args.interpolate:
-        x, nrow = interpolation_grid(G, gen, args, chunk)
+        x, nrow = interpolation_grid(G, gen, args, chunk, classes=classes)
         common.save_grid(x, os.path.join(args.out, 'interpolate.png'), nrow)
-        print(f'wrote {args.out}/interpolate.png')
+        print(f'wrote {args.out}/interpolate.png' + which('rows'))
     if args.truncation_sweep is not None:
-        x, nrow = truncation_grid(G, gen, args, chunk)
+        x, nrow = truncation_grid(G, gen, args, chunk, classes=classes)
         common.save_grid(x, os.path.join(args.out, 'truncation_sweep.png'), nrow)
-        print(f'wrote {args.out}/truncation_sweep.png')
+        print(f'wrote {args.out}/truncation_sweep.png' + which('rows'))
 
 
 def main(argv=None):

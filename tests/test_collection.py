@@ -23,7 +23,7 @@ def test_every_file_has_the_shared_sampling_flags(name):
     b = m.get_args(['--generate', '3', '--ckpt', 'x.pt', '--interpolate', '--interp-steps', '4'])
     assert (b.generate, b.interp_steps) == (3, 4)
     assert not m.get_args([]).sampling
-    if name in ('cgan', 'biggan'):
+    if name in ('cgan', 'biggan', 'stylegan'):
         assert m.get_args(['--generate', '3', '--ckpt', 'x.pt', '--class', '1']).cls == 1
     else:                                                 # an unconditional model has no --class to ignore
         with pytest.raises(common.UserError, match='unrecognized arguments: --class'):

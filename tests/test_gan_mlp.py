@@ -180,7 +180,7 @@ def test_fid_without_weights_warns_once_and_keeps_training(tmp_path, capsys):
     gan_mlp.main(TINY + ['--steps', '3', '--eval-every', '1', '--eval-n', '6', '--inception-weights',
                          str(tmp_path / 'missing.pt'), '--out', str(out), '--data-root', str(tmp_path / 'd')])
     err = capsys.readouterr().err
-    assert err.count('Inception weight file not found') == 1 and 'Training goes on without FID' in err
+    assert err.count('Inception weights not found') == 1 and 'Training goes on without FID' in err
     assert common.load_checkpoint(str(out / 'last.pt'), 'gan_mlp')['step'] == 3
 
 

@@ -457,3 +457,255 @@ def test_sampling_never_runs_more_than_a_training_batch(tmp_path, monkeypatch):
     S.main(['--generate', '9', '--ckpt', str(out / 'last.pt'), '--style-mix', '--interpolate', '--truncation-sweep',
             '--out', str(tmp_path / 'gen')])
     assert len(batches) > 20 and max(batches) == 2
+
+
+# ---------------------------------------------------------------- StyleGAN2-ADA: --augment ada
+
+def test_ada_heuristic_moves_p_by_the_stated_step():
+    # every 4 D steps: p += sign(r_t - 0.6) * (batch * 4) / (500 * 1000), r_t = E[sign(D(real))] over those steps
+    step = 8 * 4 / 500_000
+    ada = S.AdaptiveAugment(p=0.5, target=0.6, kimg=500)
+    confident, unsure = torch.full((8,), 3.0), torch.tensor([2.0, 1, 1, 1, 0.5, 0.1, -1, -2])   # r_t 1 and 0.5
+    for n in range(3):
+        ada.observe(confident, n)
+        assert ada.p.item() == 0.5                                      # nothing moves before the 4th D step
+    ada.observe(confident, 3)
+    assert ada.r_t.item() == 1 and ada.p.item() == pytest.approx(0.5 + step, abs=1e-7)
+    for n in range(4, 8):                                               # D(real) 6 of 8 positive: r_t = 0.5 < 0.6
+        ada.observe(unsure, n)
+    assert ada.r_t.item() == 0.5 and ada.p.item() == pytest.approx(0.5, abs=1e-7)
+    for n in range(8, 12):
+        ada.observe(-confident, n)
+    assert ada.r_t.item() == -1 and ada.p.item() == pytest.approx(0.5 - step, abs=1e-7)
+    # r_t is over the last 4 D steps only: one step of the next window replaces one of the last
+    ada.observe(confident, 12)
+    assert ada.r_t.item() == -0.5
+    # clipped to [0, 1]; the official 500 kimg takes 500k images to cross it; no target: p is fixed
+    low, high, fixed = S.AdaptiveAugment(0.0, 0.6, 500), S.AdaptiveAugment(1.0, 0.6, 500), S.AdaptiveAugment(0.3, None)
+    for n in range(4):
+        low.observe(-confident, n), high.observe(confident, n), fixed.observe(confident, n)
+    assert low.p.item() == 0 and high.p.item() == 1 and fixed.p.item() == pytest.approx(0.3)
+    args = tiny_args('--augment', 'ada')
+    assert (args.ada_target, args.ada_kimg, args.augment_p) == (0.6, 500.0, None)
+
+
+def test_ada_steps_p_in_training_after_every_4th_d_step():
+    # through train_step: the logs carry p and r_t; p moves once 4 D steps are in (2 steps of --d-steps 2),
+    # by 4 * batch / (ada_kimg * 1000), up or down
+    args, G, D = tiny_nets('--augment', 'ada', '--ada-kimg', '1', '--d-steps', '2', '--r1-every', '2',
+                           '--pl-weight', '0')
+    G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+    opt_G, opt_D = S.make_optimizers(G, D, args)
+    ada = S.AdaptiveAugment(0.5, args.ada_target, args.ada_kimg)
+    x = torch.rand(16, 3, 32, 32) * 2 - 1
+    logs = S.train_step(G, D, G_ema, opt_G, opt_D, S.PathLengthPenalty(), x, 0, 0.9, args, ada=ada)
+    assert logs['p'] == 0.5 and -1 <= logs['r_t'] <= 1 and math.isfinite(logs['r1'])
+    logs = S.train_step(G, D, G_ema, opt_G, opt_D, S.PathLengthPenalty(), x, 1, 0.9, args, ada=ada)
+    assert abs(logs['p'] - 0.5) == pytest.approx(4 * 8 / 1000, abs=1e-6)
+
+
+def smooth_images(n=8, res=32):
+    torch.manual_seed(0)
+    return torch.nn.functional.interpolate(torch.rand(n, 3, 5, 5) * 2 - 1, size=res, mode='bicubic',
+                                           align_corners=True)
+
+
+def test_ada_every_transform_is_the_identity_at_p_0():
+    x = smooth_images()
+    for op in S.ADA_GEOMETRIC:
+        assert torch.equal(S.ada_geometric(8, 32, 32, 0.0, 'cpu', (op,)), torch.eye(3).expand(8, 3, 3)), op
+        torch.testing.assert_close(S.ada_augment(x, 0.0, (op,), ()), x, atol=1e-5, rtol=0)
+    for op in S.ADA_COLOR:
+        assert torch.equal(S.ada_color(8, 0.0, 'cpu', (op,)), torch.eye(4).expand(8, 4, 4)), op
+        torch.testing.assert_close(S.ada_augment(x, 0.0, (), (op,)), x, atol=1e-6, rtol=0)
+    torch.testing.assert_close(S.ada_augment(x, 0.0), x, atol=1e-5, rtol=0)
+    assert S.AdaptiveAugment(0.0)(x) is x                              # the pipeline is skipped outright
+    # and at p = 1 each one changes the images
+    for op in S.ADA_GEOMETRIC + S.ADA_COLOR:
+        geo, col = ((op,), ()) if op in S.ADA_GEOMETRIC else ((), (op,))
+        assert not torch.allclose(S.ada_augment(x, 1.0, geo, col), x, atol=1e-3), op
+
+
+def test_ada_transforms_are_differentiable():
+    # G's gradient goes through the pipeline (every transform), and R1 goes through it twice
+    x = smooth_images(4, 16)
+    for op in S.ADA_GEOMETRIC + S.ADA_COLOR:
+        geo, col = ((op,), ()) if op in S.ADA_GEOMETRIC else ((), (op,))
+        xg = x.clone().requires_grad_()
+        g, = torch.autograd.grad((S.ada_augment(xg, 1.0, geo, col) * torch.randn(4, 3, 16, 16)).sum(), xg)
+        assert torch.isfinite(g).all() and g.abs().sum() > 0, op
+    # the whole pipeline, its random matrices fixed, against finite differences, to the second order
+    torch.manual_seed(1)
+    G_inv, C = S.ada_geometric(2, 6, 6, 1.0, 'cpu').double(), S.ada_color(2, 1.0, 'cpu').double()
+    f = lambda t: S.ada_recolor(S.ada_warp(t, G_inv), C)                  # noqa: E731
+    t = torch.randn(2, 3, 6, 6, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(f, (t,)) and torch.autograd.gradgradcheck(f, (t,))
+    # grey images: the official rule for one channel
+    grey = torch.randn(2, 1, 6, 6, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: S.ada_recolor(t, C), (grey,))
+
+
+def test_ada_geometric_transforms_are_invertible_maps_of_the_image():
+    # warping by G_inv and then by its inverse gives the image back wherever the first warp kept it
+    # inside the frame: exactly for the pixel blits, up to two bilinear resamplings for the rest
+    x = smooth_images()
+    c = torch.arange(32.0) - 15.5
+    yy, xx = torch.meshgrid(c, c, indexing='ij')
+    pixels = torch.stack([xx, yy, torch.ones_like(xx)], -1).view(-1, 3).t()          # [3, H W]
+    torch.manual_seed(0)
+    for op in S.ADA_GEOMETRIC:
+        M = S.ada_geometric(8, 32, 32, 1.0, 'cpu', (op,))
+        assert (torch.linalg.det(M).abs() > 0.1).all(), op
+        back = S.ada_warp(S.ada_warp(x, M), torch.linalg.inv(M))
+        read = (torch.linalg.inv(M) @ pixels).view(8, 3, 32, 32)                     # where back reads the warp
+        inside = (read[:, 0].abs() < 14.5) & (read[:, 1].abs() < 14.5)               # [8, H, W]
+        err = (back - x).abs().amax(1)[inside]
+        assert inside.float().mean() > 0.5, op
+        if op in ('xflip', 'rotate90', 'xint'):
+            assert err.max() < 1e-5, op
+        else:                                  # a bilinear blur twice, of images in [-1, 1]: about 0.01
+            assert err.mean() < 0.02 and err.max() < 0.2, (op, err.mean(), err.max())
+    # the blits move whole pixels: a flip, quarter turns and integer shifts of the pixel grid
+    M = S.ada_geometric(64, 32, 32, 1.0, 'cpu', ('xflip', 'rotate90', 'xint'))
+    assert torch.allclose(M, M.round(), atol=1e-6) and set(torch.linalg.det(M).round().tolist()) <= {-1.0, 1.0}
+
+
+# ---------------------------------------------------------------- conditional StyleGAN2 (--cond)
+
+def cond_nets(*extra, classes=3, seed=0):
+    torch.manual_seed(seed)
+    args = tiny_args('--cond', *extra)
+    args.classes = [f'c{k}' for k in range(classes)]
+    G, D = S.build(args)
+    return args, G, D
+
+
+def test_conditional_mapping_embeds_and_normalises_the_label():
+    # [pixel_norm(z), pixel_norm(embed(onehot(c)))] enters the first layer, z_dim + w_dim wide
+    torch.manual_seed(0)
+    mapping = S.MappingNetwork(16, 8, 2, 0.01, c_dim=3)
+    assert mapping.fcs[0].weight.shape == (8, 16 + 8) and mapping.embed.weight.shape == (8, 3)
+    z, c = torch.randn(5, 16), torch.tensor([0, 1, 2, 1, 0])
+    e = torch.eye(3)[c] @ (mapping.embed.weight / math.sqrt(3)).t() + mapping.embed.bias
+    norm = lambda v: v / (v.square().mean(1, keepdim=True) + 1e-8).sqrt()     # noqa: E731
+    torch.testing.assert_close(mapping(z, c), mapping.fcs(torch.cat([norm(z), norm(e)], 1)))
+
+
+def test_conditional_G_changes_with_the_class():
+    args, G, D = cond_nets()
+    G.eval()
+    z = torch.randn(1, 32).expand(3, -1)
+    x = G(z, torch.tensor([0, 1, 2]), noise=False)
+    assert not torch.allclose(x[0], x[1]) and not torch.allclose(x[1], x[2]) and not torch.allclose(x[0], x[2])
+    torch.testing.assert_close(G(z, torch.tensor([2, 2, 2]), noise=False)[0], x[2])   # same z and class: same image
+    # one w_avg for all classes, as the official code keeps: psi = 0 draws one image whatever the class
+    G.w_avg.normal_()
+    a = G(z, torch.tensor([0, 1, 2]), psi=0.0, noise=False)
+    torch.testing.assert_close(a[0], a[1])
+    torch.testing.assert_close(a[0], a[2])
+    assert S.Generator(tiny_args()).mapping.c_dim == 0                 # --cond is off by default
+
+
+def test_projection_term_equals_the_inner_product_by_hand():
+    args, G, D = cond_nets()
+    assert D.cmap_dim == S.nf(4, args) and len(D.mapping.fcs) == 8    # cmap_dim = nf(4), 8 mapping layers
+    for f in D.mapping.fcs:                                             # biases away from 0, so each one shows
+        f.bias.data.normal_()
+    x, c = torch.randn(4, 3, 32, 32), torch.tensor([0, 2, 1, 2])
+    h = D.blocks(D.fromrgb(x))
+    h = D.out(D.fc(D.conv(S.minibatch_stddev(h, 4)).flatten(1)))      # [B, cmap_dim]: D's features
+    e = torch.eye(3)[c] @ (D.mapping.embed.weight / math.sqrt(3)).t() + D.mapping.embed.bias
+    m = D.mapping.fcs(e / (e.square().mean(1, keepdim=True) + 1e-8).sqrt())   # the mapped label, z-free
+    want = torch.stack([h[i] @ m[i] for i in range(4)]) / math.sqrt(D.cmap_dim)
+    torch.testing.assert_close(D(x, c), want)
+    assert not torch.allclose(D(x, c), D(x, (c + 1) % 3))
+
+
+def test_conditional_training_step_and_fake_classes():
+    args, G, D = cond_nets('--r1-every', '1', '--pl-every', '1', '--augment', 'ada')
+    G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+    opt_G, opt_D = S.make_optimizers(G, D, args)
+    seen = []
+    D.register_forward_hook(lambda m, i, o: seen.append(i[1].clone()))
+    c = torch.tensor([0, 0, 0, 0, 0, 0, 2, 2])
+    d0 = [p.clone() for p in D.parameters()]
+    logs = S.train_step(G, D, G_ema, opt_G, opt_D, S.PathLengthPenalty(), torch.rand(8, 3, 32, 32) * 2 - 1, 0,
+                        0.9, args, c=c, ada=S.AdaptiveAugment(0.5))
+    assert all(math.isfinite(v) for v in logs.values()) and {'p', 'r_t', 'r1', 'pl'} <= set(logs)
+    assert all(not torch.equal(a, b) for a, b in zip(d0, D.parameters()))
+    assert torch.equal(seen[0], c)                                      # the reals are judged with their own classes
+    assert all(set(s.tolist()) <= {0, 2} for s in seen)                 # the fakes' classes come from the data's
+
+
+def test_ada_and_cond_resume_exactly_and_sample_by_class(tmp_path, monkeypatch):
+    # 2 steps, --resume, 2 more equal 4 straight: every net, p and r_t's window included. With --d-steps 3
+    # p moves after D steps 4, 8 and 12 (in steps 2, 3 and 4), by 4 D steps * 4 images / (--ada-kimg 0.1 *
+    # 1000) = 0.16 each time, so the resumed half starts from a p the first half moved, and with a window
+    # of signs the first half began. p starts at 0.5 here (from 0 it could stay there).
+    class StartedAugment(S.AdaptiveAugment):
+        def __init__(self, p, *a, **k):
+            super().__init__(0.5, *a, **k)
+    monkeypatch.setattr(S, 'AdaptiveAugment', StartedAugment)
+    flags = TINY + ['--batch-size', '4', '--mapping-layers', '1', '--shapes-n', '32', '--sample-every', '2',
+                    '--r1-every', '3', '--pl-every', '3', '--augment', 'ada', '--ada-kimg', '0.1', '--d-steps', '3',
+                    '--cond', '--data-root', str(tmp_path / 'data')]
+    straight, half = tmp_path / 'straight', tmp_path / 'half'
+    S.main(flags + ['--steps', '4', '--out', str(straight)])
+    S.main(flags + ['--steps', '2', '--out', str(half)])
+    S.main(flags + ['--steps', '4', '--out', str(half), '--resume', str(half / 'last.pt')])
+    a = common.load_checkpoint(str(straight / 'last.pt'), 'stylegan')
+    b = common.load_checkpoint(str(half / 'last.pt'), 'stylegan')
+    def same(u, v):                                                    # nested state dicts, tensors bit for bit
+        if torch.is_tensor(u):
+            return torch.is_tensor(v) and torch.equal(u, v)
+        if isinstance(u, dict):
+            return isinstance(v, dict) and u.keys() == v.keys() and all(same(u[k], v[k]) for k in u)
+        if isinstance(u, (list, tuple)):
+            return len(u) == len(v) and all(same(x, y) for x, y in zip(u, v))
+        return u == v
+    assert a['nets'].keys() == b['nets'].keys() and 'ada' in a['nets']
+    assert [k for k in a['nets'] if not same(a['nets'][k], b['nets'][k])] == []
+    with open(half / 'losses.csv') as f:
+        rows = list(csv.DictReader(f))
+    with open(straight / 'losses.csv') as f:                          # every logged value, r_t included
+        assert [{k: v for k, v in r.items() if k != 'time'} for r in csv.DictReader(f)] == \
+            [{k: v for k, v in r.items() if k != 'time'} for r in rows]
+    p = [float(r['p']) for r in rows]
+    assert p[0] == 0.5 and [abs(b - a) for a, b in zip(p, p[1:])] == pytest.approx([0.16] * 3, abs=1e-5)
+    assert a['nets']['ada']['p'].item() == pytest.approx(p[3], abs=1e-5)
+    assert all(-1 <= float(r['r_t']) <= 1 for r in rows) and (half / 'losses.png').exists()
+
+    # sampling a conditional checkpoint: a subfolder per class, --class K, and every grid mode
+    from PIL import Image
+    ckpt, gen = str(half / 'last.pt'), tmp_path / 'gen'
+    S.main(['--generate', '12', '--ckpt', ckpt, '--out', str(gen), '--style-mix', 'fine', '--interpolate',
+            '--interp-steps', '3', '--truncation-sweep', '1', '0'])
+    classes = list(common.SHAPE_CLASSES)
+    assert sorted(d for d in os.listdir(gen) if (gen / d).is_dir()) == sorted(classes)
+    assert all(len(os.listdir(gen / k)) == 2 for k in classes)          # class-balanced: 12 = 2 of each of 6
+    assert Image.open(gen / 'grid.png').size == (2 * 34 + 2, 6 * 34 + 2)   # a row per class
+    for name in ['style_mix_fine.png', 'interpolate.png', 'truncation_sweep.png']:
+        assert (gen / name).exists()
+    S.main(['--generate', '3', '--class', '4', '--ckpt', ckpt, '--out', str(tmp_path / 'one')])
+    assert os.listdir(tmp_path / 'one' / classes[4]) and not (tmp_path / 'one' / classes[0]).exists()
+    with pytest.raises(common.UserError, match='--class 6 is out of range'):
+        S.main(['--generate', '3', '--class', '6', '--ckpt', ckpt, '--out', str(tmp_path / 'x')])
+    # the training grid: a row of 8 per class
+    assert Image.open(half / 'samples' / 'step_0000004.png').size == (8 * 34 + 2, 6 * 34 + 2)
+
+
+def test_class_needs_a_conditional_checkpoint_and_ada_flags_need_ada(tmp_path):
+    out = tmp_path / 'run'
+    S.main(TINY + ['--batch-size', '2', '--mapping-layers', '1', '--shapes-n', '8', '--steps', '1', '--out', str(out),
+                   '--data-root', str(tmp_path / 'data')])
+    with pytest.raises(common.UserError, match='--class needs a class-conditional checkpoint'):
+        S.main(['--generate', '2', '--class', '1', '--ckpt', str(out / 'last.pt'), '--out', str(tmp_path / 'g')])
+    with pytest.raises(common.UserError, match='--class picks the class of generated samples'):
+        S.main(TINY + ['--cond', '--class', '1', '--steps', '1', '--out', str(tmp_path / 'r2')])
+    for argv, msg in [(['--augment-p', '0.3'], '--augment-p goes with --augment ada'),
+                      (['--augment', 'diffaug', '--ada-kimg', '100'], '--ada-kimg goes with --augment ada'),
+                      (['--augment', 'ada', '--augment-p', '0.3', '--ada-target', '0.5'], 'give one of the two')]:
+        with pytest.raises(common.UserError, match=msg):
+            S.get_args(argv)
+    fixed = S.get_args(['--augment', 'ada', '--augment-p', '0.3'])
+    assert fixed.ada_target is None and fixed.augment_p == 0.3            # the official --aug fixed --p 0.3

@@ -60,7 +60,9 @@ Deviations from the paper:
       with a B image drawn at random.
     - C512 in the PatchGAN has stride 1, as in the authors' code and pix2pix: that is what makes the
       field 70x70. Appendix 7.2 calls every Ck stride 2, which would give 94x94 and a smaller map.
-    - One --lambda-cycle for both cycles; the authors' code has lambda_A and lambda_B (both 10).
+    - --lambda-cycle is one lambda for both cycles, as in the paper, or two, the authors' code's
+      lambda_A and lambda_B (both 10 there). The identity terms are scaled as in that code: G(y) ~ y
+      by lambda_Y, F(x) ~ x by lambda_X, each times --lambda-identity.
     - At --res 32 and 64 the 70x70 PatchGAN sees the whole image (its field is larger than the image,
       with the zero padding of its convolutions); its output map is 2x2 at 32, 6x6 at 64.
 """
@@ -107,7 +109,9 @@ def get_args(argv=None):
     g.add_argument('--ndf', type=common.positive_int, default=64, help="discriminator width: C64's channels")
     g.add_argument('--n-blocks', type=common.nonneg_int,
                    help='residual blocks in each generator (default: 6 at --res 128 and below, 9 above)')
-    g.add_argument('--lambda-cycle', type=common.nonneg_float, default=10.0, help='lambda: cycle loss weight (eq. 3)')
+    g.add_argument('--lambda-cycle', type=common.nonneg_float, nargs='+', default=[10.0], metavar='LAMBDA',
+                   help="lambda, the cycle loss weight (eq. 3): one value for both cycles, or two, the X cycle's "
+                        "(x -> G -> F) and the Y cycle's (y -> F -> G), the authors' lambda_A and lambda_B")
     g.add_argument('--lambda-identity', type=common.nonneg_float, default=0.5,
                    help="identity loss weight as a fraction of lambda (Sec. 5.2: 0.5, the authors' default; 0: off)")
     g.add_argument('--pool-size', type=common.nonneg_int, default=50,
@@ -131,6 +135,9 @@ def get_args(argv=None):
         raise common.UserError('--input DIR translates with a trained model: add --ckpt PATH (runs/cyclegan/last.pt)')
     if args.direction and not args.sampling:
         raise common.UserError('--direction is for translating with a checkpoint: add --generate N or --input DIR')
+    if len(args.lambda_cycle) > 2:
+        raise common.UserError('--lambda-cycle takes one value (both cycles) or two (the X cycle, the Y cycle)')
+    args.lambda_cycle = args.lambda_cycle * (3 - len(args.lambda_cycle))      # [lambda_X, lambda_Y]
     if args.decay_epochs > args.epochs:
         raise common.UserError(f'--decay-epochs {args.decay_epochs:g} must lie between 0 and --epochs {args.epochs}')
     args.load_size = args.load_size or round(args.res * 286 / 256)
@@ -254,16 +261,18 @@ def g_loss(fake_score):
     return ((fake_score - 1) ** 2).mean()
 
 
-def cycle_loss(x, rec_x, y, rec_y):
-    """Eq. 2: ||F(G(x)) - x||_1 + ||G(F(y)) - y||_1, each the mean absolute difference per value."""
-    return (rec_x - x).abs().mean() + (rec_y - y).abs().mean()
+def cycle_loss(x, rec_x, y, rec_y, lam=(1.0, 1.0)):
+    """Eq. 2, each cycle weighted by its lambda (lam_X, lam_Y): lam_X ||F(G(x)) - x||_1 +
+    lam_Y ||G(F(y)) - y||_1, each norm the mean absolute difference per value."""
+    return lam[0] * (rec_x - x).abs().mean() + lam[1] * (rec_y - y).abs().mean()
 
 
-def identity_loss(x, F_x, y, G_y):
-    """Sec. 5.2 (after Taigman et al. 2017): ||G(y) - y||_1 + ||F(x) - x||_1. A generator fed an
+def identity_loss(x, F_x, y, G_y, lam=(1.0, 1.0)):
+    """Sec. 5.2 (after Taigman et al. 2017): lam_Y ||G(y) - y||_1 + lam_X ||F(x) - x||_1, each term
+    scaled by the lambda of the domain it is fed, as in the authors' code. A generator fed an
     image already in its output domain should leave it alone; without this, G and F may, e.g.,
     shift a painting's colours freely, since the cycle loss only asks that F undoes it."""
-    return (G_y - y).abs().mean() + (F_x - x).abs().mean()
+    return lam[1] * (G_y - y).abs().mean() + lam[0] * (F_x - x).abs().mean()
 
 
 class ImagePool:
@@ -347,7 +356,7 @@ def train_step(nets, x_all, y_all, args):
     both in [-1, 1] at --load-size: one fresh minibatch of each domain per D step. The G step uses the first."""
     G, F_, D_X, D_Y = nets['G'], nets['F'], nets['D_X'], nets['D_Y']
     opt_G, opt_D = nets['opt_G'], nets['opt_D']
-    lam, lam_id = args.lambda_cycle, args.lambda_identity * args.lambda_cycle
+    lam, lam_id = args.lambda_cycle, args.lambda_identity                 # lam: (lambda_X, lambda_Y)
     # Sec. 4: every image at 286x286 (--load-size) gives a random 256x256 (--res) crop, mirrored half the time
     x_all, y_all = (random_crop_flip(t, args.res, not args.no_flip) for t in (x_all, y_all))
     xs, ys = x_all.chunk(args.d_steps), y_all.chunk(args.d_steps)
@@ -369,9 +378,11 @@ def train_step(nets, x_all, y_all, args):
     D_Y.requires_grad_(False)
     adv_G = g_loss(D_Y(fake_y))
     adv_F = g_loss(D_X(fake_x))
-    cyc = cycle_loss(x, rec_x, y, rec_y)
-    idt = identity_loss(x, F_x, y, G_y) if lam_id > 0 else torch.zeros((), device=x.device)
-    loss_G = adv_G + adv_F + lam * cyc + lam_id * idt                 # eq. 3 (+ Sec. 5.2)
+    cyc = cycle_loss(x, rec_x, y, rec_y, lam)
+    idt = identity_loss(x, F_x, y, G_y, lam) if lam_id > 0 else torch.zeros((), device=x.device)
+    loss_G = adv_G + adv_F + cyc + lam_id * idt                       # eq. 3 (+ Sec. 5.2)
+    l1 = {'cycle': cycle_loss(x, rec_x, y, rec_y).item(),                  # logged unweighted
+          'identity': identity_loss(x, F_x, y, G_y).item() if lam_id > 0 else 0.0}
     opt_G.zero_grad(set_to_none=True)
     loss_G.backward()
     opt_G.step()
@@ -391,8 +402,8 @@ def train_step(nets, x_all, y_all, args):
         opt_D.zero_grad(set_to_none=True)
         (loss_D_Y + loss_D_X).backward()
         opt_D.step()
-    return {'loss_G': loss_G.item(), 'loss_D_Y': loss_D_Y.item(), 'loss_D_X': loss_D_X.item(),
-            'cycle': cyc.item(), 'adv_G': adv_G.item(), 'adv_F': adv_F.item(), 'identity': idt.item()}
+    return {'loss_G': loss_G.item(), 'loss_D_Y': loss_D_Y.item(), 'loss_D_X': loss_D_X.item(), 'cycle': l1['cycle'],
+            'adv_G': adv_G.item(), 'adv_F': adv_F.item(), 'identity': l1['identity']}
 
 
 # ----------------------------------------------------------------------------------------------

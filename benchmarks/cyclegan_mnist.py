@@ -23,17 +23,18 @@ translator that does nothing scores) and for real target-domain images (train vs
     python benchmarks/prepare_data.py --mnist M/raw --cifar C.tar --mnistm --out /tmp/gan-data
     python benchmarks/cyclegan_mnist.py --data /tmp/gan-data/mnist2mnistm
 
-Training is skipped when OUT/last.pt already exists, so a second call only measures again. The two
-classifiers (a LeNet-sized CNN per domain, 5 epochs on trainA or trainB with their labels, seed 0)
-and the joint digit-and-domain CNN are trained here every time, in a minute or two. Extra arguments
-after -- go to cyclegan.py.
+Training runs in segments up to each --minutes point (default 5, 15, 30 minutes in all), each
+resuming the checkpoint of the one before (exact resume), and each point's checkpoint is kept as
+OUT/min<M>.pt; a point whose checkpoint exists is not trained again, so a second call only
+measures. The two classifiers (a LeNet-sized CNN per domain, --clf-epochs 15 on trainA or trainB
+with their labels, seed 0) and the joint digit-and-domain CNN are trained here every time, in a few
+minutes. Extra arguments after -- go to cyclegan.py.
 """
 import argparse
 import os
-import resource
+import shutil
 import subprocess
 import sys
-import time
 
 import torch
 import torch.nn as nn
@@ -46,9 +47,12 @@ import common  # noqa: E402
 import cyclegan  # noqa: E402
 import metrics  # noqa: E402
 
-TRAIN_FLAGS = ['--res', '32', '--channels', '3', '--ngf', '32', '--ndf', '32', '--batch-size', '4',
-               '--epochs', '2', '--decay-epochs', '1', '--sample-every', '250', '--ckpt-every', '500',
-               '--device', 'cpu']
+# The CPU recipe (docs/cyclegan.md: how it was found): quarter width, batch 4, the Y cycle at 2 (the
+# authors' lambda_B; lambda_X stays 10), identity 1.0, the lr constant for 3 epochs then linear to 0
+# over 3 more, which 30 minutes on one core of a 2-core CPU about reach.
+TRAIN_FLAGS = ['--res', '32', '--channels', '3', '--ngf', '16', '--ndf', '16', '--batch-size', '4',
+               '--lambda-cycle', '10', '2', '--lambda-identity', '1.0', '--epochs', '6', '--decay-epochs', '3',
+               '--sample-every', '500', '--ckpt-every', '500', '--device', 'cpu']
 
 
 class Classifier(nn.Module):
@@ -119,43 +123,41 @@ def main():
     p.add_argument('--data', required=True, help='the mnist2mnistm folder (trainA/ trainB/ testA/ testB/)')
     p.add_argument('--out', default='runs/bench/cyclegan_mnist')
     p.add_argument('--data-root', default='./data', help='decoded-image cache')
+    p.add_argument('--minutes', default='5,15,30',
+                   help='measure after these many minutes of training in all (comma-separated): the run is '
+                        'trained in segments, each resuming the last, and each point is kept as OUT/min<M>.pt')
+    p.add_argument('--plot', metavar='PNG', help='also draw the curve: content kept and FID against minutes')
+    p.add_argument('--clf-epochs', type=int, default=15, help='epochs of each judging classifier')
     p.add_argument('extra', nargs='*', help='more cyclegan.py flags, after --')
     a = p.parse_args()
-    ckpt_path = os.path.join(a.out, 'last.pt')
+    points = sorted(float(m) for m in a.minutes.split(','))
 
-    if not os.path.exists(ckpt_path):
-        cmd = [sys.executable, os.path.join(ROOT, 'cyclegan.py'), '--data', a.data, *TRAIN_FLAGS, '--out', a.out,
-               '--data-root', a.data_root, *a.extra]
-        print('$', ' '.join(cmd[1:]), flush=True)
-        t = time.time()
-        subprocess.run(cmd, check=True)
-        ru = resource.getrusage(resource.RUSAGE_CHILDREN)   # the training process's own CPU time
-        print(f'training: {(ru.ru_utime + ru.ru_stime) / 60:.1f} min of CPU time '
-              f'({(time.time() - t) / 60:.1f} min wall clock)', flush=True)
-
-    ckpt = common.load_checkpoint(ckpt_path, 'cyclegan')
-    targs = common.args_from_checkpoint(ckpt, argparse.Namespace(device='cpu'))
-    G, F_, _, _ = cyclegan.build(targs)
-    G.load_state_dict(ckpt['nets']['G'])
-    F_.load_state_dict(ckpt['nets']['F'])
-    if targs.res != 32 or (targs.channels_a, targs.channels_b) != (3, 3):
-        raise common.UserError(f'{ckpt_path}: expected a 32x32 checkpoint with --channels 3')
+    done = 0.0
+    for m in points:                                       # train up to each point, resuming the last one
+        path = os.path.join(a.out, f'min{m:g}.pt')
+        if not os.path.exists(path):
+            cmd = [sys.executable, os.path.join(ROOT, 'cyclegan.py'), '--data', a.data, *TRAIN_FLAGS, '--out', a.out,
+                   '--data-root', a.data_root, '--minutes', f'{m - done:g}', *a.extra]
+            if done:
+                cmd += ['--resume', os.path.join(a.out, f'min{done:g}.pt')]
+            print('$', ' '.join(cmd[1:]), flush=True)
+            subprocess.run(cmd, check=True)
+            shutil.copy(os.path.join(a.out, 'last.pt'), path)
+        done = m
 
     split = {s: load_split(os.path.join(a.data, s), a.data_root) for s in ('trainA', 'trainB', 'testA', 'testB')}
     clf, acc = {}, {}
     for dom in 'AB':
-        clf[dom] = train_classifier(*split['train' + dom])
+        clf[dom] = train_classifier(*split['train' + dom], epochs=a.clf_epochs)
         pred, _, _ = read(clf[dom], split['test' + dom][0])
         acc[dom] = (pred == split['test' + dom][1]).float().mean().item()
     xa, ya = split['trainA']
     xb, yb = split['trainB']
-    joint = train_classifier(torch.cat([xa, xb]), torch.cat([ya, yb]),
+    joint = train_classifier(torch.cat([xa, xb]), torch.cat([ya, yb]), epochs=a.clf_epochs,
                              domain=torch.cat([torch.zeros(len(xa)), torch.ones(len(xb))]).long())
     _, _, dom_a = read(joint, split['testA'][0])
     _, _, dom_b = read(joint, split['testB'][0])
     dom_acc = torch.cat([dom_a == 0, dom_b == 1]).float().mean().item()
-
-    print(f'\n{ckpt_path}: step {ckpt["step"]}, epoch {ckpt["epoch"]}')
     print(f'digit classifiers: trained on trainA / trainB, test accuracy {acc["A"]:.1%} (A, MNIST) / '
           f'{acc["B"]:.1%} (B, MNIST-M-style); the joint CNN tells the domain of {dom_acc:.1%} of testA + testB')
     try:
@@ -164,9 +166,53 @@ def main():
         inception = None
         print(f'(no FID on Inception features: {e})')
 
-    def inception_pool(x):
-        return metrics.inception_features(inception, common.to_uint8(x), device='cpu')[0]
+    fixed = {}                                             # the real and untranslated sets' features, once
 
+    def inception_pool(x, key=None):
+        if key not in fixed or key is None:
+            fixed[key] = metrics.inception_features(inception, common.to_uint8(x), device='cpu')[0]
+        return fixed[key]
+
+    curve = [measure(os.path.join(a.out, f'min{m:g}.pt'), split, clf, acc, joint, inception_pool if inception else None)
+             for m in points]
+    if a.plot:
+        plot_curve(points, curve, a.plot)
+
+
+def plot_curve(points, curve, path):
+    """Content kept and Inception FID of each direction against the minutes of training."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
+    for d, style in (('A -> B', 'o-'), ('B -> A', 's-')):
+        ax1.plot(points, [100 * c[d]['kept'] for c in curve], style, label=d)
+        if all('fid' in c[d] for c in curve):
+            ax2.plot(points, [c[d]['fid'] for c in curve], style, label=f'{d} translations')
+            ax2.axhline(curve[0][d]['fid_in'], ls=':', lw=1, color=ax2.lines[-1].get_color(),
+                        label=f'{d} untranslated inputs')
+    ax1.set(xlabel='minutes of training', ylabel='content kept (%)', ylim=(0, 100))
+    ax1.axhline(90, ls='--', lw=0.8, color='gray')
+    ax2.set(xlabel='minutes of training', ylabel='Inception FID to the real target images')
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    print(f'wrote {path}')
+
+
+def measure(ckpt_path, split, clf, acc, joint, inception_pool):
+    """Translate the held-out digits both ways with one checkpoint and print every figure."""
+    ckpt = common.load_checkpoint(ckpt_path, 'cyclegan')
+    targs = common.args_from_checkpoint(ckpt, argparse.Namespace(device='cpu'))
+    G, F_, _, _ = cyclegan.build(targs)
+    G.load_state_dict(ckpt['nets']['G'])
+    F_.load_state_dict(ckpt['nets']['F'])
+    if targs.res != 32 or (targs.channels_a, targs.channels_b) != (3, 3):
+        raise common.UserError(f'{ckpt_path}: expected a 32x32 checkpoint with --channels 3')
+    print(f'\n{ckpt_path}: step {ckpt["step"]}, epoch {ckpt["epoch"]}')
+    figures = {}
     for name, fwd, src, dst in (('A -> B (G)', G, 'A', 'B'), ('B -> A (F)', F_, 'B', 'A')):
         x, labels = split['test' + src]
         fake = cyclegan.translate(fwd, x)
@@ -180,6 +226,7 @@ def main():
         _, f_train, _ = read(joint, train_x[pick])
         target = 1 if dst == 'B' else 0
         kept = (pred_fake == labels).float().mean().item()
+        figures[name[:6]] = {'kept': kept}
         print(f'\n{name}: {len(x)} held-out {src} digits')
         print(f'  content kept (the {dst} digit classifier reads the input digit): translations {kept:.1%} | '
               f'untranslated inputs {(pred_in == labels).float().mean().item():.1%} | '
@@ -191,12 +238,15 @@ def main():
               f'{metrics.fid_from_features(f_fake, f_real):.2f} | untranslated inputs '
               f'{metrics.fid_from_features(f_in, f_real):.2f} | '
               f'real train{dst} {metrics.fid_from_features(f_train, f_real):.2f}')
-        if inception is not None:
-            i_real = inception_pool(split['test' + dst][0])
+        if inception_pool is not None:
+            i_real = inception_pool(split['test' + dst][0], 'test' + dst)
+            fid = metrics.fid_from_features(inception_pool(fake), i_real)
+            fid_in = metrics.fid_from_features(inception_pool(x, 'test' + src), i_real)
+            figures[name[:6]].update(fid=fid, fid_in=fid_in)
             print(f'  FID to real test{dst} (Inception pool features, {len(x)} vs {len(i_real)}): translations '
-                  f'{metrics.fid_from_features(inception_pool(fake), i_real):.2f} | untranslated inputs '
-                  f'{metrics.fid_from_features(inception_pool(x), i_real):.2f} | '
-                  f'real train{dst} {metrics.fid_from_features(inception_pool(train_x[pick]), i_real):.2f}')
+                  f'{fid:.2f} | untranslated inputs {fid_in:.2f} | '
+                  f'real train{dst} {metrics.fid_from_features(inception_pool(train_x[pick], "train" + dst), i_real):.2f}')
+    return figures
 
 
 if __name__ == '__main__':

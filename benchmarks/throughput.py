@@ -30,11 +30,14 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-MODELS = ['gan_mlp', 'dcgan', 'cgan', 'wgan_gp', 'progan', 'stylegan', 'biggan']
+MODELS = ['gan_mlp', 'dcgan', 'cgan', 'wgan_gp', 'progan', 'stylegan', 'biggan', 'cyclegan']
 
 
 def run_model(model, args, out):
-    cmd = [sys.executable, os.path.join(ROOT, f'{model}.py'), '--data', args.data, '--data-root', args.data_root,
+    data = ['--data', args.data]
+    if model == 'cyclegan' and not os.path.isdir(os.path.join(args.data, 'trainA')):
+        data = ['--shapes-n', '64']       # two domains are needed: the built-in pair, unless DIR has trainA/ trainB/
+    cmd = [sys.executable, os.path.join(ROOT, f'{model}.py'), *data, '--data-root', args.data_root,
            '--steps', str(args.warmup + args.steps), '--sample-every', '1000000000', '--ckpt-every', '1000000000',
            '--out', out, '--device', args.device]
     if args.res:

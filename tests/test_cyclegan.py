@@ -519,3 +519,19 @@ def test_prepare_data_writes_a_disjoint_mnistm_pair(tmp_path):
             stroke, back = img[digits[i] == 255], img[digits[i] == 0]
             # |patch - 255| on the stroke, the patch itself elsewhere: each pixel pair sums to 255
             assert np.all(back[:, 1] == 100) and np.all(stroke[:, 1] == 155)
+
+
+def test_two_cycle_lambdas_weigh_each_cycle_and_identity_as_the_authors_code():
+    """--lambda-cycle 10 2: lambda_X = 10 on |F(G(x)) - x| and on the identity |F(x) - x|, lambda_Y = 2
+    on |G(F(y)) - y| and on |G(y) - y|. With the stubs of the test above the four terms are
+    0.7, 0.1, 0.5 and 0.2, so loss_G = adv + 10 * 0.7 + 2 * 0.1 + 0.5 * (2 * 0.5 + 10 * 0.2)."""
+    args = make_args('--lambda-cycle', 10, 2, '--lambda-identity', 0.5)
+    assert args.lambda_cycle == [10.0, 2.0] and make_args('--lambda-cycle', 3).lambda_cycle == [3.0, 3.0]
+    nets = make_nets(args)
+    nets['G'], nets['F'] = Affine(1.0, 0.5), Affine(-1.0, 0.0)
+    nets['opt_G'] = torch.optim.SGD([nets['G'].shift, nets['F'].shift], lr=0.0)
+    logs = cyclegan.train_step(nets, torch.full((1, 3, 32, 32), 0.1), torch.full((1, 3, 32, 32), 0.3), args)
+    assert logs['cycle'] == pytest.approx(0.8) and logs['identity'] == pytest.approx(0.7)   # logged unweighted
+    assert logs['loss_G'] == pytest.approx(logs['adv_G'] + logs['adv_F'] + 7.2 + 0.5 * 3.0, rel=1e-5)
+    with pytest.raises(common.UserError, match='one value .* or two'):
+        make_args('--lambda-cycle', 1, 2, 3)

@@ -167,7 +167,7 @@ DATASETS = ['mnist', 'fashion-mnist', 'cifar10', 'flowers102', 'shapes']
 
 
 # Flag value types: argparse checks each value as it parses it: `error: argument --lr: -1 is not a positive number`
-def _flag_type(name, convert, ok, what):
+def flag_type(name, convert, ok, what):
     def check(text):
         try:
             v = convert(text)
@@ -180,15 +180,15 @@ def _flag_type(name, convert, ok, what):
     return check
 
 
-positive_int = _flag_type('positive_int', int, lambda v: v >= 1, 'a positive integer')
-at_least_2 = _flag_type('at_least_2', int, lambda v: v >= 2, 'an integer >= 2')
-nonneg_int = _flag_type('nonneg_int', int, lambda v: v >= 0, 'an integer >= 0')
-seed_int = _flag_type('seed_int', int, lambda v: 0 <= v < 2 ** 32, 'a seed in [0, 2^32)')
-finite_float = _flag_type('finite_float', float, math.isfinite, 'a finite number')
-positive_float = _flag_type('positive_float', float, lambda v: math.isfinite(v) and v > 0, 'a positive number')
-nonneg_float = _flag_type('nonneg_float', float, lambda v: math.isfinite(v) and v >= 0, 'a number >= 0')
-probability = _flag_type('probability', float, lambda v: 0 <= v <= 1, 'a probability in [0, 1]')
-decay_rate = _flag_type('decay_rate', float, lambda v: 0 <= v < 1, 'in [0, 1)')   # Adam betas, EMA decays
+positive_int = flag_type('positive_int', int, lambda v: v >= 1, 'a positive integer')
+at_least_2 = flag_type('at_least_2', int, lambda v: v >= 2, 'an integer >= 2')
+nonneg_int = flag_type('nonneg_int', int, lambda v: v >= 0, 'an integer >= 0')
+seed_int = flag_type('seed_int', int, lambda v: 0 <= v < 2 ** 32, 'a seed in [0, 2^32)')
+finite_float = flag_type('finite_float', float, math.isfinite, 'a finite number')
+positive_float = flag_type('positive_float', float, lambda v: math.isfinite(v) and v > 0, 'a positive number')
+nonneg_float = flag_type('nonneg_float', float, lambda v: math.isfinite(v) and v >= 0, 'a number >= 0')
+probability = flag_type('probability', float, lambda v: 0 <= v <= 1, 'a probability in [0, 1]')
+decay_rate = flag_type('decay_rate', float, lambda v: 0 <= v < 1, 'in [0, 1)')   # Adam betas, EMA decays
 
 
 class _Parser(argparse.ArgumentParser):
@@ -198,9 +198,11 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f'{message} (see --help)')
 
 
-def base_parser(doc, model, dataset, res, batch_size, epochs, sample_every=500, ckpt_every=2000, conditional=False):
+def base_parser(doc, model, dataset, res, batch_size, epochs, sample_every=500, ckpt_every=2000, conditional=False,
+                res_type=positive_int, evaluation=True):
     """The flags every model file shares; the defaults given here are the model's own.
-    conditional: the model draws a class it is given (--class K)."""
+    conditional: the model draws a class it is given (--class K); res_type: the resolutions it can build;
+    evaluation: it has --eval-every (FID against the training data during training)."""
     # allow_abbrev=False: a flag is only ever its full spelling (else --class would pass for --classifier)
     p = _Parser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     g = p.add_argument_group('data')
@@ -208,7 +210,7 @@ def base_parser(doc, model, dataset, res, batch_size, epochs, sample_every=500, 
                    help=f'a dataset downloaded on first use, or the built-in "shapes" (default {dataset})')
     g.add_argument('--data', metavar='DIR', help='train on a folder of images instead (class subfolders give labels)')
     g.add_argument('--data-root', default='./data', help='where downloaded datasets and decoded caches live')
-    g.add_argument('--res', type=positive_int, default=res, help='image resolution (square)')
+    g.add_argument('--res', type=res_type, default=res, help='image resolution (square)')
     g.add_argument('--channels', type=int, choices=[1, 3], help="image channels (default: the dataset's own)")
     g.add_argument('--shapes-n', type=positive_int, default=20000, help='number of images in the shapes dataset')
     g.add_argument('--max-memory-gb', type=positive_float, default=8.0,
@@ -230,12 +232,15 @@ def base_parser(doc, model, dataset, res, batch_size, epochs, sample_every=500, 
                         'differ from the checkpoint\'s (refused otherwise)')
     g.add_argument('--sample-every', type=positive_int, default=sample_every, help='steps between sample grids')
     g.add_argument('--ckpt-every', type=positive_int, default=ckpt_every, help='steps between checkpoints')
-    g = p.add_argument_group('evaluation')
-    g.add_argument('--eval-every', type=nonneg_int, default=0, metavar='K',
-                   help='every K steps, log FID against the training data to losses.csv (0: never)')
-    g.add_argument('--eval-n', type=at_least_2, default=5000, metavar='N', help='images on each side of that FID')
-    g.add_argument('--inception-weights', metavar='PATH',
-                   help='the FID Inception weights file (default: fetched once into the torch hub cache)')
+    g = p.add_argument_group('evaluation') if evaluation else None
+    if g is None:
+        p.set_defaults(eval_every=0, eval_n=5000, inception_weights=None)
+    else:
+        g.add_argument('--eval-every', type=nonneg_int, default=0, metavar='K',
+                       help='every K steps, log FID against the training data to losses.csv (0: never)')
+        g.add_argument('--eval-n', type=at_least_2, default=5000, metavar='N', help='images on each side of that FID')
+        g.add_argument('--inception-weights', metavar='PATH',
+                       help='the FID Inception weights file (default: fetched once into the torch hub cache)')
     g = p.add_argument_group('speed')
     g.add_argument('--amp', action='store_true',
                    help='bfloat16 autocast for the networks\' forward passes (CUDA, or a CPU with bf16 units such as '

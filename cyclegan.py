@@ -81,10 +81,7 @@ import common
 # ----------------------------------------------------------------------------------------------
 
 # G halves the image twice and doubles it back; at 32 the PatchGAN's output map is 2x2
-res_type = common._flag_type('res', int, lambda v: v >= 32 and v % 4 == 0, 'a multiple of 4 and at least 32')
-# A translation's FID is against the other domain, not the training data that --eval-every measures
-no_eval = common._flag_type('eval_every', int, lambda v: v == 0,
-                            '0: cyclegan has no --eval-every; benchmarks/cyclegan_mnist.py measures its FID')
+res_type = common.flag_type('res', int, lambda v: v >= 32 and v % 4 == 0, 'a multiple of 4 and at least 32')
 
 
 class TranslateFolder(argparse.Action):       # --input DIR samples: --out defaults to the sampling folder
@@ -93,11 +90,12 @@ class TranslateFolder(argparse.Action):       # --input DIR samples: --out defau
 
 
 def get_args(argv=None):
-    p = common.base_parser(__doc__, model='cyclegan', dataset='shapes', res=256, batch_size=1, epochs=200)
+    # No --eval-every: a translation's FID is against the other domain, not against the training data
+    # (benchmarks/cyclegan_mnist.py measures it)
+    p = common.base_parser(__doc__, model='cyclegan', dataset='shapes', res=256, batch_size=1, epochs=200,
+                           res_type=res_type, evaluation=False)
     # the built-in pair's images per domain, as in the paper's datasets (400 to 2,975): 200 epochs are ~200k steps
     p.set_defaults(shapes_n=1000)
-    p._option_string_actions['--res'].type = res_type
-    p._option_string_actions['--eval-every'].type = no_eval
     d = p.add_argument_group('two domains (or --data DIR with trainA/ trainB/, or the built-in --dataset shapes)')
     d.add_argument('--data-a', metavar='DIR', help='a folder of domain A (X) images, any sizes')
     d.add_argument('--data-b', metavar='DIR', help='a folder of domain B (Y) images, any sizes')

@@ -74,7 +74,7 @@ import common
 
 # D's target for real images: 1 is the paper's, below it one-sided label smoothing; at 0 or less D
 # would be trained to call real images fake
-real_target = common._flag_type('real_target', float, lambda v: 0 < v <= 1, 'a target in (0, 1]')
+real_target = common.flag_type('real_target', float, lambda v: 0 < v <= 1, 'a target in (0, 1]')
 
 
 def get_args(argv=None):

@@ -75,7 +75,7 @@ RESOLUTIONS = [2 ** k for k in range(3, 11)]  # 8 .. 1024: 4x4 is where growing 
 
 # A phase lasts round(1000 * kimg) images (make_phases) and needs at least one: a fade-in's alpha is
 # the images shown divided by the phase's length
-kimg = common._flag_type('kimg', float, lambda v: math.isfinite(v) and round(1000 * v) >= 1,
+kimg = common.flag_type('kimg', float, lambda v: math.isfinite(v) and round(1000 * v) >= 1,
                          'at least 0.001 (one image)')
 
 

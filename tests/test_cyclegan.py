@@ -453,7 +453,7 @@ def test_bad_input_is_one_error_line(tmp_path, image_folder):
         (['--dataset', 'mnist'], 'one domain; cyclegan needs two'),
         (['--direction', 'b2a'], '--direction is for translating'),
         (['--res', '30'], 'multiple of 4'),
-        (['--eval-every', '5'], 'no --eval-every'),
+        (['--eval-every', '5'], 'unrecognized arguments: --eval-every'),
         (['--input', str(image_folder)], '--input DIR translates with a trained model: add --ckpt'),
     ]
     for flags, msg in cases:

@@ -169,8 +169,10 @@ def main():
     fixed = {}                                             # the real and untranslated sets' features, once
 
     def inception_pool(x, key=None):
-        if key not in fixed or key is None:
-            fixed[key] = metrics.inception_features(inception, common.to_uint8(x), device='cpu')[0]
+        if key is None:                                    # translations: new for every checkpoint
+            return metrics.inception_features(inception, common.to_uint8(x), device='cpu')[0]
+        if key not in fixed:
+            fixed[key] = inception_pool(x)
         return fixed[key]
 
     curve = [measure(os.path.join(a.out, f'min{m:g}.pt'), split, clf, acc, joint, inception_pool if inception else None)

@@ -43,6 +43,18 @@ ImageFolder with PIL transforms behind a DataLoader (2 workers), and the PyTorch
 64x64; here it is dcgan.py's network at --res 32 (the same blocks, one fewer). It runs in one process
 up to its last point, pausing its clock while each point is scored.
 
+Two flags serve a CPU other than the ones the recipes were found on. --fp32 drops --amp from every
+recipe and from metrics.py: on a CPU without fast bfloat16 units (no AVX-512 bf16, no AMX), bf16
+autocast runs several times slower than fp32 (there, metrics.py's Inception ran 1.2 images/s under
+--amp against 7.1 in fp32). --canonical-at MODEL scores the canonical recipe at MODEL's minutes
+instead of dcgan's: stylegan's CPU recipe against the canonical recipe, side by side on one machine:
+
+    python benchmarks/fid_curves.py --data /tmp/gan-data --work /tmp/fid-fp32 --fp32 --points 10,30 \
+        --models stylegan,canonical --canonical-at stylegan
+
+stylegan_cond is stylegan's recipe with --cond (the class-conditional StyleGAN2 of the ADA code),
+scored at 10 minutes against the unconditional curve.
+
 --report prints the Markdown table and draws FID against images seen, one line per model, with the
 published points marked (PUBLISHED below, with their sources). --record keeps every curve's points and
 recipe in a JSON file in the repo, so that the report can be drawn again when the work folder (the
@@ -88,6 +100,13 @@ RECIPES = {
                  'flags': ['--res', '32', '--fmap-base', '1024', '--fmap-max', '32', '--z-dim', '128',
                            '--w-dim', '128', '--mapping-layers', '2', '--lr', '0.0025', '--r1-gamma', '0.01',
                            '--pl-weight', '0', '--ema-kimg', '1', '--amp']},
+    # The class-conditional StyleGAN2 of the ADA code (--cond), at the unconditional recipe: issue's
+    # comparison at equal minutes. 'file': the model file it runs.
+    'stylegan_cond': {'file': 'stylegan', 'data': 'cifar10/train', 'batch': 32, 'k': 1, 'points': [10],
+                      'sample': ['--psi', '1'],
+                      'flags': ['--res', '32', '--fmap-base', '1024', '--fmap-max', '32', '--z-dim', '128',
+                                '--w-dim', '128', '--mapping-layers', '2', '--lr', '0.0025', '--r1-gamma', '0.01',
+                                '--pl-weight', '0', '--ema-kimg', '1', '--amp', '--cond']},
     'biggan': {'data': 'cifar10/train', 'batch': 32, 'k': 1, 'points': [3, 10],     # benchmarks/biggan_cifar10.sh's
                'flags': ['--res', '32', '--ch', '16', '--lr-g', '2e-4', '--lr-d', '8e-4', '--d-steps', '1',
                          '--ema-start', '1000', '--ema-decay', '0.999', '--amp']},
@@ -125,9 +144,9 @@ def run(cmd, log):
 
 
 def metrics_cmd(args, *words):
-    """`metrics.py WORDS --amp`, with --inception-weights when given."""
+    """`metrics.py WORDS --amp` (plain fp32 with --fp32), with --inception-weights when given."""
     weights = ['--inception-weights', args.inception_weights] if args.inception_weights else []
-    return [sys.executable, 'metrics.py', *words, '--amp', *weights]
+    return [sys.executable, 'metrics.py', *words, *([] if args.fp32 else ['--amp']), *weights]
 
 
 def metrics_of(folder, ref, args, log):
@@ -157,7 +176,7 @@ def reference(args, data_sub, log):
     """.npz statistics and Inception features of the reference split, computed once (metrics.py
     stats --features --amp). A file without the features (an earlier run's, before KID) is rebuilt."""
     name = 'mnist' if data_sub == 'mnist' else 'cifar10/test'
-    path = os.path.join(args.work, name.replace('/', '-') + '-amp.npz')
+    path = os.path.join(args.work, name.replace('/', '-') + ('-fp32.npz' if args.fp32 else '-amp.npz'))
     if os.path.exists(path) and has_features(path):
         return path
     if os.path.exists(path):
@@ -229,7 +248,7 @@ def score(model, ckpt_or_gen, out, tag, n, args, ref, log):
     if model == 'canonical':
         ckpt_or_gen(gen, n)
     else:
-        run([sys.executable, f'{model}.py', '--generate', str(n), '--ckpt', ckpt_or_gen, '--out', gen,
+        run([sys.executable, f'{RECIPES[model].get("file", model)}.py', '--generate', str(n), '--ckpt', ckpt_or_gen, '--out', gen,
              '--seed', '1', *RECIPES[model].get('sample', [])], log)
     scores = metrics_of(gen, ref, args, log)
     shutil.copy(os.path.join(gen, 'grid.png'), os.path.join(out, f'grid_{tag}.png'))
@@ -303,7 +322,7 @@ def train_model(model, args):
         # A point a fraction of a second short of its target (an earlier run's clock) needs no segment.
         if done >= target - min(0.01, target / 100) or (points and r.get('steps') and points[-1]['step'] >= r['steps']):
             continue
-        cmd = [sys.executable, f'{model}.py', '--data', os.path.join(args.data, r['data']), '--out', out,
+        cmd = [sys.executable, f'{r.get("file", model)}.py', '--data', os.path.join(args.data, r['data']), '--out', out,
                '--data-root', os.path.join(args.work, 'cache'), '--epochs', '100000',
                '--minutes', f'{target - done:.4f}', '--sample-every', '1000', '--ckpt-every', '100000',
                *r['flags']]
@@ -395,9 +414,10 @@ def train_canonical(args):
     os.makedirs(out, exist_ok=True)
     log = os.path.join(out, 'log.txt')
     ref = reference(args, r['data'], log)
-    marks = [p['minutes'] for p in load_points(os.path.join(args.work, 'dcgan'))]
+    marks = [p['minutes'] for p in load_points(os.path.join(args.work, args.canonical_at))]
     if not marks:
-        sys.exit('error: the canonical recipe is scored at dcgan\'s points: run --models dcgan first')
+        sys.exit(f'error: the canonical recipe is scored at {args.canonical_at}\'s points: run --models '
+                 f'{args.canonical_at} first')
     points = load_points(out)
     if points and points[-1]['minutes'] >= marks[-1] - 1e-3:
         add_missing_kid('canonical', out, points, args, ref, log)
@@ -428,8 +448,8 @@ def train_canonical(args):
             s = score('canonical', write, out, tag, args.n, args, ref, log)
             points.append({'minutes': round(clock / 60, 3), 'step': step, 'images': step * batch,
                            'fid': round(s['fid'], 2), 'kid': s['kid'], 'kid_std': s['kid_std'], 'n': args.n})
-            if len(todo) == 1 and RECIPES['dcgan'].get('final_n'):
-                n = RECIPES['dcgan']['final_n']
+            if len(todo) == 1 and RECIPES[args.canonical_at].get('final_n'):
+                n = RECIPES[args.canonical_at]['final_n']
                 points[-1].update(fid_final=round(score('canonical', write, out, tag, n, args, ref, log)['fid'], 2),
                                   n_final=n)
             netG.train()
@@ -574,6 +594,12 @@ def main():
                                                     'points are also scored with 10,000, StudioGAN\'s count)')
     p.add_argument('--points', help='comma-separated training minutes at which every model is scored, '
                                     'instead of its recipe\'s (a quick check: --points 0.2,0.4 --n 200)')
+    p.add_argument('--canonical-at', default='dcgan', metavar='MODEL',
+                   help='score the canonical recipe at the minutes of this model\'s points in --work')
+    p.add_argument('--fp32', action='store_true',
+                   help='drop --amp from every recipe and from metrics.py: for a CPU without fast bfloat16 '
+                        '(no AVX-512 bf16 or AMX), where bf16 autocast is several times slower than fp32; '
+                        'a curve of other flags, so give it its own --work')
     p.add_argument('--inception-weights', metavar='PATH')
     p.add_argument('--report', metavar='PNG', help='also draw the curves to this file')
     p.add_argument('--record', metavar='JSON', help='the curves kept in the repo (docs/fid_curves.json): models '
@@ -590,6 +616,13 @@ def main():
         need = os.path.join(args.data, RECIPES[m]['data'])
         if not os.path.isdir(need):
             sys.exit(f'error: {need} is not a folder; run benchmarks/prepare_data.py first')
+    if args.canonical_at not in RECIPES or args.canonical_at == 'canonical':
+        sys.exit(f'error: --canonical-at {args.canonical_at}: choose a model file\'s recipe from '
+                 f'{", ".join(m for m in RECIPES if m != "canonical")}')
+    if args.fp32:
+        for r in RECIPES.values():
+            if 'flags' in r:
+                r['flags'] = [f for f in r['flags'] if f != '--amp']
     if args.points:
         for r in RECIPES.values():
             r.pop('final_n', None)

@@ -160,3 +160,26 @@ def test_the_record_redraws_curves_whose_work_folder_is_gone(tmp_path):
     record.write_text('{not json')
     r = run_script('benchmarks/fid_curves.py', '--work', work, '--record', record)
     assert r.returncode != 0 and r.stderr.strip().startswith(f'error: cannot read the record {record}')
+
+
+def test_fp32_curves_and_the_canonical_recipe_at_another_models_minutes(tmp_path, package_weights):
+    """--fp32 drops --amp from the model file's flags and from metrics.py (its own reference file), and
+    --canonical-at scores the canonical recipe at that model's minutes; stylegan_cond runs stylegan.py
+    with --cond, and its class-subfolder samples are scored."""
+    tiny_cifar(tmp_path / 'data')
+    work = tmp_path / 'work'
+    r = run_script('benchmarks/fid_curves.py', '--data', tmp_path / 'data', '--work', work, '--fp32',
+                   '--models', 'stylegan_cond,canonical', '--canonical-at', 'stylegan_cond', '--points', '0.01',
+                   '--n', '12', '--inception-weights', package_weights, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    recipe = json.loads((work / 'stylegan_cond' / 'recipe.json').read_text())
+    assert '--cond' in recipe['flags'] and '--amp' not in recipe['flags']
+    log = (work / 'stylegan_cond' / 'log.txt').read_text()
+    assert 'stylegan.py --data' in log and '--amp' not in log
+    assert (work / 'cifar10-test-fp32.npz').is_file() and not (work / 'cifar10-test-amp.npz').exists()
+    (cond,) = json.loads((work / 'stylegan_cond' / 'points.json').read_text())
+    (canonical,) = json.loads((work / 'canonical' / 'points.json').read_text())
+    assert 0 < cond['fid'] < 1000 and abs(canonical['minutes'] - cond['minutes']) < 0.1
+    assert 'fid_final' not in canonical                       # stylegan's recipe has no 10k point
+    bad = run_script('benchmarks/fid_curves.py', '--work', work, '--canonical-at', 'canonical')
+    assert bad.returncode != 0 and bad.stderr.strip().startswith('error: --canonical-at canonical')

@@ -100,17 +100,14 @@ RECIPES = {
                  'flags': ['--res', '32', '--fmap-base', '1024', '--fmap-max', '32', '--z-dim', '128',
                            '--w-dim', '128', '--mapping-layers', '2', '--lr', '0.0025', '--r1-gamma', '0.01',
                            '--pl-weight', '0', '--ema-kimg', '1', '--amp']},
-    # The class-conditional StyleGAN2 of the ADA code (--cond), at the unconditional recipe: issue's
-    # comparison at equal minutes. 'file': the model file it runs.
-    'stylegan_cond': {'file': 'stylegan', 'data': 'cifar10/train', 'batch': 32, 'k': 1, 'points': [10],
-                      'sample': ['--psi', '1'],
-                      'flags': ['--res', '32', '--fmap-base', '1024', '--fmap-max', '32', '--z-dim', '128',
-                                '--w-dim', '128', '--mapping-layers', '2', '--lr', '0.0025', '--r1-gamma', '0.01',
-                                '--pl-weight', '0', '--ema-kimg', '1', '--amp', '--cond']},
     'biggan': {'data': 'cifar10/train', 'batch': 32, 'k': 1, 'points': [3, 10],     # benchmarks/biggan_cifar10.sh's
                'flags': ['--res', '32', '--ch', '16', '--lr-g', '2e-4', '--lr-d', '8e-4', '--d-steps', '1',
                          '--ema-start', '1000', '--ema-decay', '0.999', '--amp']},
 }
+# The class-conditional StyleGAN2 of the ADA code: stylegan's recipe with --cond, scored at 10 minutes
+# against the unconditional curve. 'file': the model file it runs.
+RECIPES['stylegan_cond'] = {**RECIPES['stylegan'], 'file': 'stylegan', 'points': [10],
+                            'flags': RECIPES['stylegan']['flags'] + ['--cond']}
 
 # Published CIFAR-10 points: (source, images shown to D, FID, protocol). Sources, with the run each
 # comes from, are in docs/fid_curves.md. StudioGAN's early logs score 10k fakes against the 10k test
@@ -248,8 +245,9 @@ def score(model, ckpt_or_gen, out, tag, n, args, ref, log):
     if model == 'canonical':
         ckpt_or_gen(gen, n)
     else:
-        run([sys.executable, f'{RECIPES[model].get("file", model)}.py', '--generate', str(n), '--ckpt', ckpt_or_gen, '--out', gen,
-             '--seed', '1', *RECIPES[model].get('sample', [])], log)
+        r = RECIPES[model]
+        run([sys.executable, f'{r.get("file", model)}.py', '--generate', str(n), '--ckpt', ckpt_or_gen,
+             '--out', gen, '--seed', '1', *r.get('sample', [])], log)
     scores = metrics_of(gen, ref, args, log)
     shutil.copy(os.path.join(gen, 'grid.png'), os.path.join(out, f'grid_{tag}.png'))
     shutil.rmtree(gen)
@@ -322,8 +320,8 @@ def train_model(model, args):
         # A point a fraction of a second short of its target (an earlier run's clock) needs no segment.
         if done >= target - min(0.01, target / 100) or (points and r.get('steps') and points[-1]['step'] >= r['steps']):
             continue
-        cmd = [sys.executable, f'{r.get("file", model)}.py', '--data', os.path.join(args.data, r['data']), '--out', out,
-               '--data-root', os.path.join(args.work, 'cache'), '--epochs', '100000',
+        cmd = [sys.executable, f'{r.get("file", model)}.py', '--data', os.path.join(args.data, r['data']),
+               '--out', out, '--data-root', os.path.join(args.work, 'cache'), '--epochs', '100000',
                '--minutes', f'{target - done:.4f}', '--sample-every', '1000', '--ckpt-every', '100000',
                *r['flags']]
         if r['batch']:

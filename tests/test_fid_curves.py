@@ -180,6 +180,6 @@ def test_fp32_curves_and_the_canonical_recipe_at_another_models_minutes(tmp_path
     (cond,) = json.loads((work / 'stylegan_cond' / 'points.json').read_text())
     (canonical,) = json.loads((work / 'canonical' / 'points.json').read_text())
     assert 0 < cond['fid'] < 1000 and abs(canonical['minutes'] - cond['minutes']) < 0.1
-    assert 'fid_final' not in canonical                       # stylegan's recipe has no 10k point
+    assert 'fid_final' not in canonical                       # stylegan_cond's recipe has no 10k point
     bad = run_script('benchmarks/fid_curves.py', '--work', work, '--canonical-at', 'canonical')
     assert bad.returncode != 0 and bad.stderr.strip().startswith('error: --canonical-at canonical')

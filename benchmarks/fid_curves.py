@@ -55,6 +55,16 @@ instead of dcgan's: stylegan's CPU recipe against the canonical recipe, side by 
 stylegan_cond is stylegan's recipe with --cond (the class-conditional StyleGAN2 of the ADA code),
 scored at 10 minutes against the unconditional curve.
 
+stylegan_2k_none, stylegan_2k_diffaug and stylegan_2k_ada are stylegan's recipe on 2,000 CIFAR-10
+training images (benchmarks/prepare_data.py --cifar-subset 2000) with --augment none, diffaug and ada,
+scored at 5, 15 and 30 minutes against the same 10,000 test images: the limited-data setting of
+Karras et al. 2020. An ADA point keeps p and r_t, and --report draws these curves in a figure of their
+own, REPORT_small_data.png, with ADA's p and r_t against images seen:
+
+    python benchmarks/prepare_data.py --cifar PATH/cifar10-jpg.tar --cifar-subset 2000 --out /tmp/gan-data
+    python benchmarks/fid_curves.py --data /tmp/gan-data --work /tmp/fid-fp32 --fp32 \
+        --models stylegan_2k_none,stylegan_2k_diffaug,stylegan_2k_ada
+
 --report prints the Markdown table and draws FID against images seen, one line per model, with the
 published points marked (PUBLISHED below, with their sources). --record keeps every curve's points and
 recipe in a JSON file in the repo, so that the report can be drawn again when the work folder (the
@@ -108,6 +118,14 @@ RECIPES = {
 # against the unconditional curve. 'file': the model file it runs.
 RECIPES['stylegan_cond'] = {**RECIPES['stylegan'], 'file': 'stylegan', 'points': [10],
                             'flags': RECIPES['stylegan']['flags'] + ['--cond']}
+# Limited data (Karras et al. 2020): stylegan's recipe on 2,000 CIFAR-10 training images (200 a class,
+# benchmarks/prepare_data.py --cifar-subset 2000), without augmentation, with DiffAugment and with ADA,
+# scored against the same 10,000 test images. Without augmentation D should overfit and FID turn back
+# up; with ADA, p rises as it starts to and FID keeps improving.
+for _aug in ('none', 'diffaug', 'ada'):
+    RECIPES[f'stylegan_2k_{_aug}'] = {**RECIPES['stylegan'], 'file': 'stylegan', 'data': 'cifar10-2000/train',
+                                      'points': [5, 15, 30],
+                                      'flags': RECIPES['stylegan']['flags'] + ['--augment', _aug]}
 
 # Published CIFAR-10 points: (source, images shown to D, FID, protocol). Sources, with the run each
 # comes from, are in docs/fid_curves.md. StudioGAN's early logs score 10k fakes against the 10k test
@@ -357,6 +375,8 @@ def train_model(model, args):
         points.append({'minutes': round(minutes, 3), 'step': step, 'images': images, 'fid': round(s['fid'], 2),
                        'kid': s['kid'], 'kid_std': s['kid_std'], 'n': args.n, 'wall_s': round(wall, 1),
                        'slowdown': round(slowdown(times, res), 2)})
+        if rows[-1].get('p'):           # stylegan --augment ada: the augmentation probability and r_t there
+            points[-1].update(p=round(float(rows[-1]['p']), 4), r_t=round(float(rows[-1]['r_t']), 4))
         if points[-1]['slowdown'] > SLOW:
             print(f'warning: {model}: part of the segment to step {step} ran {points[-1]["slowdown"]:.1f}x slower '
                   f'than the rest (was the CPU shared?), so this point has fewer steps than its minutes give '
@@ -502,6 +522,11 @@ def merge_record(curves, path):
     return merged
 
 
+def data_name(model):
+    data = RECIPES[model]['data']
+    return {'mnist': 'MNIST', 'cifar10/train': 'CIFAR-10'}.get(data, f'CIFAR-10, {data.split("/")[0].split("-")[1]} images')
+
+
 def report(args):
     """Two Markdown tables: one row per model at its last point (the README's), then every point.
     With --record, the models WORK holds no points of (of the current recipe) come from that file,
@@ -537,7 +562,7 @@ def report(args):
         pub = min(PUBLISHED.get(model, []), key=lambda q: abs(q[1] - p['images']), default=None)
         pubs = f'{pub[2]} at {pub[1] / 1e6:.2f}M ({pub[0]}; {pub[3]})' if pub else ''
         f10 = f'{p["fid_final"]:.1f}' if 'fid_final' in p else ''
-        print(f'| {model} | {"MNIST" if RECIPES[model]["data"] == "mnist" else "CIFAR-10"} | {flags(model)} | '
+        print(f'| {model} | {data_name(model)} | {flags(model)} | '
               f'{p["images"] / 1e6:.3f}M | {mins(p, 1)} | {p["fid"]:.1f} | {kid(p)} | {f10} | '
               f'{canonical_at(model, p)} | {pubs} |')
     print('\n| model | step | images seen | minutes | FID (N fakes) | KID x 10³ | canonical recipe, same minutes |')
@@ -563,7 +588,8 @@ def report(args):
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for i, (model, pts) in enumerate(curves.items()):
+    full = {m: pts for m, pts in curves.items() if not m.startswith('stylegan_2k_')}   # small data: its own figure
+    for i, (model, pts) in enumerate(full.items()):
         color = f'C{i}'
         ax.plot([p['images'] / 1e6 for p in pts], [p['fid'] for p in pts], 'o-', color=color, label=model)
         for name, img, fid, protocol in PUBLISHED.get(model, []):
@@ -580,6 +606,45 @@ def report(args):
     fig.tight_layout()
     fig.savefig(args.report, dpi=90)
     print(f'wrote {args.report}')
+    small = {m: pts for m, pts in curves.items() if m.startswith('stylegan_2k_')}
+    if small:
+        small_data_report(small, args, plt)
+
+
+def small_data_report(curves, args, plt):
+    """The limited-data figure, REPORT_small_data.png: FID of the stylegan_2k_* curves against images
+    seen, and ADA's p and r_t (its whole run from losses.csv while WORK holds it, else the points)."""
+    fig, (ax, ax_p) = plt.subplots(1, 2, figsize=(10, 4))
+    for model, pts in curves.items():
+        ax.plot([p['images'] / 1e6 for p in pts], [p['fid'] for p in pts], 'o-',
+                label=model.removeprefix('stylegan_2k_').replace('none', 'no augmentation'))
+    ax.set_xlabel('images shown to D (millions)')
+    ax.set_ylabel('FID, 5k fakes vs the 10k test images')
+    ax.set_title('stylegan.py, 2,000 CIFAR-10 training images', fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ada = curves.get('stylegan_2k_ada', [])
+    csv_path = os.path.join(args.work, 'stylegan_2k_ada', 'losses.csv')
+    if ada and os.path.exists(csv_path):
+        with open(csv_path, newline='') as f:
+            rows = [x for x in csv.DictReader(f) if x.get('p')]
+        batch = RECIPES['stylegan_2k_ada']['batch']
+        images = [int(x['step']) * batch / 1e6 for x in rows]
+        ax_p.plot(images, [float(x['p']) for x in rows], label='p')
+        ax_p.plot(images, [float(x['r_t']) for x in rows], alpha=0.5, lw=0.8, label='r_t = E[sign(D(real))]')
+    elif ada:
+        ax_p.plot([p['images'] / 1e6 for p in ada], [p.get('p', float('nan')) for p in ada], 'o-', label='p')
+        ax_p.plot([p['images'] / 1e6 for p in ada], [p.get('r_t', float('nan')) for p in ada], 'o-',
+                  label='r_t = E[sign(D(real))]')
+    ax_p.axhline(0.6, color='gray', ls=':', lw=1, label='ADA target 0.6')
+    ax_p.set_xlabel('images shown to D (millions)')
+    ax_p.set_title('ADA: augmentation probability p and the overfitting heuristic r_t', fontsize=9)
+    ax_p.grid(alpha=0.3)
+    ax_p.legend(fontsize=8)
+    fig.tight_layout()
+    path = os.path.splitext(args.report)[0] + '_small_data.png'
+    fig.savefig(path, dpi=90)
+    print(f'wrote {path}')
 
 
 def main():

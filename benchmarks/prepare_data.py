@@ -15,10 +15,17 @@ stroke shows the patch's colours inverted. The digits are split at random into t
 one per domain (no digit image is in both), and trainB's patches come from CIFAR-10 train images,
 testB's from its test images; 10% of each domain is held out as testA/testB. The digit class is the
 subfolder, for measuring whether a translation keeps it (cyclegan.py itself ignores it).
+
+    python benchmarks/prepare_data.py --cifar PATH/cifar10-jpg.tar --cifar-subset 2000 500 --out /tmp/gan-data
+
+also writes OUT/cifar10-2000/train/<class>/ and OUT/cifar10-500/train/<class>/: small class-balanced
+training sets (N/10 images per class, the first by file name), the limited-data setting of
+stylegan.py's --augment ada (benchmarks/fid_curves.py's stylegan_2k recipes).
 """
 import argparse
 import gzip
 import os
+import shutil
 import struct
 import tarfile
 
@@ -118,6 +125,19 @@ def make_mnist2mnistm(raw, cifar_tar, out, test_share=0.1, seed=0):
     print(f'mnist2mnistm -> {out}')
 
 
+def make_cifar_subset(cifar, n, out):
+    """The first n/10 training images of each class (sorted by name) of the unpacked CIFAR-10 folder."""
+    classes = sorted(os.listdir(os.path.join(cifar, 'train')))
+    if n % len(classes):
+        raise SystemExit(f'error: --cifar-subset {n} is not a multiple of {len(classes)} (class-balanced subsets)')
+    for c in classes:
+        names = sorted(os.listdir(os.path.join(cifar, 'train', c)))[:n // len(classes)]
+        os.makedirs(os.path.join(out, 'train', c), exist_ok=True)
+        for name in names:
+            shutil.copyfile(os.path.join(cifar, 'train', c, name), os.path.join(out, 'train', c, name))
+    print(f'cifar10, {n} training images -> {out}')
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--mnist', help='folder with the MNIST IDX files (t10k-images-idx3-ubyte[.gz], ...)')
@@ -125,16 +145,22 @@ def main():
     p.add_argument('--mnistm', action='store_true',
                    help='also write OUT/mnist2mnistm/ (needs --mnist and --cifar): MNIST <-> MNIST-M-style, '
                         'for cyclegan.py')
+    p.add_argument('--cifar-subset', type=int, nargs='+', default=[], metavar='N',
+                   help='also write OUT/cifar10-N/train/ (needs --cifar): N training images, N/10 per class')
     p.add_argument('--out', default='/tmp/gan-data')
     a = p.parse_args()
     if a.mnistm and not (a.mnist and a.cifar):
         raise SystemExit('error: --mnistm needs --mnist and --cifar (digits and the photos they are blended over)')
+    if a.cifar_subset and not a.cifar:
+        raise SystemExit('error: --cifar-subset needs --cifar (the subsets are drawn from its training images)')
     if a.mnist:
         convert_mnist(a.mnist, os.path.join(a.out, 'mnist'))
     if a.cifar:
         with tarfile.open(a.cifar) as t:
             t.extractall(os.path.join(a.out, 'cifar10'), filter='data')
         print(f'cifar10 -> {os.path.join(a.out, "cifar10")}')
+    for n in a.cifar_subset:
+        make_cifar_subset(os.path.join(a.out, 'cifar10'), n, os.path.join(a.out, f'cifar10-{n}'))
     if a.mnistm:
         make_mnist2mnistm(a.mnist, a.cifar, os.path.join(a.out, 'mnist2mnistm'))
 

@@ -2,6 +2,7 @@
 segments with exact resume, scores each point (FID and KID) with the real FID Inception, keeps the
 points of an earlier run, trains the canonical recipe for the same minutes, draws the report, and gives
 points of an earlier run without KID one from the weights kept at each point."""
+import csv
 import json
 import os
 import sys
@@ -183,3 +184,34 @@ def test_fp32_curves_and_the_canonical_recipe_at_another_models_minutes(tmp_path
     assert 'fid_final' not in canonical                       # stylegan_cond's recipe has no 10k point
     bad = run_script('benchmarks/fid_curves.py', '--work', work, '--canonical-at', 'canonical')
     assert bad.returncode != 0 and bad.stderr.strip().startswith('error: --canonical-at canonical')
+
+
+def test_small_data_recipes_keep_p_and_draw_their_own_figure(tmp_path, package_weights):
+    """prepare_data.py --cifar-subset writes N/10 images a class (the first by name, a multiple of the
+    classes only); the stylegan_2k_* recipes train on it, an ADA point keeps p and r_t from losses.csv,
+    and the report draws the limited-data figure (FID and ADA's p) beside the main one."""
+    sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
+    import prepare_data
+    import pytest
+    data = tmp_path / 'data'
+    tiny_cifar(data)
+    prepare_data.make_cifar_subset(str(data / 'cifar10'), 64, str(data / 'cifar10-2000'))
+    for c in ('cat', 'dog'):
+        kept = sorted(os.listdir(data / 'cifar10-2000' / 'train' / c))
+        assert kept == sorted(os.listdir(data / 'cifar10' / 'train' / c))[:32]
+    with pytest.raises(SystemExit, match='--cifar-subset 63 is not a multiple of 2'):
+        prepare_data.make_cifar_subset(str(data / 'cifar10'), 63, str(tmp_path / 'odd'))
+    work = tmp_path / 'work'
+    r = run_script('benchmarks/fid_curves.py', '--data', data, '--work', work, '--fp32', '--models',
+                   'stylegan_2k_ada', '--points', '0.01', '--n', '12', '--inception-weights', package_weights,
+                   '--report', tmp_path / 'curves.png', timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    log = (work / 'stylegan_2k_ada' / 'log.txt').read_text()
+    assert 'cifar10-2000/train' in log and '--augment ada' in log
+    (point,) = json.loads((work / 'stylegan_2k_ada' / 'points.json').read_text())
+    with open(work / 'stylegan_2k_ada' / 'losses.csv', newline='') as f:
+        last = list(csv.DictReader(f))[-1]
+    assert point['p'] == round(float(last['p']), 4) and 0 <= point['p'] <= 1
+    assert point['r_t'] == round(float(last['r_t']), 4)
+    assert '| stylegan_2k_ada | CIFAR-10, 2000 images |' in r.stdout
+    assert (tmp_path / 'curves_small_data.png').stat().st_size > 1000

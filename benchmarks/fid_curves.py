@@ -523,8 +523,10 @@ def merge_record(curves, path):
 
 
 def data_name(model):
-    data = RECIPES[model]['data']
-    return {'mnist': 'MNIST', 'cifar10/train': 'CIFAR-10'}.get(data, f'CIFAR-10, {data.split("/")[0].split("-")[1]} images')
+    data = RECIPES[model]['data']                 # mnist, cifar10/train, or a subset's cifar10-N/train
+    if data in ('mnist', 'cifar10/train'):
+        return {'mnist': 'MNIST', 'cifar10/train': 'CIFAR-10'}[data]
+    return f'CIFAR-10, {data.split("/")[0].split("-")[1]} images'
 
 
 def report(args):
@@ -536,8 +538,8 @@ def report(args):
         curves = merge_record(curves, args.record)
     canon = curves.get('canonical', [])
 
-    def canonical_at(model, p):   # its point nearest in minutes, for the CIFAR-10 models
-        if not canon or model == 'canonical' or RECIPES[model]['data'] == 'mnist':
+    def canonical_at(model, p):   # its point nearest in minutes, for the models on all of CIFAR-10's training set
+        if not canon or model == 'canonical' or RECIPES[model]['data'] != 'cifar10/train':
             return ''
         c = min(canon, key=lambda c: abs(c['minutes'] - p['minutes']))
         return f'{c["fid"]:.1f} at {c["minutes"]:.1f} min'

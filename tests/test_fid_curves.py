@@ -202,6 +202,14 @@ def test_small_data_recipes_keep_p_and_draw_their_own_figure(tmp_path, package_w
     with pytest.raises(SystemExit, match='--cifar-subset 63 is not a multiple of 2'):
         prepare_data.make_cifar_subset(str(data / 'cifar10'), 63, str(tmp_path / 'odd'))
     work = tmp_path / 'work'
+    # a curve on all of CIFAR-10 beside it in the report's tables (the data column names the subset's size)
+    import fid_curves
+    os.makedirs(work / 'dcgan')
+    (work / 'dcgan' / 'points.json').write_text(json.dumps([{'minutes': 3.0, 'step': 10, 'images': 640,
+                                                             'fid': 123.45, 'n': 50}]))
+    fp32 = {**fid_curves.recipe_of('dcgan')}
+    fp32['flags'] = [f for f in fp32['flags'] if f != '--amp']
+    (work / 'dcgan' / 'recipe.json').write_text(json.dumps(fp32))
     r = run_script('benchmarks/fid_curves.py', '--data', data, '--work', work, '--fp32', '--models',
                    'stylegan_2k_ada', '--points', '0.01', '--n', '12', '--inception-weights', package_weights,
                    '--report', tmp_path / 'curves.png', timeout=300)
@@ -213,5 +221,5 @@ def test_small_data_recipes_keep_p_and_draw_their_own_figure(tmp_path, package_w
         last = list(csv.DictReader(f))[-1]
     assert point['p'] == round(float(last['p']), 4) and 0 <= point['p'] <= 1
     assert point['r_t'] == round(float(last['r_t']), 4)
-    assert '| stylegan_2k_ada | CIFAR-10, 2000 images |' in r.stdout
+    assert '| stylegan_2k_ada | CIFAR-10, 2000 images |' in r.stdout and '| dcgan | CIFAR-10 |' in r.stdout
     assert (tmp_path / 'curves_small_data.png').stat().st_size > 1000

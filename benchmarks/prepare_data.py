@@ -18,9 +18,9 @@ subfolder, for measuring whether a translation keeps it (cyclegan.py itself igno
 
     python benchmarks/prepare_data.py --cifar PATH/cifar10-jpg.tar --cifar-subset 2000 500 --out /tmp/gan-data
 
-also writes OUT/cifar10-2000/train/<class>/ and OUT/cifar10-500/train/<class>/: small class-balanced
-training sets (N/10 images per class, the first by file name), the limited-data setting of
-stylegan.py's --augment ada (benchmarks/fid_curves.py's stylegan_2k recipes).
+also writes OUT/cifar10-2000/train/<class>/ and OUT/cifar10-500/train/<class>/ (each rewritten whole):
+small class-balanced training sets (N/10 images per class, the first by file name), the limited-data
+setting of stylegan.py's --augment ada (benchmarks/fid_curves.py's stylegan_2k recipes).
 """
 import argparse
 import gzip
@@ -130,6 +130,7 @@ def make_cifar_subset(cifar, n, out):
     classes = sorted(os.listdir(os.path.join(cifar, 'train')))
     if n % len(classes):
         raise SystemExit(f'error: --cifar-subset {n} is not a multiple of {len(classes)} (class-balanced subsets)')
+    shutil.rmtree(out, ignore_errors=True)          # an earlier subset's files are not mixed in
     for c in classes:
         names = sorted(os.listdir(os.path.join(cifar, 'train', c)))[:n // len(classes)]
         os.makedirs(os.path.join(out, 'train', c), exist_ok=True)

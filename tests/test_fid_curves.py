@@ -187,14 +187,17 @@ def test_fp32_curves_and_the_canonical_recipe_at_another_models_minutes(tmp_path
 
 
 def test_small_data_recipes_keep_p_and_draw_their_own_figure(tmp_path, package_weights):
-    """prepare_data.py --cifar-subset writes N/10 images a class (the first by name, a multiple of the
-    classes only); the stylegan_2k_* recipes train on it, an ADA point keeps p and r_t from losses.csv,
-    and the report draws the limited-data figure (FID and ADA's p) beside the main one."""
+    """prepare_data.py --cifar-subset writes N/10 images a class (the first by name, in place of an earlier
+    subset; N a multiple of the classes only); the stylegan_2k_* recipes train on it, an ADA point keeps p
+    and r_t from losses.csv, and the report draws the limited-data figure (FID and ADA's p) beside the
+    main one."""
     sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
     import prepare_data
     import pytest
     data = tmp_path / 'data'
     tiny_cifar(data)
+    os.makedirs(data / 'cifar10-2000' / 'train' / 'cat')
+    (data / 'cifar10-2000' / 'train' / 'cat' / 'stale.png').write_bytes(b'an earlier subset')
     prepare_data.make_cifar_subset(str(data / 'cifar10'), 64, str(data / 'cifar10-2000'))
     for c in ('cat', 'dog'):
         kept = sorted(os.listdir(data / 'cifar10-2000' / 'train' / c))

@@ -524,9 +524,10 @@ def merge_record(curves, path):
 
 def data_name(model):
     data = RECIPES[model]['data']                 # mnist, cifar10/train, or a subset's cifar10-N/train
-    if data in ('mnist', 'cifar10/train'):
-        return {'mnist': 'MNIST', 'cifar10/train': 'CIFAR-10'}[data]
-    return f'CIFAR-10, {data.split("/")[0].split("-")[1]} images'
+    if data == 'mnist':
+        return 'MNIST'
+    n = data.split('/')[0].removeprefix('cifar10').lstrip('-')
+    return f'CIFAR-10, {n} images' if n else 'CIFAR-10'
 
 
 def report(args):
@@ -590,8 +591,8 @@ def report(args):
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    full = {m: pts for m, pts in curves.items() if not m.startswith('stylegan_2k_')}   # small data: its own figure
-    for i, (model, pts) in enumerate(full.items()):
+    small = {m: pts for m, pts in curves.items() if m.startswith('stylegan_2k_')}   # in a figure of their own
+    for i, (model, pts) in enumerate((m, pts) for m, pts in curves.items() if m not in small):
         color = f'C{i}'
         ax.plot([p['images'] / 1e6 for p in pts], [p['fid'] for p in pts], 'o-', color=color, label=model)
         for name, img, fid, protocol in PUBLISHED.get(model, []):
@@ -608,7 +609,6 @@ def report(args):
     fig.tight_layout()
     fig.savefig(args.report, dpi=90)
     print(f'wrote {args.report}')
-    small = {m: pts for m, pts in curves.items() if m.startswith('stylegan_2k_')}
     if small:
         small_data_report(small, args, plt)
 
@@ -627,16 +627,17 @@ def small_data_report(curves, args, plt):
     ax.legend(fontsize=8)
     ada = curves.get('stylegan_2k_ada', [])
     csv_path = os.path.join(args.work, 'stylegan_2k_ada', 'losses.csv')
-    if ada and os.path.exists(csv_path):
-        with open(csv_path, newline='') as f:
-            rows = [x for x in csv.DictReader(f) if x.get('p')]
-        batch = RECIPES['stylegan_2k_ada']['batch']
-        images = [int(x['step']) * batch / 1e6 for x in rows]
-        ax_p.plot(images, [float(x['p']) for x in rows], label='p')
-        ax_p.plot(images, [float(x['r_t']) for x in rows], alpha=0.5, lw=0.8, label='r_t = E[sign(D(real))]')
-    elif ada:
-        ax_p.plot([p['images'] / 1e6 for p in ada], [p.get('p', float('nan')) for p in ada], 'o-', label='p')
-        ax_p.plot([p['images'] / 1e6 for p in ada], [p.get('r_t', float('nan')) for p in ada], 'o-',
+    if ada:
+        style = 'o-'                                  # the points (of WORK or the record)
+        if os.path.exists(csv_path):                  # the whole run, while WORK holds it
+            with open(csv_path, newline='') as f:
+                rows = [x for x in csv.DictReader(f) if x.get('p')]
+            batch = RECIPES['stylegan_2k_ada']['batch']
+            ada, style = [{'images': int(x['step']) * batch, 'p': float(x['p']), 'r_t': float(x['r_t'])}
+                          for x in rows], '-'
+        images = [p['images'] / 1e6 for p in ada]
+        ax_p.plot(images, [p.get('p', float('nan')) for p in ada], style, label='p')
+        ax_p.plot(images, [p.get('r_t', float('nan')) for p in ada], style, alpha=0.5, lw=0.8,
                   label='r_t = E[sign(D(real))]')
     ax_p.axhline(0.6, color='gray', ls=':', lw=1, label='ADA target 0.6')
     ax_p.set_xlabel('images shown to D (millions)')

@@ -522,11 +522,16 @@ def merge_record(curves, path):
     return merged
 
 
+def subset_size(model):
+    """N for a recipe on a subset's cifar10-N/train; '' for mnist and all of cifar10/train."""
+    data = RECIPES[model]['data']
+    return '' if data == 'mnist' else data.split('/')[0].removeprefix('cifar10').lstrip('-')
+
+
 def data_name(model):
-    data = RECIPES[model]['data']                 # mnist, cifar10/train, or a subset's cifar10-N/train
-    if data == 'mnist':
+    if RECIPES[model]['data'] == 'mnist':
         return 'MNIST'
-    n = data.split('/')[0].removeprefix('cifar10').lstrip('-')
+    n = subset_size(model)
     return f'CIFAR-10, {n} images' if n else 'CIFAR-10'
 
 
@@ -540,7 +545,7 @@ def report(args):
     canon = curves.get('canonical', [])
 
     def canonical_at(model, p):   # its point nearest in minutes, for the models on all of CIFAR-10's training set
-        if not canon or model == 'canonical' or RECIPES[model]['data'] != 'cifar10/train':
+        if not canon or model == 'canonical' or RECIPES[model]['data'] == 'mnist' or subset_size(model):
             return ''
         c = min(canon, key=lambda c: abs(c['minutes'] - p['minutes']))
         return f'{c["fid"]:.1f} at {c["minutes"]:.1f} min'
@@ -591,7 +596,7 @@ def report(args):
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    small = {m: pts for m, pts in curves.items() if m.startswith('stylegan_2k_')}   # in a figure of their own
+    small = {m: pts for m, pts in curves.items() if subset_size(m)}   # in a figure of their own
     for i, (model, pts) in enumerate((m, pts) for m, pts in curves.items() if m not in small):
         color = f'C{i}'
         ax.plot([p['images'] / 1e6 for p in pts], [p['fid'] for p in pts], 'o-', color=color, label=model)

@@ -15,7 +15,11 @@ prints, for each direction:
       translations it takes for target-domain images.
     - FID: the same distance on the real FID Inception's pool features (metrics.py, pytorch-fid
       preprocessing: 32x32 resized to 299), 500 translations against the 500 real held-out images
-      of the target domain. Skipped, with a note, where metrics.py finds no Inception weights.
+      of the target domain. Skipped, with a note, where metrics.py finds no Inception weights, or
+      with --no-fid.
+    - cycle: how far the way back lands from the input, mean |F(G(x)) - x| (or |G(F(y)) - y|), and the
+      same with Gaussian noise (std 0.1) added to the translation first. A translation that hides its
+      input in a faint code (Chu et al. 2017) loses the way back under the noise.
 
 Each figure comes with two reference points: the same measure for the untranslated inputs (what a
 translator that does nothing scores) and for real target-domain images (train vs test: the floor).
@@ -26,9 +30,10 @@ translator that does nothing scores) and for real target-domain images (train vs
 Training runs in segments up to each --minutes point (default 5, 15, 30 minutes in all), each
 resuming the checkpoint of the one before (exact resume), and each point's checkpoint is kept as
 OUT/min<M>.pt; a point whose checkpoint exists is not trained again, so a second call only
-measures. The two classifiers (a LeNet-sized CNN per domain, --clf-epochs 15 on trainA or trainB
-with their labels, seed 0) and the joint digit-and-domain CNN are trained here every time, in a few
-minutes. Extra arguments after -- go to cyclegan.py.
+measures. `--measure CKPT ...` trains nothing and measures the checkpoints given (the equal-step
+screens of docs/cyclegan.md). The two classifiers (a LeNet-sized CNN per domain, --clf-epochs 15 on
+trainA or trainB with their labels, seed 0) and the joint digit-and-domain CNN are trained here every
+time, in a few minutes. Extra arguments after -- go to cyclegan.py.
 """
 import argparse
 import os
@@ -128,12 +133,22 @@ def main():
                         'trained in segments, each resuming the last, and each point is kept as OUT/min<M>.pt')
     p.add_argument('--plot', metavar='PNG', help='also draw the curve: content kept and FID against minutes')
     p.add_argument('--clf-epochs', type=int, default=15, help='epochs of each judging classifier')
+    p.add_argument('--measure', nargs='+', metavar='CKPT',
+                   help='train nothing: measure these cyclegan.py checkpoints (32x32, --channels 3) instead of the '
+                        "curve's, e.g. the equal-step screens of docs/cyclegan.md")
+    p.add_argument('--no-fid', action='store_true',
+                   help='skip the Inception FIDs (the slowest part on a CPU: minutes per checkpoint), e.g. for screens')
     p.add_argument('extra', nargs='*', help='more cyclegan.py flags, after --')
     a = p.parse_args()
     points = sorted(float(m) for m in a.minutes.split(','))
+    if a.measure and (a.plot or a.extra):
+        raise common.UserError('--measure trains nothing and draws no curve: it takes neither --plot nor cyclegan.py flags')
+    for path in a.measure or []:
+        if not os.path.isfile(path):
+            raise common.UserError(f'{path}: no such checkpoint')
 
     done = 0.0
-    for m in points:                                       # train up to each point, resuming the last one
+    for m in [] if a.measure else points:                  # train up to each point, resuming the last one
         path = os.path.join(a.out, f'min{m:g}.pt')
         if not os.path.exists(path):
             cmd = [sys.executable, os.path.join(ROOT, 'cyclegan.py'), '--data', a.data, *TRAIN_FLAGS, '--out', a.out,
@@ -160,11 +175,12 @@ def main():
     dom_acc = torch.cat([dom_a == 0, dom_b == 1]).float().mean().item()
     print(f'digit classifiers: trained on trainA / trainB, test accuracy {acc["A"]:.1%} (A, MNIST) / '
           f'{acc["B"]:.1%} (B, MNIST-M-style); the joint CNN tells the domain of {dom_acc:.1%} of testA + testB')
-    try:
-        inception = metrics.load_inception(None, 'cpu')
-    except metrics.InceptionWeightsUnavailable as e:
-        inception = None
-        print(f'(no FID on Inception features: {e})')
+    inception = None
+    if not a.no_fid:
+        try:
+            inception = metrics.load_inception(None, 'cpu')
+        except metrics.InceptionWeightsUnavailable as e:
+            print(f'(no FID on Inception features: {e})')
 
     fixed = {}                                             # the real and untranslated sets' features, once
 
@@ -175,8 +191,8 @@ def main():
             fixed[key] = inception_pool(x)
         return fixed[key]
 
-    curve = [measure(os.path.join(a.out, f'min{m:g}.pt'), split, clf, acc, joint, inception_pool if inception else None)
-             for m in points]
+    ckpts = a.measure or [os.path.join(a.out, f'min{m:g}.pt') for m in points]
+    curve = [measure(path, split, clf, acc, joint, inception_pool if inception else None) for path in ckpts]
     if a.plot:
         plot_curve(points, curve, a.plot)
 
@@ -215,9 +231,13 @@ def measure(ckpt_path, split, clf, acc, joint, inception_pool):
         raise common.UserError(f'{ckpt_path}: expected a 32x32 checkpoint with --channels 3')
     print(f'\n{ckpt_path}: step {ckpt["step"]}, epoch {ckpt["epoch"]}')
     figures = {}
-    for name, fwd, src, dst in (('A -> B (G)', G, 'A', 'B'), ('B -> A (F)', F_, 'B', 'A')):
+    for name, fwd, back, src, dst in (('A -> B (G)', G, F_, 'A', 'B'), ('B -> A (F)', F_, G, 'B', 'A')):
         x, labels = split['test' + src]
         fake = cyclegan.translate(fwd, x)
+        # Steganography probe (Chu et al. 2017): if the translation carried the input in a faint hidden code,
+        # a little noise on it would wreck the way back; a cycle that does not rise with the noise hides nothing.
+        noise = 0.1 * torch.randn(fake.shape, generator=torch.Generator().manual_seed(0))
+        cyc, cyc_noisy = ((cyclegan.translate(back, t) - x).abs().mean().item() for t in (fake, fake + noise))
         pred_fake, _, _ = read(clf[dst], fake)
         pred_in, _, _ = read(clf[dst], x)
         _, f_fake, dom_fake = read(joint, fake)
@@ -236,6 +256,8 @@ def measure(ckpt_path, split, clf, acc, joint, inception_pool):
         print(f'  domain reached (the joint CNN says {dst}): '
               f'translations {(dom_fake == target).float().mean().item():.1%} | '
               f'untranslated inputs {(dom_in == target).float().mean().item():.1%}')
+        print(f'  cycle back to the input (mean |rec - input|, images in [-1, 1]): {cyc:.3f}; with N(0, 0.1^2) '
+              f'noise on the translation first: {cyc_noisy:.3f}')
         print(f'  Frechet distance to real test{dst} (joint CNN features): translations '
               f'{metrics.fid_from_features(f_fake, f_real):.2f} | untranslated inputs '
               f'{metrics.fid_from_features(f_in, f_real):.2f} | '
